@@ -1,0 +1,1 @@
+"""Programs that use the gateway the way real applications do."""

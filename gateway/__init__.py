@@ -1,0 +1,1 @@
+"""The SMB2/3 server of one gateway node."""

@@ -1,0 +1,1 @@
+"""Request handlers, one module per SMB2 command family."""

@@ -1,0 +1,1 @@
+"""Sans-IO SMB2/3 wire layer: bytes in, bytes and events out; no sockets, no asyncio."""

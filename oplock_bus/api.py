@@ -1,0 +1,212 @@
+"""The bus's public contract: what a gateway node asks and what it is told.
+
+The bus knows nothing of the SMB wire. It speaks of files (a cluster-wide
+identity), opens (one per handle, owned by one node), caching grants (oplock
+levels and lease states, with the numeric values MS-SMB2 uses, because those
+are also the natural encoding of the MS-FSA rules) and byte-range locks.
+
+Every backend (in-process, Redis) implements :class:`LockBus`; the decisions
+themselves come from one rules engine (``oplock_bus.rules``) shared by all.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+# A file's cluster-wide identity: "<volume-id>:<inode>" (plus ":<stream>" for a
+# named stream). Never a path: paths change on rename.
+FileKey = str
+# An open's cluster-wide identity: "<node-id>/<handle>"; unique while it lives.
+OpenId = str
+NodeId = str
+
+# Oplock levels (MS-SMB2 2.2.13).
+OPLOCK_NONE = 0x00
+OPLOCK_II = 0x01
+OPLOCK_EXCLUSIVE = 0x08
+OPLOCK_BATCH = 0x09
+OPLOCK_LEASE = 0xFF
+
+# Lease state bits (MS-SMB2 2.2.13.2.8).
+LEASE_NONE = 0x0
+LEASE_READ = 0x1
+LEASE_HANDLE = 0x2
+LEASE_WRITE = 0x4
+
+# Status codes the bus returns (NTSTATUS values, MS-ERREF).
+STATUS_SUCCESS = 0x00000000
+STATUS_SHARING_VIOLATION = 0xC0000043
+STATUS_DELETE_PENDING = 0xC0000056
+STATUS_LOCK_NOT_GRANTED = 0xC0000055
+STATUS_FILE_LOCK_CONFLICT = 0xC0000054
+STATUS_RANGE_NOT_LOCKED = 0xC000007E
+STATUS_INVALID_PARAMETER = 0xC000000D
+STATUS_INVALID_DEVICE_STATE = 0xC0000184
+STATUS_INVALID_OPLOCK_PROTOCOL = 0xC00000E3
+STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
+STATUS_CANCELLED = 0xC0000120
+STATUS_BUS_UNAVAILABLE = 0xC00000E5  # STATUS_INTERNAL_ERROR: the bus cannot be reached
+
+
+@dataclass(frozen=True)
+class LeaseKey:
+    """A lease belongs to (ClientGUID, LeaseKey) cluster-wide."""
+
+    client_guid: bytes
+    key: bytes
+
+    def __str__(self) -> str:
+        return f"{self.client_guid.hex()}:{self.key.hex()}"
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    key: LeaseKey
+    state: int  # requested R/H/W bits
+    version: int = 1  # 1 = RqLs v1, 2 = RqLs v2
+    epoch: int = 0  # v2: the epoch the client sent
+    parent_key: bytes | None = None  # v2: parent directory lease key
+
+
+class Disposition(enum.IntEnum):
+    """The subset of the CREATE disposition that changes break rules."""
+
+    OPEN = 0  # open (or create) without truncation
+    OVERWRITE = 1  # OVERWRITE, OVERWRITE_IF or SUPERSEDE of an existing file
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    open_id: OpenId
+    node_id: NodeId
+    file: FileKey
+    access: int  # granted access mask (MS-SMB2 2.2.13.1)
+    share: int  # share access (READ 1, WRITE 2, DELETE 4)
+    oplock: int = OPLOCK_NONE  # requested oplock level; OPLOCK_LEASE with lease
+    lease: LeaseRequest | None = None
+    disposition: Disposition = Disposition.OPEN
+    is_directory: bool = False
+    # Opaque data the owning node wants back in break notices (e.g. its
+    # connection id); the bus stores and returns it, never interprets it.
+    owner_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OpenResult:
+    status: int
+    oplock: int = OPLOCK_NONE  # granted level (OPLOCK_LEASE when a lease was granted)
+    lease_state: int = LEASE_NONE
+    lease_epoch: int = 0
+    lease_flags: int = 0  # SMB2_LEASE_FLAG_BREAK_IN_PROGRESS 0x02 etc.
+
+
+@dataclass(frozen=True)
+class BreakNotice:
+    """What the owning node must tell its client. Exactly one of open_id/lease is set."""
+
+    file: FileKey
+    node_id: NodeId
+    open_id: OpenId | None  # oplock break of this open
+    lease: LeaseKey | None  # lease break of this lease
+    new_level: int  # oplock: level to break to; lease: the new lease state
+    current_state: int = LEASE_NONE  # lease: the state being broken
+    epoch: int = 0  # lease v2: the new epoch
+    version: int = 1  # lease version
+    ack_required: bool = False
+    owner_data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AckResult:
+    status: int
+    level: int = OPLOCK_NONE  # oplock: the level now held; lease: the state now held
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class LockRange:
+    offset: int
+    length: int
+    exclusive: bool
+
+
+class Operation(enum.Enum):
+    """Operations on an open file that break other opens' caching (MS-FSA 2.1.4.12)."""
+
+    WRITE = "write"  # also: byte-range lock, set end-of-file, set allocation
+    LOCK = "lock"
+    SET_SIZE = "set_size"
+    RENAME = "rename"  # breaks handle caching of other opens
+    DELETE = "delete"  # set disposition / delete-on-close: breaks handle caching
+
+
+BreakHandler = Callable[[BreakNotice], Awaitable[None]]
+
+
+class LockBus(abc.ABC):
+    """One lock space. Implementations differ only in where the state lives."""
+
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
+
+    @abc.abstractmethod
+    def register_node(self, node_id: NodeId, handler: BreakHandler) -> None:
+        """Declare a node living on this bus; its break notices go to ``handler``.
+
+        The handler sends the break to the client and returns at once; the
+        acknowledgement arrives later through :meth:`ack_oplock`/:meth:`ack_lease`.
+        """
+
+    @abc.abstractmethod
+    async def open(self, req: OpenRequest) -> OpenResult:
+        """Check share modes, break conflicting caching and wait for it, grant.
+
+        On success the open is registered. Waits (without holding any lock)
+        for acknowledgements or the break timeout.
+        """
+
+    @abc.abstractmethod
+    async def close(self, file: FileKey, open_id: OpenId) -> None:
+        """Forget an open: its locks go (waking waiters), a pending break ends."""
+
+    @abc.abstractmethod
+    async def ack_oplock(self, file: FileKey, open_id: OpenId, level: int) -> AckResult: ...
+
+    @abc.abstractmethod
+    async def ack_lease(self, key: LeaseKey, state: int) -> AckResult: ...
+
+    @abc.abstractmethod
+    async def lease_file(self, key: LeaseKey) -> FileKey | None:
+        """The file a lease key is bound to, if any."""
+
+    @abc.abstractmethod
+    async def break_for(self, file: FileKey, open_id: OpenId, op: Operation) -> None:
+        """Break other opens' caching before ``op`` proceeds (waits for acks if needed)."""
+
+    @abc.abstractmethod
+    async def lock(
+        self, file: FileKey, open_id: OpenId, ranges: list[LockRange], *, wait: bool
+    ) -> int:
+        """Take all ranges or none; with ``wait`` block until granted (cancellable)."""
+
+    @abc.abstractmethod
+    async def unlock(self, file: FileKey, open_id: OpenId, ranges: list[LockRange]) -> int: ...
+
+    @abc.abstractmethod
+    async def check_io(
+        self, file: FileKey, open_id: OpenId, offset: int, length: int, write: bool
+    ) -> bool:
+        """True if a read/write of the range does not conflict with others' locks."""
+
+    @abc.abstractmethod
+    async def set_delete_pending(self, file: FileKey, pending: bool) -> None: ...
+
+    @abc.abstractmethod
+    async def snapshot(self) -> dict[str, Any]:
+        """The whole lock space as plain data (for ``smbgw status``)."""
