@@ -1,0 +1,132 @@
+"""The ``smbgw`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import signal
+import sys
+
+from .config import (
+    Config,
+    ConfigError,
+    apply_toml,
+    load_toml,
+    parse_listen,
+    parse_share,
+    validate,
+)
+
+log = logging.getLogger("smbgw")
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """TOML first, then flags: a flag given on the command line wins."""
+    cfg = Config()
+    if args.config:
+        apply_toml(cfg, load_toml(args.config), args.config)
+    if args.listen:
+        cfg.listen_host, cfg.listen_port = parse_listen(args.listen)
+    for share in args.share or []:
+        cfg.shares.append(parse_share(share))
+    if args.users:
+        cfg.users_file = args.users
+    if args.node_id:
+        cfg.node_id = args.node_id
+    if args.bus:
+        cfg.bus_url = args.bus
+    if args.break_timeout is not None:
+        cfg.break_timeout = args.break_timeout
+    if args.signing_required:
+        cfg.signing_required = True
+    if args.log_level:
+        cfg.log_level = args.log_level.upper()
+    validate(cfg)
+    return cfg
+
+
+async def serve(cfg: Config) -> int:
+    from oplock_bus import make_bus
+
+    from .node import Node
+
+    try:
+        bus = make_bus(cfg.bus_url, node_id=cfg.node_id, break_timeout=cfg.break_timeout)
+    except ValueError as e:
+        raise ConfigError(f"--bus {cfg.bus_url}: {e}") from None
+    node = Node(cfg, bus)
+    try:
+        server = await node.start()
+    except OSError as e:
+        await bus.stop()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: port in use")
+        if e.errno == errno.EACCES:
+            raise ConfigError(
+                f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: permission denied"
+            )
+        raise ConfigError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {e}") from None
+    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+    shares = ", ".join(f"{s.name}={s.path}" for s in cfg.shares)
+    log.info(
+        "node %s listening on %s (shares: %s; bus: %s)",
+        cfg.node_id, addrs, shares, cfg.bus_url or "in-process",
+    )  # fmt: skip
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping node %s", cfg.node_id)
+    await node.stop()
+    return 0
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run one gateway node")
+    p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:445)")
+    p.add_argument("--share", action="append", metavar="NAME=PATH", help="export PATH as NAME")
+    p.add_argument("--users", metavar="FILE", help="file of user:password lines")
+    p.add_argument("--node-id", help="this node's id on the bus (default: host-address-port)")
+    p.add_argument("--bus", metavar="URL", help="bus URL (default: in-process, single node)")
+    p.add_argument("--config", metavar="FILE.toml", help="settings file (flags override it)")
+    p.add_argument("--break-timeout", type=float, help="seconds to wait for a break ack (35)")
+    p.add_argument("--signing-required", action="store_true", help="require SMB signing")
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="smbgw", description="SMB2/3 gateway with cluster-wide oplock coordination"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_serve(sub)
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "serve":
+            cfg = build_config(args)
+            logging.basicConfig(
+                level=getattr(logging, cfg.log_level, logging.INFO),
+                format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            )
+            return _run(serve(cfg))
+    except ConfigError as e:
+        print(f"smbgw: {e}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _run(coro: object) -> int:
+    try:
+        import uvloop
+
+        return int(uvloop.run(coro))  # type: ignore[arg-type]
+    except ImportError:
+        return int(asyncio.run(coro))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

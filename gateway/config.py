@@ -1,0 +1,167 @@
+"""Node configuration: command-line flags and TOML, one validated structure."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """Bad configuration; the message is one line meant for the operator."""
+
+
+@dataclass(frozen=True)
+class ShareConfig:
+    name: str
+    path: str
+    comment: str = ""
+    guest_ok: bool = False
+    read_only: bool = False
+    encrypt: bool = False
+
+
+@dataclass
+class Config:
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 445
+    shares: list[ShareConfig] = field(default_factory=list)
+    users_file: str | None = None
+    users: dict[str, str] = field(default_factory=dict)
+    node_id: str = ""
+    bus_url: str | None = None
+    server_name: str = "SMBGW"
+    signing_required: bool = False
+    encrypt_required: bool = False
+    break_timeout: float = 35.0
+    max_io_size: int = 8 * 1024 * 1024
+    max_credits: int = 8192
+    log_level: str = "INFO"
+
+    def share(self, name: str) -> ShareConfig | None:
+        for s in self.shares:
+            if s.name.lower() == name.lower():
+                return s
+        return None
+
+
+_SHARE_NAME = re.compile(r"^[A-Za-z0-9_.$ -]{1,80}$")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, "445"
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise ConfigError(f"--listen {value!r}: port must be a number") from None
+    if not 0 < port_n < 65536:
+        raise ConfigError(f"--listen {value!r}: port must be 1-65535")
+    return host, port_n
+
+
+def parse_share(value: str) -> ShareConfig:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(f"--share {value!r}: expected NAME=PATH")
+    return ShareConfig(name=name, path=path)
+
+
+def load_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+
+
+_TOML_KEYS = {
+    "listen", "users", "node_id", "bus", "server_name", "signing_required", "encrypt_required",
+    "break_timeout", "max_io_size", "log_level", "shares",
+}  # fmt: skip
+_SHARE_KEYS = {"name", "path", "comment", "guest_ok", "read_only", "encrypt"}
+
+
+def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
+    unknown = set(data) - _TOML_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown setting(s): {', '.join(sorted(unknown))}")
+    if "listen" in data:
+        cfg.listen_host, cfg.listen_port = parse_listen(str(data["listen"]))
+    if "users" in data:
+        cfg.users_file = str(data["users"])
+    if "node_id" in data:
+        cfg.node_id = str(data["node_id"])
+    if "bus" in data:
+        cfg.bus_url = str(data["bus"])
+    if "server_name" in data:
+        cfg.server_name = str(data["server_name"])
+    if "signing_required" in data:
+        cfg.signing_required = bool(data["signing_required"])
+    if "encrypt_required" in data:
+        cfg.encrypt_required = bool(data["encrypt_required"])
+    if "break_timeout" in data:
+        cfg.break_timeout = float(data["break_timeout"])
+    if "max_io_size" in data:
+        cfg.max_io_size = int(data["max_io_size"])
+    if "log_level" in data:
+        cfg.log_level = str(data["log_level"]).upper()
+    shares = data.get("shares", [])
+    if not isinstance(shares, list):
+        raise ConfigError(f"{source}: 'shares' must be an array of tables ([[shares]])")
+    for entry in shares:
+        if not isinstance(entry, dict) or "name" not in entry or "path" not in entry:
+            raise ConfigError(f"{source}: every [[shares]] needs 'name' and 'path'")
+        bad = set(entry) - _SHARE_KEYS
+        if bad:
+            raise ConfigError(f"{source}: unknown share setting(s): {', '.join(sorted(bad))}")
+        cfg.shares.append(
+            ShareConfig(
+                name=str(entry["name"]),
+                path=str(entry["path"]),
+                comment=str(entry.get("comment", "")),
+                guest_ok=bool(entry.get("guest_ok", False)),
+                read_only=bool(entry.get("read_only", False)),
+                encrypt=bool(entry.get("encrypt", False)),
+            )
+        )
+
+
+def validate(cfg: Config) -> None:
+    """Check everything that would otherwise fail later, with a one-line reason."""
+    from .auth import ConfigError as UsersError
+    from .auth import load_users
+
+    if not cfg.shares:
+        raise ConfigError("no share configured (use --share NAME=PATH)")
+    seen: set[str] = set()
+    for s in cfg.shares:
+        if not _SHARE_NAME.match(s.name) or s.name.upper() == "IPC$":
+            raise ConfigError(f"share name {s.name!r} is not allowed")
+        if s.name.lower() in seen:
+            raise ConfigError(f"share {s.name!r} is configured twice")
+        seen.add(s.name.lower())
+        if not os.path.isdir(s.path):
+            raise ConfigError(f"share {s.name}: directory {s.path} does not exist")
+        if not os.access(s.path, os.R_OK | os.X_OK):
+            raise ConfigError(f"share {s.name}: directory {s.path} is not readable")
+    if cfg.users_file:
+        try:
+            cfg.users = load_users(cfg.users_file)
+        except UsersError as e:
+            raise ConfigError(str(e)) from None
+    elif not any(s.guest_ok for s in cfg.shares):
+        raise ConfigError("no users file (--users FILE) and no guest share: nobody could log on")
+    if cfg.break_timeout <= 0:
+        raise ConfigError("break_timeout must be positive")
+    if not 65536 <= cfg.max_io_size <= 8 * 1024 * 1024:
+        raise ConfigError("max_io_size must be between 65536 and 8388608")
+    if not cfg.node_id:
+        cfg.node_id = f"{socket.gethostname()}-{cfg.listen_host}-{cfg.listen_port}"

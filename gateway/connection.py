@@ -1,0 +1,404 @@
+"""One client TCP connection: reads frames, dispatches requests, writes replies.
+
+Requests of a connection are handled in arrival order. A handler that must
+wait (a CREATE waiting for a break, a blocking LOCK, CHANGE_NOTIFY) calls
+``ctx.go_async()``: the client gets an interim STATUS_PENDING and the
+connection moves on, so an acknowledgement arriving on this same connection
+can release the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from typing import TYPE_CHECKING, Awaitable, Callable
+
+from .context import Reply, RequestContext
+from .protocol import crypto, wire
+from .protocol.constants import (
+    Command,
+    Dialect,
+    HeaderFlags,
+    NtStatusError,
+    Status,
+)
+from .protocol.framing import FrameDecoder, FramingError
+from .protocol.header import Header, error_body
+from .state import Open, Session, TreeConnect
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger("smbgw.conn")
+
+Handler = Callable[[RequestContext], Awaitable[Reply]]
+
+# Commands that may be sent before a session exists.
+_NO_SESSION = {Command.NEGOTIATE, Command.SESSION_SETUP, Command.ECHO, Command.CANCEL}
+# Commands that need no tree connect.
+_NO_TREE = _NO_SESSION | {Command.LOGOFF, Command.TREE_CONNECT, Command.OPLOCK_BREAK}
+
+
+class Disconnect(Exception):
+    """Drop the connection (the protocol prescribes it, or the peer is hostile)."""
+
+
+class SmbConnection:
+    def __init__(
+        self, node: Node, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.node = node
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.codec = wire.WireCodec(max_frame=node.config.max_io_size + 65536 * 2)
+        self.codec.max_credits = node.config.max_credits
+        self.codec.observer = self._observe_reply
+        self.decoder = FrameDecoder(self.codec.max_frame)
+        self.sessions: dict[int, Session] = {}
+        self.opens: dict[int, Open] = {}  # by volatile id
+        self.client_guid = b"\x00" * 16
+        self.client_dialects: tuple[int, ...] = ()
+        self.server_capabilities = 0
+        self.server_security_mode = 0
+        self.preauth_hash = bytes(64)
+        self.client_capabilities = 0
+        self.client_security_mode = 0
+        self.negotiated = False
+        self._async_ids = itertools.count(1)
+        self.pending: dict[int, tuple[RequestContext, asyncio.Task[Reply]]] = {}
+        self.pending_by_mid: dict[int, int] = {}
+        self.closed = False
+
+    # -- identifiers -------------------------------------------------------
+
+    def new_async_id(self) -> int:
+        return next(self._async_ids)
+
+    # -- main loop ---------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while not self.closed:
+                data = await self.reader.read(256 * 1024)
+                if not data:
+                    break
+                for frame in self.decoder.feed(data):
+                    await self._handle_frame(frame)
+        except (FramingError, Disconnect, wire.WireError) as e:
+            log.info("%s: disconnecting: %s", self.peer, e)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            await self.teardown()
+
+    async def teardown(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for _ctx, task in list(self.pending.values()):
+            task.cancel()
+        for session in list(self.sessions.values()):
+            await self.node.logoff(self, session)
+        self.sessions.clear()
+        try:
+            self.writer.close()
+        except Exception:  # noqa: BLE001 - the socket may already be gone
+            pass
+        self.node.connections.discard(self)
+
+    # -- sending -----------------------------------------------------------
+
+    def send_messages(
+        self, messages: list[tuple[Header, bytes, Session | None]], encrypt_for: Session | None
+    ) -> None:
+        """Sign each message, chain them, encrypt the chain if needed, frame it."""
+        if self.closed:
+            return
+        data = self.codec.encode(messages, encrypt_for)
+        self.writer.write(data)
+
+    def _observe_reply(self, hdr: Header, msg: bytes) -> None:
+        if self.codec.dialect != Dialect.SMB3_1_1:
+            return
+        if hdr.command == Command.NEGOTIATE:
+            self.preauth_hash = crypto.preauth_update(self.preauth_hash, msg)
+        elif hdr.command == Command.SESSION_SETUP and hdr.status == Status.MORE_PROCESSING_REQUIRED:
+            session = self.sessions.get(hdr.session_id)
+            if session is not None and session.state != "valid":
+                session.preauth_hash = crypto.preauth_update(session.preauth_hash, msg)
+
+    async def drain(self) -> None:
+        try:
+            await self.writer.drain()
+        except ConnectionError:
+            self.closed = True
+
+    def send_notification(self, command: int, body: bytes, session: Session | None) -> None:
+        """A server-initiated message (oplock or lease break): MessageId all ones."""
+        hdr = Header(
+            command=command,
+            message_id=0xFFFFFFFFFFFFFFFF,
+            flags=HeaderFlags.SERVER_TO_REDIR,
+            session_id=0,
+        )
+        encrypt = session if session is not None and session.encrypt_data else None
+        if encrypt is not None:
+            hdr.session_id = session.session_id if session else 0
+        self.send_messages([(hdr, body, None)], encrypt)
+
+    # -- request processing -------------------------------------------------
+
+    async def _handle_frame(self, frame: bytes) -> None:
+        if frame[:4] == wire.SMB1_PROTOCOL_ID:
+            await self._handle_smb1_negotiate(frame)
+            return
+        encrypted_session: Session | None = None
+        if frame[:4] == wire.TRANSFORM_PROTOCOL_ID:
+            sid = self.codec.transform_session_id(frame)
+            encrypted_session = self.sessions.get(sid)
+            if encrypted_session is None or not encrypted_session.decryption_key:
+                raise Disconnect("encrypted message for an unknown session")
+            frame = self.codec.decrypt(frame, encrypted_session)
+        try:
+            chain = wire.split_messages(frame)
+        except NtStatusError as e:
+            raise Disconnect(str(e)) from None
+        replies: list[tuple[Header, bytes, Session | None]] = []
+        related_fid: tuple[int, int] | None = None
+        last_session: Session | None = None
+        last_tree: TreeConnect | None = None
+        last_status: int = Status.SUCCESS
+        encrypt_for = encrypted_session
+        for index, (hdr, body, raw) in enumerate(chain):
+            is_last = index == len(chain) - 1
+            if hdr.command == Command.CANCEL:
+                self._cancel(hdr)
+                continue
+            if index == 0 and hdr.is_related:
+                # MS-SMB2 3.3.5.2.7.2: the first request of a chain cannot be related.
+                reply_hdr = self._reply_header(hdr, Status.INVALID_PARAMETER)
+                replies.append((reply_hdr, error_body(), None))
+                continue
+            ctx_session = last_session if hdr.is_related else None
+            ctx_tree = last_tree if hdr.is_related else None
+            try:
+                if hdr.is_related and last_status != Status.SUCCESS:
+                    raise NtStatusError(last_status)
+                session = self._session_for(hdr, ctx_session, raw, encrypted_session)
+                tree = self._tree_for(hdr, session, ctx_tree)
+            except NtStatusError as e:
+                session = ctx_session
+                reply_hdr = self._reply_header(hdr, e.status)
+                replies.append((reply_hdr, error_body(), self._signer(hdr, session)))
+                last_status = e.status
+                continue
+            if session is not None and session.encrypt_data and encrypt_for is None:
+                encrypt_for = session if encrypted_session is not None else None
+            ctx = RequestContext(
+                self,
+                hdr,
+                body,
+                raw,
+                session=session,
+                tree=tree,
+                related_file_id=related_fid if hdr.is_related else None,
+                encrypted=encrypted_session is not None,
+                allow_async=is_last,
+            )
+            reply = await self._run_handler(ctx, replies, encrypt_for)
+            if reply is None:  # went async; the interim reply was queued
+                continue
+            if reply.file_id is not None:
+                related_fid = reply.file_id
+            elif ctx.used_file_id is not None:
+                related_fid = ctx.used_file_id
+            last_session = ctx.session
+            last_tree = ctx.tree
+            last_status = reply.status if _is_error(reply.status) else Status.SUCCESS
+            reply_hdr = self._reply_header(hdr, reply.status, ctx.session)
+            body_out = reply.body if reply.body else error_body()
+            replies.append((reply_hdr, body_out, self._signer(hdr, ctx.session, reply.status)))
+        if replies:
+            self.send_messages(replies, encrypt_for)
+            await self.drain()
+
+    async def _run_handler(
+        self,
+        ctx: RequestContext,
+        replies: list[tuple[Header, bytes, Session | None]],
+        encrypt_for: Session | None,
+    ) -> Reply | None:
+        handler = self.node.handlers.get(ctx.header.command)
+        if handler is None:
+            return Reply(Status.INVALID_PARAMETER)
+        loop = asyncio.get_running_loop()
+        went_async: asyncio.Future[int] = loop.create_future()
+        if ctx.allow_async:
+            ctx._went_async = went_async
+        task = loop.create_task(_guarded(handler, ctx))
+        await asyncio.wait({task, went_async}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            went_async.cancel()
+            return task.result()
+        # The handler went async: queue the interim reply and finish later.
+        async_id = went_async.result()
+        hdr = ctx.header
+        self.pending[async_id] = (ctx, task)
+        self.pending_by_mid[hdr.message_id] = async_id
+        interim = self._reply_header(hdr, Status.PENDING, ctx.session)
+        interim.flags |= HeaderFlags.ASYNC_COMMAND
+        interim.async_id = async_id
+        replies.append((interim, error_body(), self._signer(hdr, ctx.session)))
+        task.add_done_callback(lambda t: self._finish_async(ctx, t, encrypt_for))
+        return None
+
+    def _finish_async(
+        self, ctx: RequestContext, task: asyncio.Task[Reply], encrypt_for: Session | None
+    ) -> None:
+        self.pending.pop(ctx.async_id, None)
+        self.pending_by_mid.pop(ctx.header.message_id, None)
+        if self.closed:
+            return
+        if task.cancelled():
+            reply = Reply(Status.CANCELLED)
+        elif task.exception() is not None:
+            log.info("%s: disconnecting: %s", self.peer, task.exception())
+            asyncio.get_running_loop().create_task(self.teardown())
+            return
+        else:
+            reply = task.result()
+        # Credits were granted with the interim reply.
+        hdr = self._reply_header(ctx.header, reply.status, ctx.session, grant=False)
+        hdr.flags |= HeaderFlags.ASYNC_COMMAND
+        hdr.async_id = ctx.async_id
+        body = reply.body if reply.body else error_body()
+        signer = self._signer(ctx.header, ctx.session, reply.status)
+        self.send_messages([(hdr, body, signer)], encrypt_for)
+
+    def _cancel(self, hdr: Header) -> None:
+        if hdr.is_async:
+            async_id = hdr.async_id
+        else:
+            async_id = self.pending_by_mid.get(hdr.message_id, 0)
+        entry = self.pending.get(async_id)
+        if entry is not None:
+            entry[1].cancel()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _reply_header(
+        self, req: Header, status: int, session: Session | None = None, *, grant: bool = True
+    ) -> Header:
+        return Header(
+            command=req.command,
+            message_id=req.message_id,
+            credit_charge=req.credit_charge,
+            status=status,
+            credits=self.codec.grant_credits(req) if grant else 0,
+            flags=HeaderFlags.SERVER_TO_REDIR | (req.flags & HeaderFlags.RELATED_OPERATIONS),
+            tree_id=req.tree_id,
+            session_id=session.session_id if session is not None else req.session_id,
+        )
+
+    def _signer(
+        self, req: Header, session: Session | None, status: int = Status.SUCCESS
+    ) -> Session | None:
+        """The session whose key signs the reply, or None for an unsigned reply."""
+        if session is None or not session.signing_key:
+            return None
+        if req.command == Command.SESSION_SETUP:
+            ok = status == Status.SUCCESS and session.state == "valid"
+            return session if ok and session.sign_final else None
+        if req.is_signed or session.signing_required:
+            return session
+        return None
+
+    def _session_for(
+        self,
+        hdr: Header,
+        related: Session | None,
+        raw: bytes,
+        encrypted_session: Session | None,
+    ) -> Session | None:
+        if hdr.command in (Command.NEGOTIATE, Command.ECHO):
+            return None
+        if hdr.command == Command.SESSION_SETUP and hdr.session_id == 0:
+            return None
+        session = related
+        if session is None or (hdr.session_id not in (0, 0xFFFFFFFFFFFFFFFF)):
+            session = self.sessions.get(hdr.session_id)
+        if session is None:
+            if hdr.command == Command.SESSION_SETUP:
+                return None  # binding or reauth of an unknown id: the handler answers
+            raise NtStatusError(Status.USER_SESSION_DELETED)
+        if session.state == "expired" and hdr.command not in (
+            Command.SESSION_SETUP,
+            Command.LOGOFF,
+            Command.CLOSE,
+        ):
+            raise NtStatusError(Status.NETWORK_SESSION_EXPIRED)
+        if hdr.command == Command.SESSION_SETUP and session.state != "valid":
+            return session
+        if encrypted_session is not None:
+            return session  # decryption authenticated the message
+        if session.encrypt_data and session.state == "valid":
+            raise NtStatusError(Status.ACCESS_DENIED)
+        if hdr.is_signed and session.signing_key:
+            if not self.codec.verify(raw, session):
+                raise NtStatusError(Status.ACCESS_DENIED)
+        elif session.signing_required and hdr.command != Command.OPLOCK_BREAK:
+            raise NtStatusError(Status.ACCESS_DENIED)
+        return session
+
+    def _tree_for(
+        self, hdr: Header, session: Session | None, related: TreeConnect | None
+    ) -> TreeConnect | None:
+        if hdr.command in _NO_TREE or session is None:
+            return None
+        if related is not None and hdr.tree_id in (0, 0xFFFFFFFF, related.tree_id):
+            return related
+        tree = session.trees.get(hdr.tree_id)
+        if tree is None:
+            raise NtStatusError(Status.NETWORK_NAME_DELETED)
+        return tree
+
+    async def _handle_smb1_negotiate(self, frame: bytes) -> None:
+        if self.negotiated:
+            raise Disconnect("SMB1 negotiate after negotiation")
+        dialects = wire.parse_smb1_negotiate(frame)
+        if "SMB 2.???" in dialects:
+            dialect = 0x02FF
+        elif "SMB 2.002" in dialects:
+            dialect = 0x0202
+        else:
+            raise Disconnect("client offers no SMB2 dialect")
+        from .handlers.negotiate import smb1_negotiate_response
+
+        body = smb1_negotiate_response(self, dialect)
+        hdr = Header(command=Command.NEGOTIATE, message_id=0, flags=HeaderFlags.SERVER_TO_REDIR)
+        hdr.credits = 1
+        self.send_messages([(hdr, body, None)], None)
+        await self.drain()
+
+
+async def _guarded(handler: Handler, ctx: RequestContext) -> Reply:
+    """Run a handler; NTSTATUS errors become replies, bugs become INTERNAL_ERROR."""
+    try:
+        return await handler(ctx)
+    except NtStatusError as e:
+        return Reply(e.status)
+    except asyncio.CancelledError:
+        raise
+    except Disconnect:
+        raise
+    except Exception:
+        log.exception("handler for %s failed", Command(ctx.header.command).name)
+        return Reply(Status.INTERNAL_ERROR)
+
+
+def _is_error(status: int) -> bool:
+    return (status >> 30) == 3
+

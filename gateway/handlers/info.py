@@ -1,0 +1,229 @@
+"""QUERY_INFO and SET_INFO (MS-SMB2 2.2.37-2.2.40, 3.3.5.20-3.3.5.21)."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from oplock_bus.api import Operation
+
+from .. import security
+from ..context import Reply, RequestContext
+from ..protocol import infoclass
+from ..protocol.constants import (
+    AccessMask,
+    FileAttributes,
+    FileInfoClass,
+    FsInfoClass,
+    InfoType,
+    NtStatusError,
+    Status,
+)
+from ..protocol.wire import check_size
+from ..state import Open
+from ..vfs import status_from_oserror
+from .breaks import run_bus_call
+
+_QUERY = struct.Struct("<HBBIHHIIIQQ")
+_QUERY_RESP = struct.Struct("<HHI")
+_SET = struct.Struct("<HBBIHHIQQ")
+_SET_RESP = struct.pack("<H", 2)
+
+# Classes whose answer has a variable part: a short buffer gets what fits
+# with STATUS_BUFFER_OVERFLOW; any other class answers INFO_LENGTH_MISMATCH.
+_VARIABLE = {
+    (InfoType.FILE, FileInfoClass.ALL),
+    (InfoType.FILE, FileInfoClass.NAME),
+    (InfoType.FILE, FileInfoClass.STREAM),
+    (InfoType.FILE, FileInfoClass.NORMALIZED_NAME),
+    (InfoType.FILE, FileInfoClass.ALTERNATE_NAME),
+    (InfoType.FILESYSTEM, FsInfoClass.VOLUME),
+    (InfoType.FILESYSTEM, FsInfoClass.ATTRIBUTE),
+}
+
+
+async def handle_query_info(ctx: RequestContext) -> Reply:
+    body = ctx.body
+    check_size(body, 40, 41)
+    (_s, info_type, info_class, out_len, _in_off, _r, _in_len, additional, _flags, _p, _v) = (
+        _QUERY.unpack_from(body)
+    )
+    op = ctx.open_at(24)
+    if out_len > ctx.node.config.max_io_size:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    if info_type == InfoType.FILE:
+        data = _file_info(op, info_class)
+    elif info_type == InfoType.FILESYSTEM:
+        data = _fs_info(ctx, op, info_class)
+    elif info_type == InfoType.SECURITY:
+        if not op.access & AccessMask.READ_CONTROL:
+            raise NtStatusError(Status.ACCESS_DENIED)
+        data = security.query_security(op, additional)
+        if len(data) > out_len:
+            return Reply(Status.BUFFER_TOO_SMALL, _QUERY_RESP.pack(9, 64 + 8, 4) +
+                         struct.pack("<I", len(data)))  # fmt: skip
+    elif info_type == InfoType.QUOTA:
+        raise NtStatusError(Status.NOT_SUPPORTED)
+    else:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    status = Status.SUCCESS
+    if len(data) > out_len:
+        if (info_type, info_class) not in _VARIABLE:
+            raise NtStatusError(Status.INFO_LENGTH_MISMATCH)
+        data = data[:out_len]
+        status = Status.BUFFER_OVERFLOW
+    return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
+
+
+def _stat(op: Open) -> infoclass.FileInfo:
+    fs = op.tree.fs
+    if fs is None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    try:
+        return fs.stat_fd(op.fd) if op.fd >= 0 else fs.stat_path(op.host_path)
+    except OSError as e:
+        raise NtStatusError(status_from_oserror(e)) from None
+
+
+def _file_info(op: Open, info_class: int) -> bytes:
+    if op.pipe is not None:
+        if info_class == FileInfoClass.STANDARD:
+            return infoclass.file_standard(None, delete_pending=False, directory=False)
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    needs_attrs = info_class not in (
+        FileInfoClass.NAME, FileInfoClass.ACCESS, FileInfoClass.POSITION, FileInfoClass.MODE,
+        FileInfoClass.ALIGNMENT, FileInfoClass.NORMALIZED_NAME, FileInfoClass.INTERNAL,
+        FileInfoClass.EA, FileInfoClass.STANDARD, FileInfoClass.STREAM,
+    )  # fmt: skip
+    if needs_attrs and not op.access & AccessMask.FILE_READ_ATTRIBUTES:
+        raise NtStatusError(Status.ACCESS_DENIED)
+    info = _stat(op)
+    name = "\\" + op.smb_name if op.smb_name else "\\"
+    return infoclass.query_file_info(
+        info_class,
+        info,
+        name=name,
+        delete_pending=op.delete_on_close,
+        access=op.access,
+        position=op.position,
+        mode=op.mode,
+    )
+
+
+def _fs_info(ctx: RequestContext, op: Open, info_class: int) -> bytes:
+    fs = op.tree.fs
+    if fs is None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    return infoclass.query_fs_info(info_class, fs, label=op.tree.share.name)
+
+
+# -- SET_INFO ---------------------------------------------------------------------
+
+
+async def handle_set_info(ctx: RequestContext) -> Reply:
+    body = ctx.body
+    check_size(body, 32, 33)
+    _s, info_type, info_class, buf_len, buf_off, _r, _additional, _p, _v = _SET.unpack_from(body)
+    start = buf_off - 64
+    if buf_len and (start < 32 or start + buf_len > len(body)):
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    buf = bytes(body[start : start + buf_len])
+    op = ctx.open_at(16)
+    if op.pipe is not None or op.tree.fs is None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    if op.tree.share.read_only:
+        raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
+    if info_type == InfoType.FILE:
+        await _set_file_info(ctx, op, info_class, buf)
+    elif info_type == InfoType.SECURITY:
+        raise NtStatusError(Status.NOT_SUPPORTED)
+    elif info_type == InfoType.FILESYSTEM:
+        raise NtStatusError(Status.NOT_SUPPORTED)
+    else:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    return Reply(Status.SUCCESS, _SET_RESP)
+
+
+def _require(op: Open, mask: int) -> None:
+    if not op.access & mask:
+        raise NtStatusError(Status.ACCESS_DENIED)
+
+
+async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: bytes) -> None:
+    fs = op.tree.fs
+    assert fs is not None
+    bus = ctx.node.bus
+    try:
+        if info_class == FileInfoClass.BASIC:
+            _require(op, AccessMask.FILE_WRITE_ATTRIBUTES)
+            basic = infoclass.parse_basic(buf)
+            fs.set_basic(op.host_path, basic, fd=op.fd, is_dir=op.is_dir)
+            ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir)
+        elif info_class == FileInfoClass.RENAME:
+            await _rename(ctx, op, buf)
+        elif info_class in (FileInfoClass.DISPOSITION, FileInfoClass.DISPOSITION_EX):
+            _require(op, AccessMask.DELETE)
+            delete = infoclass.parse_disposition(buf, ex=info_class == FileInfoClass.DISPOSITION_EX)
+            if delete:
+                info = _stat(op)
+                if info.attributes & FileAttributes.READONLY:
+                    raise NtStatusError(Status.CANNOT_DELETE)
+                if op.is_dir and fs.listdir_names(op.host_path):
+                    raise NtStatusError(Status.DIRECTORY_NOT_EMPTY)
+                await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.DELETE))
+            op.delete_on_close = delete
+            await bus.set_delete_pending(op.file_key, delete)
+        elif info_class == FileInfoClass.END_OF_FILE:
+            _require(op, AccessMask.FILE_WRITE_DATA)
+            size = infoclass.parse_end_of_file(buf)
+            await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE))
+            os.ftruncate(op.fd, size)
+            ctx.node.notify_change(op.tree, op.host_path, "modified", False)
+        elif info_class == FileInfoClass.ALLOCATION:
+            _require(op, AccessMask.FILE_WRITE_DATA)
+            size = infoclass.parse_allocation(buf)
+            if size < os.fstat(op.fd).st_size:
+                await run_bus_call(
+                    ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE)
+                )
+                os.ftruncate(op.fd, size)
+        elif info_class == FileInfoClass.POSITION:
+            op.position = infoclass.parse_position(buf)
+        elif info_class == FileInfoClass.MODE:
+            op.mode = infoclass.parse_mode(buf)
+        elif info_class in (FileInfoClass.FULL_EA,):
+            raise NtStatusError(Status.EAS_NOT_SUPPORTED)
+        else:
+            raise NtStatusError(Status.INVALID_INFO_CLASS)
+    except OSError as e:
+        raise NtStatusError(status_from_oserror(e)) from None
+
+
+async def _rename(ctx: RequestContext, op: Open, buf: bytes) -> None:
+    _require(op, AccessMask.DELETE)
+    fs = op.tree.fs
+    assert fs is not None
+    replace, target = infoclass.parse_rename(buf)
+    target = target.lstrip("\\")
+    new_path, existing = fs.lookup(target)
+    if existing is not None and os.path.realpath(new_path) != os.path.realpath(op.host_path):
+        if not replace:
+            raise NtStatusError(Status.OBJECT_NAME_COLLISION)
+        if existing.is_dir:
+            raise NtStatusError(Status.ACCESS_DENIED)
+    node = ctx.node
+    if op.is_dir:
+        prefix = op.host_path.rstrip("/") + "/"
+        if any(o.host_path.startswith(prefix) for o in node.opens.values()):
+            raise NtStatusError(Status.ACCESS_DENIED)  # a directory with open children
+    await run_bus_call(ctx, node.bus.break_for(op.file_key, op.bus_open_id, Operation.RENAME))
+    old = op.host_path
+    fs.rename(old, new_path, replace=replace)
+    for other in node.opens.values():
+        if other.file_key == op.file_key and other.host_path == old:
+            other.host_path = new_path
+            other.smb_name = target
+    op.host_path = new_path
+    op.smb_name = target
+    node.notify_change(op.tree, old, "renamed_old", op.is_dir)
+    node.notify_change(op.tree, new_path, "renamed_new", op.is_dir)

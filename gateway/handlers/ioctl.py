@@ -1,0 +1,124 @@
+"""IOCTL / FSCTL (MS-SMB2 2.2.31-2.2.32, 3.3.5.15)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from ..context import Reply, RequestContext
+from ..protocol.constants import (
+    IOCTL_IS_FSCTL,
+    Fsctl,
+    NtStatusError,
+    Status,
+)
+from ..protocol.wire import check_size
+
+_REQ = struct.Struct("<HHIQQIIIIIIII")
+_RESP = struct.Struct("<HHIQQIIIIII")
+_IFACE = struct.Struct("<IIIIQ")
+_NO_FILE = 0xFFFFFFFFFFFFFFFF
+_RSS_CAPABLE = 0x1
+
+
+async def handle_ioctl(ctx: RequestContext) -> Reply:
+    body = ctx.body
+    check_size(body, 56, 57)
+    (_s, _r, code, pid, vid, in_off, in_len, _max_in, _out_off, _out_len, max_out, flags,
+     _r2) = _REQ.unpack_from(body)  # fmt: skip
+    if flags != IOCTL_IS_FSCTL:
+        raise NtStatusError(Status.NOT_SUPPORTED)
+    start = in_off - 64
+    if in_len and (start < 56 or start + in_len > len(body)):
+        raise NtStatusError(Status.INVALID_PARAMETER, "input outside the message")
+    data = bytes(body[start : start + in_len]) if in_len else b""
+    if code == Fsctl.VALIDATE_NEGOTIATE_INFO:
+        out = _validate_negotiate(ctx, data)
+    elif code == Fsctl.QUERY_NETWORK_INTERFACE_INFO:
+        out = _interfaces(ctx)
+    elif code in (Fsctl.DFS_GET_REFERRALS, Fsctl.DFS_GET_REFERRALS_EX):
+        raise NtStatusError(Status.NOT_FOUND)
+    elif code == Fsctl.PIPE_TRANSCEIVE:
+        op = ctx.open_at(8)
+        if op.pipe is None:
+            raise NtStatusError(Status.INVALID_DEVICE_REQUEST)
+        op.pipe.write(data)
+        out = op.pipe.read(max_out)
+        if op.pipe.pending():
+            return _reply(code, pid, vid, out, Status.BUFFER_OVERFLOW)
+    else:
+        out = await _file_fsctl(ctx, code, data, max_out)
+        pid, vid = ctx.used_file_id or (pid, vid)
+    if len(out) > max_out:
+        raise NtStatusError(Status.BUFFER_TOO_SMALL)
+    return _reply(code, pid, vid, out, Status.SUCCESS)
+
+
+def _reply(code: int, pid: int, vid: int, out: bytes, status: int) -> Reply:
+    out_off = 64 + 48 if out else 0
+    resp = _RESP.pack(49, 0, code, pid, vid, 64 + 48, 0, out_off, len(out), 0, 0)
+    return Reply(status, resp + out)
+
+
+def _validate_negotiate(ctx: RequestContext, data: bytes) -> bytes:
+    """Answer FSCTL_VALIDATE_NEGOTIATE_INFO; a mismatch means a downgrade attack."""
+    from ..connection import Disconnect
+
+    conn = ctx.conn
+    if len(data) < 24:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    caps, guid, sec_mode, count = struct.unpack_from("<I16sHH", data)
+    if len(data) < 24 + 2 * count:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    dialects = struct.unpack_from(f"<{count}H", data, 24)
+    if (
+        caps != conn.client_capabilities
+        or guid != conn.client_guid
+        or sec_mode != conn.client_security_mode
+        or tuple(dialects) != conn.client_dialects
+    ):
+        raise Disconnect("VALIDATE_NEGOTIATE_INFO does not match the negotiation")
+    return struct.pack(
+        "<I16sHH",
+        conn.server_capabilities,
+        ctx.node.server_guid,
+        conn.server_security_mode,
+        conn.codec.dialect,
+    )
+
+
+def _interfaces(ctx: RequestContext) -> bytes:
+    host = ctx.conn.writer.get_extra_info("sockname")[0]
+    try:
+        packed = socket.inet_aton(host)
+    except OSError:
+        packed = bytes(4)
+    # SOCKADDR_STORAGE: family, port 0, IPv4 address, zero padding to 128 bytes.
+    sockaddr = struct.pack("<HH4s", socket.AF_INET, 0, packed).ljust(128, b"\x00")
+    return _IFACE.pack(0, 1, _RSS_CAPABLE, 0, 10_000_000_000) + sockaddr
+
+
+async def _file_fsctl(ctx: RequestContext, code: int, data: bytes, max_out: int) -> bytes:
+    op = ctx.open_at(8)
+    if code == Fsctl.SRV_ENUMERATE_SNAPSHOTS:
+        if max_out < 16:
+            raise NtStatusError(Status.INVALID_PARAMETER)
+        # No previous versions: zero snapshots, an empty multi-string.
+        return struct.pack("<IIIH", 0, 0, 2, 0)
+    if code == Fsctl.GET_REPARSE_POINT:
+        raise NtStatusError(Status.NOT_A_REPARSE_POINT)
+    if code == Fsctl.GET_COMPRESSION:
+        return struct.pack("<H", 0)
+    if code == Fsctl.SET_COMPRESSION:
+        if len(data) < 2:
+            raise NtStatusError(Status.INVALID_PARAMETER)
+        if struct.unpack_from("<H", data)[0] != 0:
+            raise NtStatusError(Status.NOT_SUPPORTED)
+        return b""
+    if code == Fsctl.SET_SPARSE:
+        return b""
+    if code == Fsctl.CREATE_OR_GET_OBJECT_ID:
+        vol, _, ino = op.file_key.partition(":")
+        object_id = struct.pack("<QQ", int(ino, 16), int(vol, 16))
+        return object_id + bytes(48)
+    raise NtStatusError(Status.INVALID_DEVICE_REQUEST)

@@ -1,0 +1,59 @@
+"""LOCK: byte-range locks (MS-SMB2 2.2.26-2.2.27, 3.3.5.14; MS-FSA 2.1.5.8)."""
+
+from __future__ import annotations
+
+import struct
+
+from oplock_bus.api import LockRange, Operation
+
+from ..context import Reply, RequestContext
+from ..protocol.constants import LockFlags, NtStatusError, Status
+from ..protocol.wire import check_size
+from .breaks import run_bus_call
+
+_REQ = struct.Struct("<HHIQQ")
+_ELEMENT = struct.Struct("<QQII")
+_RESP = struct.pack("<HH", 4, 0)
+_LOCK_FLAGS = {
+    LockFlags.SHARED_LOCK,
+    LockFlags.EXCLUSIVE_LOCK,
+    LockFlags.SHARED_LOCK | LockFlags.FAIL_IMMEDIATELY,
+    LockFlags.EXCLUSIVE_LOCK | LockFlags.FAIL_IMMEDIATELY,
+}
+STATUS_INVALID_LOCK_RANGE = 0xC00001A1
+
+
+async def handle_lock(ctx: RequestContext) -> Reply:
+    body = ctx.body
+    check_size(body, 48, 48)
+    _s, count, _seq, _p, _v = _REQ.unpack_from(body)
+    if count == 0 or 24 + count * _ELEMENT.size > len(body):
+        raise NtStatusError(Status.INVALID_PARAMETER, "bad LockCount")
+    op = ctx.open_at(8)
+    if op.is_dir or op.pipe is not None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    elements = [_ELEMENT.unpack_from(body, 24 + i * _ELEMENT.size) for i in range(count)]
+    unlock = bool(elements[0][2] & LockFlags.UNLOCK)
+    ranges: list[LockRange] = []
+    for offset, length, flags, _r in elements:
+        if unlock:
+            if flags != LockFlags.UNLOCK:
+                raise NtStatusError(Status.INVALID_PARAMETER, "unlock mixed with lock")
+        else:
+            if flags not in _LOCK_FLAGS:
+                raise NtStatusError(Status.INVALID_PARAMETER, "bad lock flags")
+            if count > 1 and not flags & LockFlags.FAIL_IMMEDIATELY:
+                raise NtStatusError(Status.INVALID_PARAMETER, "several blocking locks")
+        if length and offset + length - 1 > 0xFFFFFFFFFFFFFFFF:
+            raise NtStatusError(STATUS_INVALID_LOCK_RANGE)
+        ranges.append(LockRange(offset, length, bool(flags & LockFlags.EXCLUSIVE_LOCK)))
+    bus = ctx.node.bus
+    if unlock:
+        status = await bus.unlock(op.file_key, op.bus_open_id, ranges)
+    else:
+        wait = not elements[0][2] & LockFlags.FAIL_IMMEDIATELY
+        await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.LOCK))
+        status = await run_bus_call(ctx, bus.lock(op.file_key, op.bus_open_id, ranges, wait=wait))
+    if status != Status.SUCCESS:
+        raise NtStatusError(status)
+    return Reply(Status.SUCCESS, _RESP)

@@ -1,0 +1,50 @@
+"""OPLOCK_BREAK acknowledgements, oplock and lease (MS-SMB2 2.2.24-2.2.25, 3.3.5.22)."""
+
+from __future__ import annotations
+
+import struct
+
+from oplock_bus.api import LeaseKey
+
+from ..context import Reply, RequestContext
+from ..protocol.constants import NtStatusError, OplockLevel, Status
+
+_OPLOCK_ACK = struct.Struct("<HBBIQQ")
+_LEASE_ACK = struct.Struct("<HHI16sIQ")
+
+
+async def handle_oplock_break(ctx: RequestContext) -> Reply:
+    body = ctx.body
+    if len(body) < 2:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    size = struct.unpack_from("<H", body, 0)[0]
+    if size == 24 and len(body) >= 24:
+        return await _oplock_ack(ctx)
+    if size == 36 and len(body) >= 36:
+        return await _lease_ack(ctx)
+    raise NtStatusError(Status.INVALID_PARAMETER)
+
+
+async def _oplock_ack(ctx: RequestContext) -> Reply:
+    _s, level, _r, _r2, _p, _v = _OPLOCK_ACK.unpack_from(ctx.body)
+    if ctx.session is None:
+        raise NtStatusError(Status.USER_SESSION_DELETED)
+    op = ctx.open_at(8)
+    if level not in (OplockLevel.NONE, OplockLevel.II):
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    result = await ctx.node.bus.ack_oplock(op.file_key, op.bus_open_id, level)
+    if result.status != Status.SUCCESS:
+        raise NtStatusError(result.status)
+    op.oplock_level = result.level
+    body = _OPLOCK_ACK.pack(24, result.level, 0, 0, op.persistent_id, op.volatile_id)
+    return Reply(Status.SUCCESS, body)
+
+
+async def _lease_ack(ctx: RequestContext) -> Reply:
+    _s, _r, _flags, key, state, _dur = _LEASE_ACK.unpack_from(ctx.body)
+    if ctx.session is None:
+        raise NtStatusError(Status.USER_SESSION_DELETED)
+    result = await ctx.node.bus.ack_lease(LeaseKey(ctx.conn.client_guid, key), state)
+    if result.status != Status.SUCCESS:
+        raise NtStatusError(result.status)
+    return Reply(Status.SUCCESS, _LEASE_ACK.pack(36, 0, 0, key, result.level, 0))

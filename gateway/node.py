@@ -1,0 +1,182 @@
+"""One gateway node: its shares, its bus, its connections and their opens."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import struct
+import uuid
+from typing import TYPE_CHECKING
+
+from oplock_bus.api import BreakNotice, LockBus
+
+from .config import Config
+from .connection import SmbConnection
+from .handlers.breaks import request_is_waiting_on_break
+from .notify import NotifyHub
+from .protocol.constants import Command
+from .state import Open, Session, TreeConnect
+from .vfs import ShareFS
+
+if TYPE_CHECKING:
+    from .connection import Handler
+
+log = logging.getLogger("smbgw.node")
+
+_OPLOCK_BREAK = struct.Struct("<HBBIQQ")
+_LEASE_BREAK = struct.Struct("<HHI16sIIIII")
+LEASE_BREAK_ACK_REQUIRED = 0x01
+
+
+class Node:
+    def __init__(self, config: Config, bus: LockBus) -> None:
+        self.config = config
+        self.bus = bus
+        self.node_id = config.node_id
+        self.server_guid = uuid.uuid5(uuid.NAMESPACE_URL, f"smbgw:{config.node_id}").bytes_le
+        self.share_fs = {s.name.lower(): ShareFS(s.path) for s in config.shares}
+        self.allows_guest = any(s.guest_ok for s in config.shares)
+        self.connections: set[SmbConnection] = set()
+        self.opens: dict[str, Open] = {}  # by bus open id
+        self._ids = itertools.count(1)
+        self.handlers: dict[int, Handler] = _handler_table()
+        self._server: asyncio.base_events.Server | None = None
+        self.notify_hub = NotifyHub()
+
+    def next_id(self) -> int:
+        return next(self._ids)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> asyncio.base_events.Server:
+        await self.bus.start()
+        self.bus.register_node(self.node_id, self.deliver_break)
+        self._server = await asyncio.start_server(
+            self._accept,
+            self.config.listen_host,
+            self.config.listen_port,
+            reuse_address=True,
+            limit=1024 * 1024,
+        )
+        return self._server
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            await conn.teardown()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.bus.stop()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            import socket
+
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn = SmbConnection(self, reader, writer)
+        self.connections.add(conn)
+        await conn.run()
+
+    # -- teardown of client state ---------------------------------------------
+
+    async def close_open(self, op: Open) -> None:
+        """Release a handle: bus registration, fd, delete-on-close."""
+        if op.closed:
+            return
+        op.closed = True
+        if op.connection is not None:
+            op.connection.opens.pop(op.volatile_id, None)
+        self.opens.pop(op.bus_open_id, None)
+        from .handlers.create import finish_close
+
+        await finish_close(self, op)
+
+    async def disconnect_tree(self, conn: SmbConnection, tree: TreeConnect) -> None:
+        for op in [o for o in conn.opens.values() if o.tree is tree]:
+            await self.close_open(op)
+        tree.session.trees.pop(tree.tree_id, None)
+
+    async def logoff(self, conn: SmbConnection, session: Session) -> None:
+        for tree in list(session.trees.values()):
+            await self.disconnect_tree(conn, tree)
+        session.state = "expired"
+
+    def notify_change(self, tree: TreeConnect, host_path: str, action: str, is_dir: bool) -> None:
+        self.notify_hub.changed(host_path, action, is_dir)
+
+    # -- breaks ----------------------------------------------------------------
+
+    async def deliver_break(self, notice: BreakNotice) -> None:
+        """Send the break the bus decided to the client holding the open or lease."""
+        request_is_waiting_on_break()
+        if notice.lease is not None:
+            target = self._lease_holder(notice.lease.client_guid, notice.lease.key)
+            if target is None:
+                log.debug("lease break for %s: no open on this node", notice.lease)
+                return
+            flags = LEASE_BREAK_ACK_REQUIRED if notice.ack_required else 0
+            epoch = notice.epoch if notice.version == 2 else 0
+            body = _LEASE_BREAK.pack(
+                44, epoch, flags, notice.lease.key, notice.current_state, notice.new_level,
+                0, 0, 0,
+            )  # fmt: skip
+            target.connection.send_notification(Command.OPLOCK_BREAK, body, target.tree.session)
+            return
+        if notice.open_id is None:
+            return
+        op = self.opens.get(notice.open_id)
+        if op is None or op.closed or op.connection is None:
+            return
+        level = 0x01 if notice.new_level == 0x01 else 0x00
+        body = _OPLOCK_BREAK.pack(24, level, 0, 0, op.persistent_id, op.volatile_id)
+        op.connection.send_notification(Command.OPLOCK_BREAK, body, op.tree.session)
+
+    def _lease_holder(self, client_guid: bytes, lease_key: bytes) -> Open | None:
+        best: Open | None = None
+        for op in self.opens.values():
+            conn = op.connection
+            if op.lease_key == lease_key and conn is not None and conn.client_guid == client_guid:
+                if not conn.closed:
+                    best = op
+        return best
+
+
+def _handler_table() -> dict[int, Handler]:
+    from .handlers import (
+        create,
+        directory,
+        echo,
+        info,
+        ioctl,
+        lock,
+        negotiate,
+        notify,
+        oplock,
+        readwrite,
+        session,
+        tree,
+    )
+
+    return {
+        Command.NEGOTIATE: negotiate.handle_negotiate,
+        Command.SESSION_SETUP: session.handle_session_setup,
+        Command.LOGOFF: session.handle_logoff,
+        Command.TREE_CONNECT: tree.handle_tree_connect,
+        Command.TREE_DISCONNECT: tree.handle_tree_disconnect,
+        Command.CREATE: create.handle_create,
+        Command.CLOSE: create.handle_close,
+        Command.FLUSH: readwrite.handle_flush,
+        Command.READ: readwrite.handle_read,
+        Command.WRITE: readwrite.handle_write,
+        Command.LOCK: lock.handle_lock,
+        Command.IOCTL: ioctl.handle_ioctl,
+        Command.ECHO: echo.handle_echo,
+        Command.QUERY_DIRECTORY: directory.handle_query_directory,
+        Command.CHANGE_NOTIFY: notify.handle_change_notify,
+        Command.QUERY_INFO: info.handle_query_info,
+        Command.SET_INFO: info.handle_set_info,
+        Command.OPLOCK_BREAK: oplock.handle_oplock_break,
+    }

@@ -1,0 +1,160 @@
+"""Connection-level message codec: compound chains, signing, encryption, credits.
+
+Sans-IO: it turns received frames into (header, body) pairs and replies into
+bytes to send; the asyncio layer owns the socket.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Protocol
+
+from . import crypto
+from .constants import (
+    HEADER_SIZE,
+    SMB1_PROTOCOL_ID,
+    TRANSFORM_HEADER_SIZE,
+    TRANSFORM_PROTOCOL_ID,
+    Command,
+    Dialect,
+    NtStatusError,
+    SigningAlgorithm,
+    Status,
+)
+from .framing import frame_header
+from .header import Header, pad8, split_compound
+
+__all__ = ["SMB1_PROTOCOL_ID", "TRANSFORM_PROTOCOL_ID", "WireCodec", "WireError"]
+
+
+class WireError(Exception):
+    """A frame that cannot be trusted (bad crypto, bad chain): disconnect."""
+
+
+class KeyedSession(Protocol):
+    session_id: int
+    signing_key: bytes
+    encryption_key: bytes
+    decryption_key: bytes
+
+
+_NEXT_COMMAND = struct.Struct("<I")
+
+
+def split_messages(frame: bytes) -> list[tuple[Header, bytes, bytes]]:
+    """(header, body, raw message) for each request chained in a frame."""
+    out = []
+    for offset, length in split_compound(frame):
+        raw = frame[offset : offset + length]
+        out.append((Header.unpack(raw), raw[HEADER_SIZE:], raw))
+    return out
+
+
+def parse_smb1_negotiate(frame: bytes) -> list[str]:
+    """The dialect strings of an SMB1 NEGOTIATE (the multi-protocol negotiate)."""
+    if len(frame) < 35 or frame[4] != 0x72:
+        raise WireError("SMB1 message other than NEGOTIATE")
+    byte_count = struct.unpack_from("<H", frame, 33)[0]
+    data = frame[35 : 35 + byte_count]
+    return [
+        part[1:].decode("ascii", "replace")
+        for part in data.split(b"\x00")
+        if part[:1] == b"\x02"
+    ]
+
+
+class WireCodec:
+    def __init__(self, max_frame: int) -> None:
+        self.max_frame = max_frame
+        self.dialect = 0
+        self.signing_algorithm: int | None = None
+        self.cipher: int | None = None
+        self.max_credits = 8192
+        self._outstanding = 0
+        # Called with each reply as sent (before encryption): the 3.1.1
+        # preauth integrity hash must cover NEGOTIATE and SESSION_SETUP replies.
+        self.observer: Callable[[Header, bytes], None] | None = None
+
+    # -- credits -------------------------------------------------------------
+
+    def grant_credits(self, req: Header) -> int:
+        """Grant what the client asks for, keeping at most max_credits outstanding."""
+        charge = max(1, req.credit_charge)
+        self._outstanding = max(0, self._outstanding - charge)
+        want = max(1, req.credits)
+        grant = min(want, self.max_credits - self._outstanding)
+        if grant < 1 and self._outstanding == 0:
+            grant = 1
+        grant = max(grant, 0)
+        if req.command == Command.NEGOTIATE and grant == 0:
+            grant = 1
+        self._outstanding += grant
+        return grant
+
+    # -- signing -------------------------------------------------------------
+
+    def _algorithm(self) -> int:
+        if self.signing_algorithm is not None:
+            return self.signing_algorithm
+        if self.dialect >= Dialect.SMB3_0:
+            return SigningAlgorithm.AES_CMAC
+        return SigningAlgorithm.HMAC_SHA256
+
+    def verify(self, raw: bytes, session: KeyedSession) -> bool:
+        return crypto.verify_message(raw, session.signing_key, self._algorithm())
+
+    def sign(self, msg: bytes, session: KeyedSession) -> bytes:
+        return crypto.sign_message(msg, session.signing_key, self._algorithm())
+
+    # -- encryption ----------------------------------------------------------
+
+    @staticmethod
+    def transform_session_id(frame: bytes) -> int:
+        if len(frame) < TRANSFORM_HEADER_SIZE:
+            raise WireError("truncated transform header")
+        return int(struct.unpack_from("<Q", frame, 44)[0])
+
+    def decrypt(self, frame: bytes, session: KeyedSession) -> bytes:
+        try:
+            _sid, plain = crypto.decrypt_message(
+                frame, session.decryption_key, self.cipher or 0x0001
+            )
+        except crypto.CryptoError as e:
+            raise WireError(f"cannot decrypt: {e}") from None
+        return plain
+
+    # -- replies -------------------------------------------------------------
+
+    def encode(
+        self,
+        messages: list[tuple[Header, bytes, KeyedSession | None]],
+        encrypt_for: KeyedSession | None,
+    ) -> bytes:
+        """Chain replies (8-byte aligned), sign each, encrypt the chain, frame it."""
+        parts: list[bytes] = []
+        last = len(messages) - 1
+        for i, (hdr, body, signer) in enumerate(messages):
+            size = HEADER_SIZE + len(body)
+            pad = pad8(size) if i != last else 0
+            hdr.next_command = size + pad if i != last else 0
+            msg = hdr.pack() + body + b"\x00" * pad
+            if signer is not None and encrypt_for is None:
+                msg = self.sign(msg, signer)
+            if self.observer is not None:
+                self.observer(hdr, msg)
+            parts.append(msg)
+        payload = b"".join(parts)
+        if encrypt_for is not None:
+            payload = crypto.encrypt_message(
+                payload,
+                encrypt_for.session_id,
+                encrypt_for.encryption_key,
+                self.cipher or 0x0001,
+            )
+        return frame_header(len(payload)) + payload
+
+
+def check_size(body: bytes, minimum: int, structure_size: int) -> None:
+    """Validate a request body's StructureSize and minimum length (MS-SMB2 3.3.5.2.6)."""
+    if len(body) < minimum or struct.unpack_from("<H", body, 0)[0] != structure_size:
+        raise NtStatusError(Status.INVALID_PARAMETER, "bad StructureSize")
