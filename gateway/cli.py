@@ -62,11 +62,13 @@ async def serve(cfg: Config) -> int:
     except OSError as e:
         await bus.stop()
         if e.errno == errno.EADDRINUSE:
-            raise ConfigError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: port in use")
+            raise ConfigError(
+                f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: port in use"
+            ) from None
         if e.errno == errno.EACCES:
             raise ConfigError(
                 f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: permission denied"
-            )
+            ) from None
         raise ConfigError(f"cannot listen on {cfg.listen_host}:{cfg.listen_port}: {e}") from None
     addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
     shares = ", ".join(f"{s.name}={s.path}" for s in cfg.shares)

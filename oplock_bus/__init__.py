@@ -1,1 +1,4 @@
-"""Cluster coordination of share modes, oplocks, leases and byte-range locks (no SMB wire knowledge)."""
+"""Cluster coordination of share modes, oplocks, leases and byte-range locks.
+
+The bus knows nothing of the SMB wire.
+"""

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import abc
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 # A file's cluster-wide identity: "<volume-id>:<inode>" (plus ":<stream>" for a
 # named stream). Never a path: paths change on rename.

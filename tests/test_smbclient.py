@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import USER, PASSWORD, GatewayNode, need, smbclient
+from .conftest import PASSWORD, USER, GatewayNode, need, smbclient
 
 MODES = {
     "smb2_02": ["-m", "SMB2_02"],

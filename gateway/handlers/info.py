@@ -170,7 +170,9 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
                     raise NtStatusError(Status.CANNOT_DELETE)
                 if op.is_dir and fs.listdir_names(op.host_path):
                     raise NtStatusError(Status.DIRECTORY_NOT_EMPTY)
-                await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.DELETE))
+                await run_bus_call(
+                    ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.DELETE)
+                )
             op.delete_on_close = delete
             await bus.set_delete_pending(op.file_key, delete)
         elif info_class == FileInfoClass.END_OF_FILE:

@@ -164,11 +164,13 @@ def _negotiate_contexts(conn: SmbConnection, body: bytes, offset: int, count: in
     if ciphers:
         chosen = next((c for c in CIPHER_PREFERENCE if c in ciphers), 0)
         codec.cipher = chosen or None
-        out.append(_pack_context(NegotiateContextType.ENCRYPTION_CAPABILITIES, struct.pack("<HH", 1, chosen)))
+        data = struct.pack("<HH", 1, chosen)
+        out.append(_pack_context(NegotiateContextType.ENCRYPTION_CAPABILITIES, data))
     if signing:
         algo = next((a for a in SIGNING_PREFERENCE if a in signing), SigningAlgorithm.AES_CMAC)
         codec.signing_algorithm = algo
-        out.append(_pack_context(NegotiateContextType.SIGNING_CAPABILITIES, struct.pack("<HH", 1, algo)))
+        data = struct.pack("<HH", 1, algo)
+        out.append(_pack_context(NegotiateContextType.SIGNING_CAPABILITIES, data))
     joined = b""
     for i, c in enumerate(out):
         joined += c

@@ -44,7 +44,9 @@ async def handle_read(ctx: RequestContext) -> Reply:
         data = op.pipe.read(length)
         if not data:
             raise NtStatusError(Status.END_OF_FILE)
-        return Reply(Status.SUCCESS, _READ_RESP.pack(17, 0x50, 0, len(data), 0, 0) + data)
+        # More of the same RPC message waits: the client must read again.
+        status = Status.BUFFER_OVERFLOW if op.pipe.pending() else Status.SUCCESS
+        return Reply(status, _READ_RESP.pack(17, 0x50, 0, len(data), 0, 0) + data)
     if not op.access & _READ_ACCESS:
         raise NtStatusError(Status.ACCESS_DENIED)
     if offset > _MAX_OFFSET:

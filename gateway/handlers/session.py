@@ -6,7 +6,7 @@ import logging
 import os
 import struct
 
-from ..auth import AuthError, Authenticator
+from ..auth import Authenticator, AuthError
 from ..context import Reply, RequestContext
 from ..protocol import crypto
 from ..protocol.constants import (
@@ -58,7 +58,9 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
         ctx.session = session
     if session.authenticator is None:
         session.authenticator = Authenticator(
-            conn.node.config.users, allow_guest=conn.node.allows_guest
+            conn.node.config.users,
+            allow_guest=conn.node.allows_guest,
+            server_name=conn.node.config.server_name,
         )
         if session.state == "valid" or session.state == "expired":
             session.preauth_hash = conn.preauth_hash

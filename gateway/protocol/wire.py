@@ -7,7 +7,8 @@ bytes to send; the asyncio layer owns the socket.
 from __future__ import annotations
 
 import struct
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 from . import crypto
 from .constants import (
