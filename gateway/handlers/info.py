@@ -21,7 +21,7 @@ from ..protocol.constants import (
 )
 from ..protocol.wire import check_size
 from ..state import Open
-from ..vfs import status_from_oserror
+from ..vfs import FileInfo, status_from_oserror
 from .breaks import run_bus_call
 
 _QUERY = struct.Struct("<HBBIHHIIIQQ")
@@ -75,7 +75,7 @@ async def handle_query_info(ctx: RequestContext) -> Reply:
     return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
 
 
-def _stat(op: Open) -> infoclass.FileInfo:
+def _stat(op: Open) -> FileInfo:
     fs = op.tree.fs
     if fs is None:
         raise NtStatusError(Status.INVALID_PARAMETER)
