@@ -125,7 +125,8 @@ class ShareFS:
             if part == "":
                 raise NtStatusError(Status.OBJECT_NAME_INVALID)
             if part in (".", ".."):
-                raise NtStatusError(Status.OBJECT_PATH_SYNTAX_BAD if i else Status.INVALID_PARAMETER)
+                status = Status.OBJECT_PATH_SYNTAX_BAD if i else Status.INVALID_PARAMETER
+                raise NtStatusError(status)
             if ":" in part:
                 raise NtStatusError(Status.OBJECT_NAME_INVALID, "alternate data streams")
             if _INVALID_CHARS.search(part):

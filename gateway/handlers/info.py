@@ -157,6 +157,8 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
         if info_class == FileInfoClass.BASIC:
             _require(op, AccessMask.FILE_WRITE_ATTRIBUTES)
             basic = infoclass.parse_basic(buf)
+            if op.is_dir and basic.file_attributes & FileAttributes.TEMPORARY:
+                raise NtStatusError(Status.INVALID_PARAMETER)  # as NTFS refuses it
             fs.set_basic(op.host_path, basic, fd=op.fd, is_dir=op.is_dir)
             ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir)
         elif info_class == FileInfoClass.RENAME:

@@ -33,27 +33,31 @@ async def handle_lock(ctx: RequestContext) -> Reply:
     if op.is_dir or op.pipe is not None:
         raise NtStatusError(Status.INVALID_PARAMETER)
     elements = [_ELEMENT.unpack_from(body, 24 + i * _ELEMENT.size) for i in range(count)]
-    unlock = bool(elements[0][2] & LockFlags.UNLOCK)
+    bus = ctx.node.bus
+    if elements[0][2] & LockFlags.UNLOCK:
+        # Unlocks apply one by one: an error stops the request but what was
+        # unlocked before it stays unlocked (smbtorture smb2.lock.multiple-unlock).
+        for offset, length, flags, _r in elements:
+            if flags != LockFlags.UNLOCK:
+                raise NtStatusError(Status.INVALID_PARAMETER, "lock in an unlock request")
+            status = await bus.unlock(
+                op.file_key, op.bus_open_id, [LockRange(offset, length, False)]
+            )
+            if status != Status.SUCCESS:
+                raise NtStatusError(status)
+        return Reply(Status.SUCCESS, _RESP)
     ranges: list[LockRange] = []
     for offset, length, flags, _r in elements:
-        if unlock:
-            if flags != LockFlags.UNLOCK:
-                raise NtStatusError(Status.INVALID_PARAMETER, "unlock mixed with lock")
-        else:
-            if flags not in _LOCK_FLAGS:
-                raise NtStatusError(Status.INVALID_PARAMETER, "bad lock flags")
-            if count > 1 and not flags & LockFlags.FAIL_IMMEDIATELY:
-                raise NtStatusError(Status.INVALID_PARAMETER, "several blocking locks")
+        if flags not in _LOCK_FLAGS:
+            raise NtStatusError(Status.INVALID_PARAMETER, "bad lock flags")
+        if count > 1 and not flags & LockFlags.FAIL_IMMEDIATELY:
+            raise NtStatusError(Status.INVALID_PARAMETER, "several blocking locks")
         if length and offset + length - 1 > 0xFFFFFFFFFFFFFFFF:
             raise NtStatusError(STATUS_INVALID_LOCK_RANGE)
         ranges.append(LockRange(offset, length, bool(flags & LockFlags.EXCLUSIVE_LOCK)))
-    bus = ctx.node.bus
-    if unlock:
-        status = await bus.unlock(op.file_key, op.bus_open_id, ranges)
-    else:
-        wait = not elements[0][2] & LockFlags.FAIL_IMMEDIATELY
-        await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.LOCK))
-        status = await run_bus_call(ctx, bus.lock(op.file_key, op.bus_open_id, ranges, wait=wait))
+    wait = not elements[0][2] & LockFlags.FAIL_IMMEDIATELY
+    await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.LOCK))
+    status = await run_bus_call(ctx, bus.lock(op.file_key, op.bus_open_id, ranges, wait=wait))
     if status != Status.SUCCESS:
         raise NtStatusError(status)
     return Reply(Status.SUCCESS, _RESP)

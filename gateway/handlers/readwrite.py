@@ -22,6 +22,7 @@ _READ_ACCESS = AccessMask.FILE_READ_DATA | AccessMask.FILE_EXECUTE
 _WRITE_ACCESS = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
 _APPEND_OFFSET = 0xFFFFFFFFFFFFFFFF
 _MAX_OFFSET = 0x7FFFFFFFFFFFFFFF
+_MAX_FILE_SIZE = 0xFFFFFFF0000
 
 
 def _data_open(ctx: RequestContext, offset: int) -> Open:
@@ -49,7 +50,7 @@ async def handle_read(ctx: RequestContext) -> Reply:
         return Reply(status, _READ_RESP.pack(17, 0x50, 0, len(data), 0, 0) + data)
     if not op.access & _READ_ACCESS:
         raise NtStatusError(Status.ACCESS_DENIED)
-    if offset > _MAX_OFFSET:
+    if offset > _MAX_OFFSET or offset + length > _MAX_OFFSET:
         raise NtStatusError(Status.INVALID_PARAMETER)
     if length and not await ctx.node.bus.check_io(
         op.file_key, op.bus_open_id, offset, length, False
@@ -61,6 +62,7 @@ async def handle_read(ctx: RequestContext) -> Reply:
         raise NtStatusError(status_from_oserror(e)) from None
     if (length and not data) or len(data) < minimum:
         raise NtStatusError(Status.END_OF_FILE)
+    op.position = offset + len(data)  # FilePositionInformation follows reads
     return Reply(Status.SUCCESS, _READ_RESP.pack(17, 0x50, 0, len(data), 0, 0) + data)
 
 
@@ -84,10 +86,11 @@ async def handle_write(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.ACCESS_DENIED)
     if op.tree.share.read_only:
         raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
-    append = offset == _APPEND_OFFSET
-    if append:
+    append_only = not op.access & AccessMask.FILE_WRITE_DATA
+    if offset == _APPEND_OFFSET and append_only:
         offset = os.fstat(op.fd).st_size
-    elif offset > _MAX_OFFSET or offset + length > _MAX_OFFSET + 1:
+    elif offset > _MAX_OFFSET or (length and offset + length > _MAX_FILE_SIZE):
+        # Samba's limit too: offsets past MAXFILESIZE are refused, not DISK_FULL.
         raise NtStatusError(Status.INVALID_PARAMETER)
     bus = ctx.node.bus
     if length and not await bus.check_io(op.file_key, op.bus_open_id, offset, length, True):
