@@ -35,7 +35,9 @@ from oplock_bus.api import (
     LockRange,
     Operation,
 )
-from oplock_bus.memory import InProcessBus
+from oplock_bus.coordinator import Coordinator
+from oplock_bus.memory import InProcessBus, MemoryStore
+from oplock_bus.store import Doc
 from tests.conftest_bus import (
     BACKENDS,
     BREAK_TIMEOUT,
@@ -628,3 +630,57 @@ def test_bus_matches_reference_model(backend: str, steps: list[object]) -> None:
 
 def _bits(state: str) -> int:
     return (R if "R" in state else 0) | (H if "H" in state else 0) | (W if "W" in state else 0)
+
+
+def test_dead_node_releases_everything(backend: str) -> None:
+    async def body() -> None:
+        bus = await started(backend, break_timeout=5.0)
+        assert isinstance(bus, Coordinator)
+        a, b = Client(bus, "A", policy="ignore"), Client(bus, "B")
+        await a.open("h", share=SHARE_ALL, oplock=OPLOCK_BATCH)
+        waiting_open = asyncio.create_task(b.open("h", share=SHARE_ALL, oplock=OPLOCK_BATCH))
+        await settle()
+        assert not waiting_open.done()  # A never answers: B would wait 5 s
+        assert await bus.drop_node("A") == 1
+        got = await asyncio.wait_for(waiting_open, 1)
+        assert (got.status, got.oplock) == (STATUS_SUCCESS, OPLOCK_BATCH)
+        await bus.stop()
+
+    run(body())
+
+
+class _SlowStore(MemoryStore):
+    """Commits take a while, as over a network: cancellation can land mid-way."""
+
+    slow = False
+
+    async def compare_and_set(self, key: str, token: str | None, doc: Doc | None) -> bool:
+        if self.slow and key.startswith("file:"):
+            await asyncio.sleep(0.02)
+        return await super().compare_and_set(key, token, doc)
+
+
+def test_cancellation_during_a_commit_is_undone() -> None:
+    async def body() -> None:
+        store = _SlowStore()
+        bus = Coordinator(store, break_timeout=BREAK_TIMEOUT)
+        await bus.start()
+        a, b = Client(bus, "A"), Client(bus, "B")
+        assert (await a.open("h", share=SHARE_ALL)).status == STATUS_SUCCESS
+        store.slow = True
+        opening = asyncio.create_task(b.open("h", share=SHARE_ALL, lease=b.lease(1, R)))
+        locking = asyncio.create_task(bus.lock(F, a.oid("h"), [LockRange(0, 1, True)], wait=True))
+        await asyncio.sleep(0.01)  # both are inside their commit now
+        opening.cancel()
+        locking.cancel()
+        for task in (opening, locking):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.1)  # the commits land after the cancellation...
+        await bus.stop()  # ...and their undo finishes
+        snap = await bus.snapshot()
+        doc = snap["files"][F]  # type: ignore[index]
+        assert list(doc["opens"]) == ["A/h"] and doc["locks"] == [] and doc["leases"] == {}
+        assert snap["leases"] == {}
+
+    run(body())

@@ -357,14 +357,18 @@ async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
     action = CreateAction.CREATED if created else CreateAction.OPENED
     try:
         if overwrite:
-            os.ftruncate(fd, 0)
+            # By path: an attributes-only open may overwrite (its fd is read-only).
+            os.truncate(path, 0)
             action = (
                 CreateAction.SUPERSEDED
                 if disp == CreateDisposition.SUPERSEDE
                 else CreateAction.OVERWRITTEN
             )
-        if (created or overwrite) and req.attributes:
-            fs.set_attributes(path, req.attributes, is_dir=info.is_dir)
+        if created or overwrite:
+            attrs = req.attributes & ~FileAttributes.NORMAL
+            if not info.is_dir:
+                attrs |= FileAttributes.ARCHIVE  # NTFS marks new and rewritten files
+            fs.set_attributes(path, attrs, is_dir=info.is_dir)
         info = fs.stat_fd(fd)
     except OSError as e:
         await node.close_open(op)

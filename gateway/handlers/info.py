@@ -186,10 +186,9 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
         elif info_class == FileInfoClass.ALLOCATION:
             _require(op, AccessMask.FILE_WRITE_DATA)
             size = infoclass.parse_allocation(buf)
+            # Any allocation change breaks others' caching, growing or not (smb2.oplock.batch12).
+            await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE))
             if size < os.fstat(op.fd).st_size:
-                await run_bus_call(
-                    ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE)
-                )
                 os.ftruncate(op.fd, size)
         elif info_class == FileInfoClass.POSITION:
             op.position = infoclass.parse_position(buf)
@@ -216,6 +215,11 @@ async def _rename(ctx: RequestContext, op: Open, buf: bytes) -> None:
         if existing.is_dir:
             raise NtStatusError(Status.ACCESS_DENIED)
     node = ctx.node
+    parent = os.path.dirname(op.host_path)
+    if any(o.is_dir and o.host_path == parent and o.access & AccessMask.DELETE
+           for o in node.opens.values()):  # fmt: skip
+        # Windows refuses to rename out of a directory someone holds open for DELETE.
+        raise NtStatusError(Status.SHARING_VIOLATION)
     if op.is_dir:
         prefix = op.host_path.rstrip("/") + "/"
         if any(o.host_path.startswith(prefix) for o in node.opens.values()):
