@@ -91,6 +91,7 @@ def req(
     overwrite: bool = False,
     file_size: int | None = None,
     directory: bool = False,
+    created: bool = False,
 ) -> OpenRequest:
     return OpenRequest(
         open_id=oid,
@@ -104,6 +105,7 @@ def req(
         is_directory=directory,
         owner_data={"conn": oid},
         file_size=file_size,
+        created=created,
     )
 
 
@@ -258,6 +260,12 @@ OPLOCK_CASES = [
     OplockCase("statopen1: READ_CONTROL is not an oplock stat open", OPLOCK_BATCH, SH_ALL,
                _second(access=READ_CONTROL, share=SH_ALL), (OPLOCK_II, True), True,
                STATUS_SUCCESS, OPLOCK_NONE),
+    OplockCase("batch13: an attribute-only overwrite still truncates", OPLOCK_BATCH, SH_ALL,
+               _second(access=STAT, share=SH_ALL, oplock=OPLOCK_II, overwrite=True),
+               (OPLOCK_NONE, True), True, STATUS_SUCCESS, OPLOCK_II),
+    OplockCase("exclusive5: ... and a truncating open needs write sharing", OPLOCK_EXCLUSIVE,
+               SH_R | SH_D, _second(access=STAT, share=SH_ALL, overwrite=True), None, False,
+               STATUS_SHARING_VIOLATION, None),
 ]  # fmt: skip
 
 
@@ -282,6 +290,20 @@ def test_oplock_breaks_on_open(case: OplockCase) -> None:
     assert out.result is not None and out.result.status == case.status
     if case.level is not None:
         assert out.result.oplock == case.level
+
+
+def test_attribute_only_open_that_creates_may_get_batch() -> None:
+    # smbtorture batch9: the stat open that creates the file gets Batch; a
+    # normal open breaks it to II; a third open gets II without a break.
+    st = granted(None, req("a/1", access=STAT, share=SH_ALL, oplock=OPLOCK_BATCH, created=True))
+    assert st.opens["a/1"].oplock == OPLOCK_BATCH
+    out, notices = open_after_acks(
+        st, req("b/1", access=ALL_ACCESS, share=SH_ALL, oplock=OPLOCK_BATCH)
+    )
+    assert [(n.open_id, n.new_level) for n in notices] == [("a/1", OPLOCK_II)]
+    assert out.result is not None and out.result.oplock == OPLOCK_II
+    third = attempt(out.state, req("c/1", access=ALL_ACCESS, share=SH_ALL, oplock=OPLOCK_BATCH))
+    assert third.notices == () and third.result is not None and third.result.oplock == OPLOCK_II
 
 
 def test_second_evaluation_does_not_resend_a_break() -> None:
@@ -727,6 +749,19 @@ def test_byte_range_locks_stop_shared_caching() -> None:
 def test_directories_get_no_caching() -> None:
     out = attempt(None, req("a/1", access=READ, oplock=OPLOCK_BATCH, directory=True))
     assert out.result is not None and out.result.oplock == OPLOCK_NONE
+    # smbtorture lease.request: a directory open with a lease gets oplock none.
+    out = attempt(None, req("a/1", access=READ, lease=lreq(1, "RWH"), directory=True))
+    assert out.result is not None and out.result.oplock == OPLOCK_NONE
+    assert out.state.leases == {}
+
+
+@pytest.mark.parametrize(("first", "second"), [(2, 1), (1, 2)])
+def test_lease_keeps_its_version(first: int, second: int) -> None:
+    # smbtorture lease.v2_epoch2/v2_epoch3: the lease answers in its own version.
+    st = granted(None, req("a/1", lease=lreq(1, "R", version=first, epoch=0x4711)))
+    out = attempt(st, req("a/2", lease=lreq(1, "RH", version=second)))
+    assert out.result is not None and out.result.lease_version == first
+    assert out.result.lease_state == bits("RH")
 
 
 # -- byte ranges: MS-FSA 2.1.4.10 / 2.1.5.8, smbtorture smb2.lock ------------------------------

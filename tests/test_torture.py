@@ -55,7 +55,11 @@ def test_suite(suite: str, tmp_path: Path) -> None:
     failed = sorted(n for n, r in results.items() if r in ("failure", "error"))
     passed = sum(1 for r in results.values() if r == "success")
     unexpected = [n for n in failed if n not in known]
-    summary = f"{suite}: {passed} passed, {len(failed)} failed; unexpected: {unexpected}"
+    target = KNOWN["targets"][suite]
+    summary = (
+        f"{suite}: {passed} passed, {len(failed)} failed (target {target}); "
+        f"unexpected: {unexpected}"
+    )
     print(summary)
     assert not unexpected, summary + "\n" + node.log()[-3000:]
     assert passed >= KNOWN["floors"][suite], summary
