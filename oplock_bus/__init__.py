@@ -2,3 +2,8 @@
 
 The bus knows nothing of the SMB wire.
 """
+
+from .api import LockBus
+from .factory import make_bus
+
+__all__ = ["LockBus", "make_bus"]

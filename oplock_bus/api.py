@@ -50,6 +50,17 @@ STATUS_INVALID_OPLOCK_PROTOCOL = 0xC00000E3
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 STATUS_CANCELLED = 0xC0000120
 STATUS_BUS_UNAVAILABLE = 0xC00000E5  # STATUS_INTERNAL_ERROR: the bus cannot be reached
+# Added: MS-SMB2 3.3.5.22.2 answers a lease ack for a lease not breaking with
+# STATUS_UNSUCCESSFUL and an ack outside the break-to state with
+# STATUS_REQUEST_NOT_ACCEPTED; an ack or lock on an open the bus does not know
+# gets STATUS_FILE_CLOSED; MS-FSA 2.1.5.8 rejects a wrapping range.
+STATUS_UNSUCCESSFUL = 0xC0000001
+STATUS_REQUEST_NOT_ACCEPTED = 0xC00000D0
+STATUS_FILE_CLOSED = 0xC0000128
+STATUS_INVALID_LOCK_RANGE = 0xC00001A1
+
+# Lease flags in the create response (MS-SMB2 2.2.14.2.10).
+LEASE_FLAG_BREAK_IN_PROGRESS = 0x02
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,14 @@ class OpenRequest:
     # Opaque data the owning node wants back in break notices (e.g. its
     # connection id); the bus stores and returns it, never interprets it.
     owner_data: dict[str, Any] = field(default_factory=dict)
+    # Added: the file's size when known. Byte-range locks starting at or past
+    # the end of the file do not stop read/handle caching (Samba's
+    # file_has_brlocks; smbtorture smb2.lease.lock2). None: every lock counts.
+    file_size: int | None = None
+    # Added: this open created the file. An attribute-only open may then get
+    # an oplock (Samba open.c: only stat opens of existing files get none;
+    # smbtorture smb2.oplock.batch9).
+    created: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,10 @@ class OpenResult:
     lease_state: int = LEASE_NONE
     lease_epoch: int = 0
     lease_flags: int = 0  # SMB2_LEASE_FLAG_BREAK_IN_PROGRESS 0x02 etc.
+    # Added: the lease's own version (1 or 2), which decides the create
+    # response context, whatever version this request used (smbtorture
+    # smb2.lease.v2_epoch2/v2_epoch3).
+    lease_version: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,362 @@
+"""The async half every backend shares: transactions, waits, break delivery.
+
+Each operation runs a pure rule from :mod:`oplock_bus.rules` inside the
+store's atomic read-modify-write, then, holding nothing, delivers the break
+notices the rule produced and waits for the file to change (an ack, a
+close) or for the earliest break deadline, and evaluates again. A client
+is never awaited while anything is locked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from . import rules
+from .api import (
+    STATUS_INVALID_PARAMETER,
+    STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_SUCCESS,
+    AckResult,
+    BreakHandler,
+    BreakNotice,
+    FileKey,
+    LeaseKey,
+    LockBus,
+    LockRange,
+    NodeId,
+    OpenId,
+    OpenRequest,
+    OpenResult,
+    Operation,
+)
+from .leaseindex import LeaseIndex, file_doc_key
+from .model import FileState, RangeSpec, lease_id
+from .store import Doc, Store
+
+log = logging.getLogger("oplock_bus")
+
+T = TypeVar("T")
+
+# A lost wake-up (e.g. a pub/sub reconnect) must not strand a lock waiter.
+WAITER_POLL_SECONDS = 5.0
+
+
+def file_channel(file: FileKey) -> str:
+    return f"file:{{{file}}}"
+
+
+def waiter_channel(file: FileKey, waiter_id: str) -> str:
+    return f"waiter:{{{file}}}:{waiter_id}"
+
+
+class Coordinator(LockBus):
+    def __init__(
+        self,
+        store: Store,
+        *,
+        break_timeout: float = 35.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.break_timeout = break_timeout
+        # Wall-clock time: break deadlines are stored in shared state and
+        # compared by every node.
+        self.clock = clock
+        self.leases = LeaseIndex(store)
+        self._background: set[asyncio.Future[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def stop(self) -> None:
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.store.stop()
+
+    def register_node(self, node_id: NodeId, handler: BreakHandler) -> None:
+        self.store.register_node(node_id, handler)
+
+    # -- plumbing ------------------------------------------------------------------
+
+    async def _apply(
+        self, file: FileKey, rule: Callable[[FileState | None], tuple[FileState | None, T]]
+    ) -> T:
+        def fn(doc: Doc | None) -> tuple[Doc | None, T]:
+            old = FileState.from_dict(doc) if doc is not None else None
+            new, result = rule(old)
+            if new is None or new.is_idle():
+                return None, result
+            new_doc = new.to_dict()
+            if doc is not None and _same(doc, new_doc):
+                return doc, result
+            new_doc["version"] = (old.version if old is not None else 0) + 1
+            return new_doc, result
+
+        return await self.store.transact(file_doc_key(file), fn)
+
+    async def _send(self, notices: Iterable[BreakNotice]) -> None:
+        for notice in notices:
+            await self.store.deliver(notice)
+
+    async def _wake(self, file: FileKey, waiters: Iterable[str] = (), *, file_too: bool) -> None:
+        channels = [waiter_channel(file, w) for w in waiters]
+        if file_too:
+            channels.append(file_channel(file))
+        if channels:
+            await self.store.publish(channels)
+
+    async def _committed(
+        self, transaction: Awaitable[T], undo: Callable[[T], Awaitable[None]]
+    ) -> T:
+        """Await a transaction; if the caller is cancelled meanwhile, let it
+        finish and undo its effect in the background (a shared store may
+        commit after the cancellation arrived)."""
+        task = asyncio.ensure_future(transaction)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+
+            def cleanup(done: asyncio.Future[T]) -> None:
+                if done.cancelled() or done.exception() is not None:
+                    return
+                undo_task = asyncio.ensure_future(undo(done.result()))
+                self._background.add(undo_task)
+                undo_task.add_done_callback(self._background.discard)
+
+            task.add_done_callback(cleanup)
+            raise
+
+    async def _undo_open(self, req: OpenRequest, out: rules.OpenOutcome) -> None:
+        if out.result is not None and out.result.status == STATUS_SUCCESS:
+            await self.close(req.file, req.open_id)
+
+    async def _load(self, file: FileKey) -> FileState | None:
+        _, doc = await self.store.load(file_doc_key(file))
+        return FileState.from_dict(doc) if doc is not None else None
+
+    # -- opens -----------------------------------------------------------------------
+
+    async def open(self, req: OpenRequest) -> OpenResult:
+        lid = lease_id(req.lease.key) if req.lease is not None else None
+        if lid is not None and not await self.leases.bind(lid, req.file):
+            return OpenResult(STATUS_INVALID_PARAMETER)
+        try:
+            first = True
+            while True:
+                with self.store.subscribe([file_channel(req.file)]) as sub:
+                    now = self.clock()
+                    rule = _open_rule(req, now, self.break_timeout, first)
+                    out = await self._committed(
+                        self._apply(req.file, rule), lambda o: self._undo_open(req, o)
+                    )
+                    await self._send(out.notices)
+                    if out.wake:
+                        await self._wake(req.file, file_too=True)
+                    if out.result is not None:
+                        return out.result
+                    first = False
+                    until = out.wait_until if out.wait_until is not None else now
+                    await sub.wait(max(0.0, until - self.clock()))
+        finally:
+            if lid is not None:
+                await asyncio.shield(self.leases.release(lid, req.file))
+
+    async def close(self, file: FileKey, open_id: OpenId) -> None:
+        now = self.clock()
+
+        def forget(st: FileState | None) -> tuple[FileState | None, rules.CloseOutcome]:
+            out = rules.close(st, open_id, now=now)
+            return out.state, out
+
+        out = await self._apply(file, forget)
+        await self._wake(file, out.finished_waiters, file_too=True)
+        for lid in out.dropped_leases:
+            await self.leases.dropped(lid, file)
+
+    # -- acknowledgements -----------------------------------------------------------
+
+    async def ack_oplock(self, file: FileKey, open_id: OpenId, level: int) -> AckResult:
+        now = self.clock()
+
+        def ack(st: FileState | None) -> tuple[FileState | None, rules.AckOutcome]:
+            out = rules.ack_oplock(st, open_id, level, now=now)
+            return out.state, out
+
+        out = await self._apply(file, ack)
+        await self._send(out.notices)
+        if out.wake:
+            await self._wake(file, file_too=True)
+        return out.result
+
+    async def ack_lease(self, key: LeaseKey, state: int) -> AckResult:
+        lid = lease_id(key)
+        file = await self.leases.lookup(lid)
+        if file is None:
+            return AckResult(STATUS_OBJECT_NAME_NOT_FOUND)
+        now = self.clock()
+
+        def ack(st: FileState | None) -> tuple[FileState | None, rules.AckOutcome]:
+            out = rules.ack_lease(st, lid, state, now=now, break_timeout=self.break_timeout)
+            return out.state, out
+
+        out = await self._apply(file, ack)
+        await self._send(out.notices)
+        if out.wake:
+            await self._wake(file, file_too=True)
+        return out.result
+
+    async def lease_file(self, key: LeaseKey) -> FileKey | None:
+        return await self.leases.lookup(lease_id(key))
+
+    # -- operations ------------------------------------------------------------------
+
+    async def break_for(self, file: FileKey, open_id: OpenId, op: Operation) -> None:
+        while True:
+            with self.store.subscribe([file_channel(file)]) as sub:
+                now = self.clock()
+                rule = _operation_rule(open_id, op, now, self.break_timeout)
+                out = await self._apply(file, rule)
+                await self._send(out.notices)
+                if out.wake:
+                    await self._wake(file, file_too=True)
+                if out.wait_until is None:
+                    return
+                await sub.wait(max(0.0, out.wait_until - self.clock()))
+
+    async def set_delete_pending(self, file: FileKey, pending: bool) -> None:
+        await self._apply(file, lambda st: (rules.set_delete_pending(st, pending), None))
+
+    # -- byte-range locks -----------------------------------------------------------
+
+    async def lock(
+        self, file: FileKey, open_id: OpenId, ranges: list[LockRange], *, wait: bool
+    ) -> int:
+        specs = [RangeSpec(r.offset, r.length, r.exclusive) for r in ranges]
+        waiter_id = uuid.uuid4().hex
+
+        def take(st: FileState | None) -> tuple[FileState | None, rules.LockOutcome]:
+            out = rules.lock(st, open_id, specs, wait=wait, waiter_id=waiter_id)
+            return out.state, out
+
+        # Subscribe first: a release may grant us between the two steps.
+        with self.store.subscribe([waiter_channel(file, waiter_id)]) as sub:
+            out = await self._committed(
+                self._apply(file, take), lambda o: self._undo_lock(file, open_id, ranges, o)
+            )
+            if out.status is not None:
+                return out.status
+            try:
+                while True:
+                    await sub.wait(WAITER_POLL_SECONDS)
+                    done = await self._apply(file, lambda st: _collected(st, waiter_id))
+                    if done.status is not None:
+                        return done.status
+            except asyncio.CancelledError:
+                await asyncio.shield(self._withdraw(file, waiter_id))
+                raise
+
+    async def _undo_lock(
+        self, file: FileKey, open_id: OpenId, ranges: list[LockRange], out: rules.LockOutcome
+    ) -> None:
+        if out.status == STATUS_SUCCESS:
+            await self.unlock(file, open_id, ranges)
+        elif out.status is None:
+            await self._withdraw(file, out.waiter_id)
+
+    async def _withdraw(self, file: FileKey, waiter_id: str) -> None:
+        def cancel(st: FileState | None) -> tuple[FileState | None, rules.LockOutcome]:
+            out = rules.cancel_waiter(st, waiter_id)
+            return out.state, out
+
+        out = await self._apply(file, cancel)
+        await self._wake(file, out.finished_waiters, file_too=False)
+
+    async def unlock(self, file: FileKey, open_id: OpenId, ranges: list[LockRange]) -> int:
+        specs = [RangeSpec(r.offset, r.length, r.exclusive) for r in ranges]
+
+        def release(st: FileState | None) -> tuple[FileState | None, rules.LockOutcome]:
+            out = rules.unlock(st, open_id, specs)
+            return out.state, out
+
+        out = await self._apply(file, release)
+        await self._wake(file, out.finished_waiters, file_too=False)
+        assert out.status is not None
+        return out.status
+
+    async def check_io(
+        self, file: FileKey, open_id: OpenId, offset: int, length: int, write: bool
+    ) -> bool:
+        return rules.check_io(await self._load(file), open_id, offset, length, write)
+
+    # -- node failure ---------------------------------------------------------------
+
+    async def drop_node(self, node_id: NodeId) -> int:
+        """Close every open a (dead) node owned: its locks go, its breaks end.
+
+        Liveness detection (heartbeats with a TTL) decides when to call
+        this; returns how many opens were closed.
+        """
+        closed = 0
+        for key in await self.store.keys("file:"):
+            _, doc = await self.store.load(key)
+            if doc is None:
+                continue
+            for open_id, entry in doc.get("opens", {}).items():
+                if entry.get("node_id") == node_id:
+                    await self.close(doc["file"], open_id)
+                    closed += 1
+        return closed
+
+    # -- introspection ---------------------------------------------------------------
+
+    async def snapshot(self) -> dict[str, Any]:
+        files: dict[str, Any] = {}
+        for key in await self.store.keys("file:"):
+            _, doc = await self.store.load(key)
+            if doc is not None:
+                files[doc["file"]] = doc
+        leases: dict[str, Any] = {}
+        for key in await self.store.keys("lease:"):
+            _, doc = await self.store.load(key)
+            if doc is not None:
+                leases[key.removeprefix("lease:{").removesuffix("}")] = doc
+        return {"files": files, "leases": leases}
+
+
+def _open_rule(
+    req: OpenRequest, now: float, timeout: float, first_attempt: bool
+) -> Callable[[FileState | None], tuple[FileState | None, rules.OpenOutcome]]:
+    def rule(st: FileState | None) -> tuple[FileState | None, rules.OpenOutcome]:
+        out = rules.evaluate_open(
+            st, req, now=now, break_timeout=timeout, first_attempt=first_attempt
+        )
+        return out.state, out
+
+    return rule
+
+
+def _operation_rule(
+    open_id: OpenId, op: Operation, now: float, timeout: float
+) -> Callable[[FileState | None], tuple[FileState | None, rules.OperationOutcome]]:
+    def rule(st: FileState | None) -> tuple[FileState | None, rules.OperationOutcome]:
+        out = rules.evaluate_operation(st, open_id, op, now=now, break_timeout=timeout)
+        return out.state, out
+
+    return rule
+
+
+def _collected(st: FileState | None, waiter_id: str) -> tuple[FileState | None, rules.LockOutcome]:
+    out = rules.collect_waiter(st, waiter_id)
+    return out.state, out
+
+
+def _same(a: Doc, b: Doc) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)

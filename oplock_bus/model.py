@@ -1,0 +1,145 @@
+"""Per-file lock state as plain data.
+
+Everything here round-trips through JSON-able dicts (``to_dict``/``from_dict``)
+because a shared store (Redis) keeps it; the in-process store does the same
+so that both backends exercise identical code. Bytes (lease keys, client
+GUIDs) travel as hex strings.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .api import OPLOCK_NONE, LeaseKey, NodeId, OpenId
+
+
+def lease_id(key: LeaseKey) -> str:
+    """The cluster-wide name of a lease: ClientGUID plus LeaseKey."""
+    return str(key)
+
+
+@dataclass
+class OpenEntry:
+    open_id: OpenId
+    node_id: NodeId
+    access: int
+    share: int
+    seq: int  # creation order within the file; picks the node a lease break goes to
+    oplock: int = OPLOCK_NONE  # granted level; OPLOCK_LEASE when the open uses a lease
+    lease_id: str | None = None
+    is_directory: bool = False
+    # An oplock break waiting for its acknowledgement (MS-SMB2 Open.OplockState).
+    breaking: bool = False
+    break_to: int = OPLOCK_NONE  # the level the notice offered
+    break_to_required: int = OPLOCK_NONE  # narrowed by breaks arriving meanwhile
+    break_deadline: float = 0.0
+    # The last break needed no ack (Level II to none): an ack now is a
+    # protocol error rather than a wrong state (smbtorture levelii500).
+    unacked_break: bool = False
+    owner_data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OpenEntry:
+        return cls(**d)
+
+
+@dataclass
+class LeaseEntry:
+    lease_id: str
+    client_guid: str  # hex
+    key: str  # hex
+    state: int
+    epoch: int
+    version: int
+    parent_key: str | None = None  # hex
+    breaking: bool = False
+    break_to: int = 0  # the state the last notice offered (acks must be a subset)
+    break_to_required: int = 0  # where the lease must end up; narrows meanwhile
+    break_deadline: float = 0.0
+    opens: list[OpenId] = field(default_factory=list)
+
+    def lease_key(self) -> LeaseKey:
+        return LeaseKey(bytes.fromhex(self.client_guid), bytes.fromhex(self.key))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LeaseEntry:
+        return cls(**d)
+
+
+@dataclass
+class ByteRangeLock:
+    open_id: OpenId
+    offset: int
+    length: int
+    exclusive: bool
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ByteRangeLock:
+        return cls(**d)
+
+
+@dataclass
+class RangeSpec:
+    offset: int
+    length: int
+    exclusive: bool
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RangeSpec:
+        return cls(**d)
+
+
+@dataclass
+class LockWaiter:
+    """A blocking lock request queued FIFO; ``status`` is set once it is decided."""
+
+    waiter_id: str
+    open_id: OpenId
+    ranges: list[RangeSpec]
+    status: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LockWaiter:
+        return cls(
+            waiter_id=d["waiter_id"],
+            open_id=d["open_id"],
+            ranges=[RangeSpec.from_dict(r) for r in d["ranges"]],
+            status=d.get("status"),
+        )
+
+
+@dataclass
+class FileState:
+    file: str
+    version: int = 0  # bumped on every committed change
+    next_seq: int = 0
+    delete_pending: bool = False
+    opens: dict[OpenId, OpenEntry] = field(default_factory=dict)
+    leases: dict[str, LeaseEntry] = field(default_factory=dict)
+    locks: list[ByteRangeLock] = field(default_factory=list)
+    waiters: list[LockWaiter] = field(default_factory=list)
+
+    def clone(self) -> FileState:
+        return copy.deepcopy(self)
+
+    def is_idle(self) -> bool:
+        """Nothing left worth storing: the record can be deleted."""
+        return not self.opens and not self.locks and not self.waiters and not self.leases
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FileState:
+        return cls(
+            file=d["file"],
+            version=d.get("version", 0),
+            next_seq=d.get("next_seq", 0),
+            delete_pending=d.get("delete_pending", False),
+            opens={k: OpenEntry.from_dict(v) for k, v in d.get("opens", {}).items()},
+            leases={k: LeaseEntry.from_dict(v) for k, v in d.get("leases", {}).items()},
+            locks=[ByteRangeLock.from_dict(x) for x in d.get("locks", [])],
+            waiters=[LockWaiter.from_dict(x) for x in d.get("waiters", [])],
+        )

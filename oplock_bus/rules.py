@@ -1,0 +1,519 @@
+"""The rules engine: one file's state plus a request gives a new state and outputs.
+
+Pure: no asyncio, no I/O, no clock (``now`` is passed in). Every backend
+runs these same functions inside its atomic read-modify-write.
+
+Sources: MS-FSA 2.1.5.1.2.2 (share access), 2.1.4.12 (check for oplock
+break), 2.1.5.17 (oplock request); MS-SMB2 3.3.4.6/3.3.4.7 (breaks),
+3.3.5.22 (acks), 3.3.6.1 (ack timeout); where those leave room, Samba's
+open.c (delay_for_oplock) and the smbtorture tests it passes decide.
+Byte-range locks live in :mod:`oplock_bus.brl` and are re-exported here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from .access import FILE_WRITE_DATA, is_lease_stat_open, is_oplock_stat_open, share_conflict
+from .api import (
+    LEASE_FLAG_BREAK_IN_PROGRESS,
+    LEASE_NONE,
+    OPLOCK_BATCH,
+    OPLOCK_EXCLUSIVE,
+    OPLOCK_II,
+    OPLOCK_LEASE,
+    OPLOCK_NONE,
+    STATUS_DELETE_PENDING,
+    STATUS_FILE_CLOSED,
+    STATUS_INVALID_DEVICE_STATE,
+    STATUS_INVALID_OPLOCK_PROTOCOL,
+    STATUS_INVALID_PARAMETER,
+    STATUS_OBJECT_NAME_NOT_FOUND,
+    STATUS_REQUEST_NOT_ACCEPTED,
+    STATUS_SHARING_VIOLATION,
+    STATUS_SUCCESS,
+    STATUS_UNSUCCESSFUL,
+    AckResult,
+    BreakNotice,
+    Disposition,
+    OpenId,
+    OpenRequest,
+    OpenResult,
+    Operation,
+)
+from .brl import (
+    LockOutcome,
+    cancel_waiter,
+    check_io,
+    collect_waiter,
+    grant_waiters,
+    lock,
+    release_open,
+    unlock,
+)
+from .caching import (
+    RWH,
+    H,
+    R,
+    W,
+    break_lease,
+    break_oplock,
+    caching_of,
+    expire_breaks,
+    lease_notice,
+    lease_to_oplock,
+    normalize_lease,
+    oplock_notice,
+    oplock_to_lease,
+)
+from .model import FileState, LeaseEntry, OpenEntry, RangeSpec, lease_id
+from .ranges import lock_conflicts
+
+__all__ = [
+    "AckOutcome",
+    "CloseOutcome",
+    "LockOutcome",
+    "OpenOutcome",
+    "OperationOutcome",
+    "ack_lease",
+    "ack_oplock",
+    "cancel_waiter",
+    "check_io",
+    "close",
+    "collect_waiter",
+    "evaluate_open",
+    "evaluate_operation",
+    "expire",
+    "grant_waiters",
+    "invariant_violations",
+    "lock",
+    "set_delete_pending",
+    "unlock",
+]
+
+
+@dataclass(frozen=True)
+class OpenOutcome:
+    state: FileState
+    notices: tuple[BreakNotice, ...]
+    result: OpenResult | None  # None: breaks are pending, wait and evaluate again
+    wait_until: float | None = None  # the earliest deadline among the awaited breaks
+    wake: bool = False  # something others may be waiting on changed
+
+
+@dataclass(frozen=True)
+class OperationOutcome:
+    state: FileState | None
+    notices: tuple[BreakNotice, ...]
+    wait_until: float | None  # None: the operation may proceed
+    wake: bool = False
+
+
+@dataclass(frozen=True)
+class AckOutcome:
+    state: FileState | None
+    notices: tuple[BreakNotice, ...]
+    result: AckResult
+    wake: bool = False
+
+
+@dataclass(frozen=True)
+class CloseOutcome:
+    state: FileState | None  # None: nothing left, delete the record
+    finished_waiters: tuple[str, ...]
+    dropped_leases: tuple[str, ...]
+    notices: tuple[BreakNotice, ...] = ()
+
+
+def _fresh(state: FileState | None, file: str, now: float) -> tuple[FileState, bool]:
+    st = state.clone() if state is not None else FileState(file=file)
+    return st, expire_breaks(st, now)
+
+
+def expire(state: FileState | None, now: float) -> tuple[FileState | None, bool]:
+    if state is None:
+        return None, False
+    st = state.clone()
+    return st, expire_breaks(st, now)
+
+
+# -- opens -----------------------------------------------------------------------
+
+
+def evaluate_open(
+    state: FileState | None,
+    req: OpenRequest,
+    *,
+    now: float,
+    break_timeout: float,
+    first_attempt: bool,
+) -> OpenOutcome:
+    """Share check, breaks, grant (MS-FSA 2.1.5.1.2, 2.1.4.12, 2.1.5.17).
+
+    A share-mode conflict first breaks handle caching (Batch oplocks, H
+    leases) so clients can close cached handles, and is re-checked after
+    the acks (smbtorture smb2.oplock.batch5: break to II, then sharing
+    violation). Otherwise write caching is broken; an overwrite breaks to
+    none. A Batch/Exclusive holder breaks to II whether or not the new open
+    asked for an oplock (smb2.oplock.brl1), as Samba does.
+    """
+    st, expired = _fresh(state, req.file, now)
+    if req.disposition == Disposition.OVERWRITE:
+        # Truncating writes: breaks and share modes see write access
+        # (Samba's open_access_mask; smbtorture batch13/exclusive5).
+        req = replace(req, access=req.access | FILE_WRITE_DATA)
+    if req.open_id in st.opens:
+        return OpenOutcome(st, (), OpenResult(STATUS_INVALID_PARAMETER), wake=expired)
+    if st.delete_pending:
+        return OpenOutcome(st, (), OpenResult(STATUS_DELETE_PENDING), wake=expired)
+    own = lease_id(req.lease.key) if req.lease is not None else None
+    stat_open = is_oplock_stat_open(req.access)
+    violation = not stat_open and share_conflict(req.access, req.share, st.opens.values())
+
+    notices: list[BreakNotice] = []
+    deadlines: list[float] = []
+    if not stat_open:
+        _break_for_open(
+            st, req, own, violation, first_attempt, now, break_timeout, notices, deadlines
+        )
+    if deadlines:
+        return OpenOutcome(st, tuple(notices), None, min(deadlines), wake=expired)
+    if violation:
+        return OpenOutcome(st, tuple(notices), OpenResult(STATUS_SHARING_VIOLATION), wake=expired)
+    result = _grant(st, req, own, stat_open)
+    return OpenOutcome(st, tuple(notices), result, wake=expired)
+
+
+def _break_for_open(
+    st: FileState,
+    req: OpenRequest,
+    own: str | None,
+    violation: bool,
+    first_attempt: bool,
+    now: float,
+    timeout: float,
+    notices: list[BreakNotice],
+    deadlines: list[float],
+) -> None:
+    # Samba delay_for_oplock: the "delay mask" is what the new open cannot
+    # live with; holders keep the rest.
+    delay_mask = H if violation else W
+    overwrite = req.disposition == Disposition.OVERWRITE
+
+    def target_of(current: int) -> int:
+        target = current & ~delay_mask
+        if overwrite and not delay_mask & H:
+            target &= ~(H | R)  # it will truncate anyway: straight to none
+        return target
+
+    for o in st.opens.values():
+        if o.lease_id is not None or o.oplock == OPLOCK_NONE:
+            continue
+        current = oplock_to_lease(o.oplock)
+        target = target_of(current)
+        if not current & ~target:
+            continue
+        notices += break_oplock(st, o, target, now, timeout)
+        if current & delay_mask:
+            deadlines.append(o.break_deadline)
+    if is_lease_stat_open(req.access):
+        return  # leases ignore opens that only read attributes or the ACL
+    for lease in st.leases.values():
+        if lease.lease_id == own:
+            continue
+        was_breaking = lease.breaking
+        current = lease.state
+        target = target_of(current)
+        if not current & ~target:
+            if was_breaking:
+                deadlines.append(lease.break_deadline)  # let the running break finish
+            continue
+        notices += break_lease(st, lease, target, now, timeout)
+        if lease.breaking and (current & delay_mask or (was_breaking and not first_attempt)):
+            deadlines.append(lease.break_deadline)
+
+
+def _has_backing_locks(st: FileState, file_size: int | None) -> bool:
+    if file_size is None:
+        return bool(st.locks)
+    return any(held.offset < file_size for held in st.locks)
+
+
+def _grant(st: FileState, req: OpenRequest, own: str | None, stat_open: bool) -> OpenResult:
+    others = [o for o in st.opens.values() if own is None or o.lease_id != own]
+    others_caching = [caching_of(st, o) for o in others]
+    got_handle = any(bits & H for bits in others_caching)
+    got_oplock = any(o.lease_id is None and o.oplock != OPLOCK_NONE for o in others)
+    # Any other oplock/lease, or any other non-stat open, rules out W
+    # (Samba delay_for_oplock_fn "disallow_write_lease").
+    no_write = any(
+        o.lease_id is not None or o.oplock != OPLOCK_NONE or not is_oplock_stat_open(o.access)
+        for o in others
+    )
+    if req.lease is not None:
+        requested = req.lease.state & RWH
+        granted = normalize_lease(requested)
+    else:
+        requested = oplock_to_lease(req.oplock)
+        # Stat opens of existing files get no oplock (Samba open.c;
+        # smbtorture batch8), but one that creates the file may (batch9).
+        granted = LEASE_NONE if stat_open and not req.created else requested
+    if req.is_directory:
+        granted = LEASE_NONE
+    if req.disposition != Disposition.OVERWRITE and _has_backing_locks(st, req.file_size):
+        granted &= ~(R | H)  # MS-FSA 2.1.5.17: shared caching needs an unlocked file
+    if no_write:
+        granted &= ~W
+    if any(bits & W for bits in others_caching):
+        granted = LEASE_NONE  # never next to someone caching writes (stat opens break nothing)
+
+    entry = OpenEntry(
+        open_id=req.open_id,
+        node_id=req.node_id,
+        access=req.access,
+        share=req.share,
+        seq=st.next_seq,
+        is_directory=req.is_directory,
+        owner_data=dict(req.owner_data),
+    )
+    st.next_seq += 1
+    st.opens[req.open_id] = entry
+    if req.lease is None or req.is_directory:
+        # Directory leases are not offered: the key was checked (the
+        # coordinator binds it), the open gets no caching (smbtorture
+        # lease.request: a directory open with a lease gets oplock none).
+        if got_handle:
+            granted = LEASE_NONE  # an oplock cannot sit beside a handle lease
+        entry.oplock = lease_to_oplock(granted)
+        return OpenResult(STATUS_SUCCESS, entry.oplock)
+
+    if got_oplock:
+        granted &= ~H
+    granted = normalize_lease(granted)
+    own = own or lease_id(req.lease.key)
+    entry.oplock = OPLOCK_LEASE
+    entry.lease_id = own
+    flags = 0
+    lease = st.leases.get(own)
+    if lease is None:
+        lease = LeaseEntry(
+            lease_id=own,
+            client_guid=req.lease.key.client_guid.hex(),
+            key=req.lease.key.key.hex(),
+            state=granted,
+            # v2: the epoch moves with every state change, the grant included.
+            epoch=req.lease.epoch + (1 if granted else 0),
+            version=req.lease.version,
+            parent_key=req.lease.parent_key.hex() if req.lease.parent_key else None,
+        )
+        st.leases[own] = lease
+    elif lease.breaking:
+        flags = LEASE_FLAG_BREAK_IN_PROGRESS
+    elif lease.state & requested == lease.state and granted != lease.state and granted == requested:
+        # Only a strict, fully grantable upgrade changes an existing lease
+        # (smbtorture smb2.lease.upgrade2/upgrade3).
+        lease.state = granted
+        lease.epoch += 1
+    lease.opens.append(req.open_id)
+    return OpenResult(
+        STATUS_SUCCESS, OPLOCK_LEASE, lease.state, lease.epoch & 0xFFFF, flags, lease.version
+    )
+
+
+# -- operations on an open file -------------------------------------------------------
+
+
+def evaluate_operation(
+    state: FileState | None,
+    open_id: OpenId,
+    op: Operation,
+    *,
+    now: float,
+    break_timeout: float,
+) -> OperationOutcome:
+    """MS-FSA 2.1.4.12 for WRITE/LOCK/SET_SIZE (break to none) and
+    RENAME/DELETE (break handle caching).
+
+    Level II oplocks go to none with no ack, the operating open's own
+    included (smbtorture smb2.oplock.brl1, levelii500); a lease is never
+    broken by its own opens. Only breaks of write caching (or, for
+    rename/delete, handle caching) are waited for.
+    """
+    if state is None:
+        return OperationOutcome(None, (), None)
+    st, expired = _fresh(state, state.file, now)
+    me = st.opens.get(open_id)
+    own = me.lease_id if me is not None else None
+    notices: list[BreakNotice] = []
+    deadlines: list[float] = []
+    if op in (Operation.WRITE, Operation.LOCK, Operation.SET_SIZE):
+        for o in st.opens.values():
+            if o.lease_id is not None:
+                continue
+            if o.oplock == OPLOCK_II:
+                notices += break_oplock(st, o, LEASE_NONE, now, break_timeout)
+            elif o.oplock in (OPLOCK_BATCH, OPLOCK_EXCLUSIVE) and o.open_id != open_id:
+                notices += break_oplock(st, o, LEASE_NONE, now, break_timeout)
+                deadlines.append(o.break_deadline)
+        for lease in st.leases.values():
+            if lease.lease_id == own or (lease.state == LEASE_NONE and not lease.breaking):
+                continue
+            current = lease.state
+            notices += break_lease(st, lease, LEASE_NONE, now, break_timeout)
+            if current & W and lease.breaking:
+                deadlines.append(lease.break_deadline)
+    else:
+        for lease in st.leases.values():
+            if lease.lease_id == own or not lease.state & H:
+                continue
+            notices += break_lease(st, lease, lease.state & ~H, now, break_timeout)
+            if lease.breaking:
+                deadlines.append(lease.break_deadline)
+        if op == Operation.RENAME:
+            for o in st.opens.values():
+                if o.open_id != open_id and o.lease_id is None and o.oplock == OPLOCK_BATCH:
+                    notices += break_oplock(st, o, LEASE_NONE, now, break_timeout)
+                    deadlines.append(o.break_deadline)
+    wait_until = min(deadlines) if deadlines else None
+    return OperationOutcome(st, tuple(notices), wait_until, wake=expired)
+
+
+# -- acknowledgements --------------------------------------------------------------
+
+
+def ack_oplock(state: FileState | None, open_id: OpenId, level: int, *, now: float) -> AckOutcome:
+    """MS-SMB2 3.3.5.22.1."""
+    if state is None or open_id not in state.opens:
+        return AckOutcome(state, (), AckResult(STATUS_FILE_CLOSED))
+    st, expired = _fresh(state, state.file, now)
+    o = st.opens[open_id]
+    if not o.breaking:
+        # Acking a Level II -> none break (which wants no ack) is what
+        # smbtorture levelii500 expects to fail with INVALID_OPLOCK_PROTOCOL;
+        # any other ack outside a break is the spec's INVALID_DEVICE_STATE.
+        status = STATUS_INVALID_OPLOCK_PROTOCOL if o.unacked_break else STATUS_INVALID_DEVICE_STATE
+        return AckOutcome(st, (), AckResult(status, o.oplock), wake=expired)
+    bad = None
+    if level == OPLOCK_LEASE:
+        bad = STATUS_INVALID_PARAMETER
+    elif level not in (OPLOCK_NONE, OPLOCK_II) or level > o.break_to:
+        # Acking above the offered level: the break completes to none and
+        # the ack fails (MS-SMB2 3.3.5.22.1; MS-FSA 2.1.5.18).
+        bad = STATUS_INVALID_OPLOCK_PROTOCOL
+    o.breaking = False
+    if bad is not None:
+        o.oplock = OPLOCK_NONE
+        return AckOutcome(st, (), AckResult(bad, OPLOCK_NONE), wake=True)
+    o.oplock = level
+    notices: list[BreakNotice] = []
+    if level > o.break_to_required:
+        # A stricter break arrived meanwhile: II goes on to none, no ack.
+        o.oplock = OPLOCK_NONE
+        o.unacked_break = True
+        notices.append(oplock_notice(st, o, OPLOCK_NONE, ack=False))
+    return AckOutcome(st, tuple(notices), AckResult(STATUS_SUCCESS, level), wake=True)
+
+
+def ack_lease(
+    state: FileState | None, lid: str, ack: int, *, now: float, break_timeout: float
+) -> AckOutcome:
+    """MS-SMB2 3.3.5.22.2, with Samba's stepping when the break narrowed meanwhile."""
+    if state is None or lid not in state.leases:
+        return AckOutcome(state, (), AckResult(STATUS_OBJECT_NAME_NOT_FOUND))
+    st, expired = _fresh(state, state.file, now)
+    lease = st.leases[lid]
+    if not lease.breaking:
+        return AckOutcome(st, (), AckResult(STATUS_UNSUCCESSFUL), wake=expired)
+    if ack & ~lease.break_to:
+        return AckOutcome(st, (), AckResult(STATUS_REQUEST_NOT_ACCEPTED), wake=expired)
+    lease.state = ack
+    lease.breaking = False
+    notices: list[BreakNotice] = []
+    if ack & ~lease.break_to_required:
+        # Break on from the acked state; while W or H remain the next step
+        # keeps R, as Windows does (smbtorture smb2.lease.breaking3), and
+        # the epoch does not move.
+        if ack & (W | H):
+            step = lease.break_to_required | R
+            lease.breaking = True
+            lease.break_to = step
+            lease.break_deadline = now + break_timeout
+            notices.append(lease_notice(st, lease, ack, step, ack=True))
+        else:
+            lease.state = LEASE_NONE
+            notices.append(lease_notice(st, lease, ack, LEASE_NONE, ack=False))
+    return AckOutcome(
+        st, tuple(notices), AckResult(STATUS_SUCCESS, ack, lease.epoch & 0xFFFF), wake=True
+    )
+
+
+# -- close, delete-pending ---------------------------------------------------------
+
+
+def close(state: FileState | None, open_id: OpenId, *, now: float) -> CloseOutcome:
+    """Forget an open: its locks and queued locks go, its pending break ends,
+    a lease with no opens left is dropped."""
+    if state is None or open_id not in state.opens:
+        return CloseOutcome(state, (), ())
+    st, _ = _fresh(state, state.file, now)
+    o = st.opens.pop(open_id)
+    dropped: list[str] = []
+    if o.lease_id is not None and o.lease_id in st.leases:
+        lease = st.leases[o.lease_id]
+        lease.opens = [i for i in lease.opens if i != open_id]
+        if not lease.opens:
+            del st.leases[o.lease_id]
+            dropped.append(o.lease_id)
+    finished = release_open(st, open_id)
+    if not st.opens:
+        st.delete_pending = False
+    return CloseOutcome(None if st.is_idle() else st, tuple(finished), tuple(dropped))
+
+
+def set_delete_pending(state: FileState | None, pending: bool) -> FileState | None:
+    if state is None:
+        return None
+    st = state.clone()
+    st.delete_pending = pending
+    return st
+
+
+# -- invariants (used by tests and by the stores' debug checks) -------------------------
+
+
+def invariant_violations(st: FileState) -> list[str]:
+    """What must never be true of a committed state."""
+    problems: list[str] = []
+    holders: list[tuple[str, int]] = []
+    for o in st.opens.values():
+        if o.lease_id is None and o.oplock not in (
+            OPLOCK_NONE,
+            OPLOCK_II,
+            OPLOCK_EXCLUSIVE,
+            OPLOCK_BATCH,
+        ):
+            problems.append(f"{o.open_id}: bad oplock {o.oplock}")
+        if o.lease_id is None and o.oplock != OPLOCK_NONE:
+            holders.append((o.open_id, oplock_to_lease(o.oplock)))
+    for lease in st.leases.values():
+        if lease.state not in (0, R, R | H, R | W, RWH):
+            problems.append(f"{lease.lease_id}: bad lease state {lease.state}")
+        if lease.state:
+            holders.append((lease.lease_id, lease.state))
+        if not lease.opens:
+            problems.append(f"{lease.lease_id}: lease without opens")
+    writers = [name for name, bits in holders if bits & W]
+    if writers and len(holders) > 1:
+        problems.append(f"write caching by {writers} beside {len(holders) - 1} other holder(s)")
+    opens = list(st.opens.values())
+    for i, a in enumerate(opens):
+        if is_oplock_stat_open(a.access):
+            continue
+        if share_conflict(a.access, a.share, opens[i + 1 :]):
+            problems.append(f"{a.open_id}: share modes conflict")
+    for i, held in enumerate(st.locks):
+        for other in st.locks[i + 1 :]:
+            spec = RangeSpec(other.offset, other.length, other.exclusive)
+            if held.open_id != other.open_id and lock_conflicts(held, other.open_id, spec):
+                problems.append(f"locks of {held.open_id} and {other.open_id} overlap")
+    return problems

@@ -1,0 +1,119 @@
+"""What a backend must provide: versioned documents, wake-ups, break delivery.
+
+The coordinator (``oplock_bus.coordinator``) holds every rule and every
+wait; a backend only stores JSON-able documents and moves small messages.
+
+A Redis backend maps these one to one:
+
+- ``load``/``compare_and_set``: GET plus a Lua script that writes (or
+  deletes) only if the stored version token still matches. Keys of one file
+  carry one hash tag, so the script works on Redis Cluster.
+- ``subscribe``/``publish``: pub/sub channels. Subscribe *before* reading
+  state, so a change committed in between is not missed.
+- ``register_node``/``deliver``: one channel (or stream) per node; the node
+  runs its handler for each message.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+from .api import BreakHandler, BreakNotice, NodeId
+
+T = TypeVar("T")
+Doc = dict[str, Any]
+
+
+class ConflictRetriesExhausted(RuntimeError):
+    """A document kept changing under us; treat the bus as unavailable."""
+
+
+class Subscription(abc.ABC):
+    """Wake-ups on some channels, counted from the moment it was made."""
+
+    @abc.abstractmethod
+    async def wait(self, timeout: float | None) -> bool:
+        """True if a channel was published since the last wait (or creation)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Store(abc.ABC):
+    max_retries = 100
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    # -- documents -------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def load(self, key: str) -> tuple[str | None, Doc | None]:
+        """The document and its version token; (None, None) if absent."""
+
+    @abc.abstractmethod
+    async def compare_and_set(self, key: str, token: str | None, doc: Doc | None) -> bool:
+        """Write ``doc`` (None deletes) if the stored token is still ``token``.
+
+        Tokens are opaque and never reused for a key, so a document deleted
+        and re-created in between does not pass for the one that was read.
+        """
+
+    @abc.abstractmethod
+    async def keys(self, prefix: str) -> list[str]: ...
+
+    async def transact(self, key: str, fn: Callable[[Doc | None], tuple[Doc | None, T]]) -> T:
+        """Read, apply the pure ``fn``, write back if the version held; retry otherwise.
+
+        ``fn`` may run several times and must not have side effects. A
+        result that leaves the document unchanged writes nothing.
+        """
+        for _ in range(self.max_retries):
+            token, doc = await self.load(key)
+            new_doc, result = fn(doc)
+            if _same(doc, new_doc):
+                return result
+            if await self.compare_and_set(key, token, new_doc):
+                return result
+        raise ConflictRetriesExhausted(key)
+
+    # -- wake-ups --------------------------------------------------------------
+
+    @abc.abstractmethod
+    def subscribe(self, channels: Iterable[str]) -> Subscription: ...
+
+    @abc.abstractmethod
+    async def publish(self, channels: Iterable[str]) -> None: ...
+
+    # -- break delivery ----------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_node(self, node_id: NodeId, handler: BreakHandler) -> None: ...
+
+    @abc.abstractmethod
+    async def deliver(self, notice: BreakNotice) -> None:
+        """Hand the notice to its node (whose handler returns at once).
+
+        In-process this runs the handler in the calling task; a shared
+        store sends a message to the node, which runs its handler there.
+        Notices about one open or lease never race: the next one only
+        arises from the state change that answered the previous one.
+        """
+
+
+def _same(a: Doc | None, b: Doc | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
