@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .context import Reply, RequestContext
 from .protocol import crypto, wire
@@ -240,7 +240,8 @@ class SmbConnection:
         if ctx.allow_async:
             ctx._went_async = went_async
         task = loop.create_task(_guarded(handler, ctx))
-        await asyncio.wait({task, went_async}, return_when=asyncio.FIRST_COMPLETED)
+        waiters: set[asyncio.Future[Any]] = {task, went_async}
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             went_async.cancel()
             return task.result()
@@ -402,4 +403,3 @@ async def _guarded(handler: Handler, ctx: RequestContext) -> Reply:
 
 def _is_error(status: int) -> bool:
     return (status >> 30) == 3
-

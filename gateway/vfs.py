@@ -21,9 +21,11 @@ from .protocol.constants import FileAttributes, NtStatusError, Status
 # FILETIME counts 100 ns ticks since 1601-01-01.
 _EPOCH_DELTA = 116444736000000000
 
-_DOS_DEVICES = {"CON", "PRN", "AUX", "NUL"} | {f"COM{i}" for i in range(1, 10)} | {
-    f"LPT{i}" for i in range(1, 10)
-}
+_DOS_DEVICES = (
+    {"CON", "PRN", "AUX", "NUL"}
+    | {f"COM{i}" for i in range(1, 10)}
+    | {f"LPT{i}" for i in range(1, 10)}
+)
 _INVALID_CHARS = re.compile(r'[\x00-\x1f"*/:<>?|]')
 _XATTR_CTIME = "user.smbgw.crtime"
 _XATTR_ATTRS = "user.smbgw.dosattrib"
@@ -310,4 +312,3 @@ def _setxattr(target: str | int, name: str, value: int) -> None:
         os.setxattr(target, name, str(value).encode())
     except OSError:
         pass
-

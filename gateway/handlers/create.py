@@ -521,4 +521,3 @@ async def finish_close(node: Node, op: Open) -> None:
             node.notify_change(op.tree, op.host_path, "removed", op.is_dir)
         except OSError as e:
             log.info("delete-on-close of %s failed: %s", op.host_path, e)
-

@@ -69,8 +69,8 @@ async def handle_read(ctx: RequestContext) -> Reply:
 async def handle_write(ctx: RequestContext) -> Reply:
     body = ctx.body
     check_size(body, 48, 49)
-    (_s, data_off, length, offset, _p, _v, _chan, _rem, _co, _cl, _flags) = (
-        _WRITE_REQ.unpack_from(body)
+    (_s, data_off, length, offset, _p, _v, _chan, _rem, _co, _cl, _flags) = _WRITE_REQ.unpack_from(
+        body
     )
     start = data_off - 64
     if length and (start < 48 or start + length > len(body)):

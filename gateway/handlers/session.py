@@ -111,8 +111,13 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
     if session.encrypt_data:
         session_flags |= SessionFlags.ENCRYPT_DATA
     session.state = "valid"
-    log.info("%s: %s\\%s logged on (session %#x)", conn.peer, auth.domain, auth.username,
-             session.session_id)
+    log.info(
+        "%s: %s\\%s logged on (session %#x)",
+        conn.peer,
+        auth.domain,
+        auth.username,
+        session.session_id,
+    )
     return Reply(Status.SUCCESS, _response(session_flags, out))
 
 

@@ -210,9 +210,7 @@ def query_fs_info(info_class: int, fs: _FS, *, label: str) -> bytes:
         sectors_per_unit = max(1, sv.f_frsize // SECTOR)
         if c == FsInfoClass.SIZE:
             return struct.pack("<QQII", sv.f_blocks, sv.f_bavail, sectors_per_unit, SECTOR)
-        return struct.pack(
-            "<QQQII", sv.f_blocks, sv.f_bavail, sv.f_bfree, sectors_per_unit, SECTOR
-        )
+        return struct.pack("<QQQII", sv.f_blocks, sv.f_bavail, sv.f_bfree, sectors_per_unit, SECTOR)
     if c == FsInfoClass.DEVICE:
         return struct.pack("<II", FILE_DEVICE_DISK, FILE_DEVICE_IS_MOUNTED)
     if c == FsInfoClass.ATTRIBUTE:

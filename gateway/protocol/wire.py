@@ -7,7 +7,7 @@ bytes to send; the asyncio layer owns the socket.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from . import crypto
@@ -58,9 +58,7 @@ def parse_smb1_negotiate(frame: bytes) -> list[str]:
     byte_count = struct.unpack_from("<H", frame, 33)[0]
     data = frame[35 : 35 + byte_count]
     return [
-        part[1:].decode("ascii", "replace")
-        for part in data.split(b"\x00")
-        if part[:1] == b"\x02"
+        part[1:].decode("ascii", "replace") for part in data.split(b"\x00") if part[:1] == b"\x02"
     ]
 
 
@@ -128,7 +126,7 @@ class WireCodec:
 
     def encode(
         self,
-        messages: list[tuple[Header, bytes, KeyedSession | None]],
+        messages: Sequence[tuple[Header, bytes, KeyedSession | None]],
         encrypt_for: KeyedSession | None,
     ) -> bytes:
         """Chain replies (8-byte aligned), sign each, encrypt the chain, frame it."""
