@@ -83,7 +83,6 @@ __all__ = [
     "collect_waiter",
     "evaluate_open",
     "evaluate_operation",
-    "expire",
     "grant_waiters",
     "invariant_violations",
     "lock",
@@ -122,18 +121,10 @@ class CloseOutcome:
     state: FileState | None  # None: nothing left, delete the record
     finished_waiters: tuple[str, ...]
     dropped_leases: tuple[str, ...]
-    notices: tuple[BreakNotice, ...] = ()
 
 
 def _fresh(state: FileState | None, file: str, now: float) -> tuple[FileState, bool]:
     st = state.clone() if state is not None else FileState(file=file)
-    return st, expire_breaks(st, now)
-
-
-def expire(state: FileState | None, now: float) -> tuple[FileState | None, bool]:
-    if state is None:
-        return None, False
-    st = state.clone()
     return st, expire_breaks(st, now)
 
 

@@ -8,7 +8,7 @@ the gateway's conftest). A Redis backend joins by adding a name to
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
 
@@ -16,6 +16,7 @@ from oplock_bus import make_bus
 from oplock_bus.api import (
     OPLOCK_NONE,
     BreakNotice,
+    Disposition,
     LeaseKey,
     LeaseRequest,
     LockBus,
@@ -115,7 +116,7 @@ class Client:
         share: int = SHARE_RW,
         oplock: int = OPLOCK_NONE,
         lease: LeaseRequest | None = None,
-        **kw: object,
+        disposition: Disposition = Disposition.OPEN,
     ) -> OpenResult:
         req = OpenRequest(
             open_id=f"{self.node}/{handle}",
@@ -125,7 +126,7 @@ class Client:
             share=share,
             oplock=0xFF if lease is not None else oplock,
             lease=lease,
-            **kw,  # type: ignore[arg-type]
+            disposition=disposition,
         )
         return await self.bus.open(req)
 
@@ -143,7 +144,3 @@ async def started(backend: str, break_timeout: float = BREAK_TIMEOUT) -> LockBus
     bus = make_test_bus(backend, break_timeout)
     await bus.start()
     return bus
-
-
-def within(fn: Callable[[], Awaitable[T]], seconds: float) -> Awaitable[T]:
-    return asyncio.wait_for(fn(), seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -65,7 +66,7 @@ def backend(request: pytest.FixtureRequest) -> str:
     return name
 
 
-async def _quiet(bus: LockBus) -> dict[str, object]:
+async def _quiet(bus: LockBus) -> dict[str, Any]:
     await settle()
     return await bus.snapshot()
 
@@ -115,7 +116,7 @@ def test_unanswered_break_times_out(backend: str) -> None:
         # MS-SMB2 3.3.6.1: the silent holder is forced to none, so B gets II.
         assert got.oplock == OPLOCK_II
         snap = await bus.snapshot()
-        assert snap["files"][F]["opens"]["A/h"]["oplock"] == OPLOCK_NONE  # type: ignore[index]
+        assert snap["files"][F]["opens"]["A/h"]["oplock"] == OPLOCK_NONE
         await bus.stop()
 
     run(body())
@@ -284,7 +285,7 @@ def test_unanswered_lease_break_times_out(backend: str) -> None:
         # Forced to none after the timeout (MS-SMB2 3.3.6.1); B gets what is left.
         assert got.lease_state == R | H and len(a.notices) == 1
         snap = await bus.snapshot()
-        leases = snap["files"][F]["leases"]  # type: ignore[index]
+        leases = snap["files"][F]["leases"]
         assert [x["state"] for x in leases.values()] == [0, R | H]
         await bus.stop()
 
@@ -363,7 +364,7 @@ def test_cancel_removes_a_waiter(backend: str) -> None:
         with pytest.raises(asyncio.CancelledError):
             await t_b
         snap = await _quiet(bus)
-        waiting = [w["open_id"] for w in snap["files"][F]["waiters"]]  # type: ignore[index]
+        waiting = [w["open_id"] for w in snap["files"][F]["waiters"]]
         assert waiting == [c.oid("h")]
         await bus.unlock(F, a.oid("h"), rng)
         assert await asyncio.wait_for(t_c, 1) == STATUS_SUCCESS
@@ -423,8 +424,8 @@ def test_cancelled_open_leaves_no_trace(backend: str) -> None:
         with pytest.raises(asyncio.CancelledError):
             await waiting
         snap = await _quiet(bus)
-        assert list(snap["files"][F]["opens"]) == ["A/h"]  # type: ignore[index]
-        assert len(snap["leases"]) == 1  # type: ignore[arg-type]
+        assert list(snap["files"][F]["opens"]) == ["A/h"]
+        assert len(snap["leases"]) == 1
         await bus.stop()
 
     run(body())
@@ -506,7 +507,7 @@ class Reference:
         return True
 
 
-def _check_caching(snapshot: dict[str, object]) -> None:
+def _check_caching(snapshot: dict[str, Any]) -> None:
     """No two conflicting caching grants: whoever caches writes caches alone."""
     files = snapshot["files"]
     assert isinstance(files, dict)
@@ -679,7 +680,7 @@ def test_cancellation_during_a_commit_is_undone() -> None:
         await asyncio.sleep(0.1)  # the commits land after the cancellation...
         await bus.stop()  # ...and their undo finishes
         snap = await bus.snapshot()
-        doc = snap["files"][F]  # type: ignore[index]
+        doc = snap["files"][F]
         assert list(doc["opens"]) == ["A/h"] and doc["locks"] == [] and doc["leases"] == {}
         assert snap["leases"] == {}
 

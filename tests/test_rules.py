@@ -734,16 +734,23 @@ def test_lease_shared_by_opens_is_dropped_with_the_last() -> None:
 def test_byte_range_locks_stop_shared_caching() -> None:
     # MS-FSA 2.1.5.17 / smbtorture lease.lock1-3: no R/H grant beside a lock
     # inside the file, unless the open overwrites or the lock lies past EOF.
-    st = granted(None, req("a/1", share=SH_ALL))
-    st = rules.lock(st, "a/1", [RangeSpec(0, 1, True)], wait=False, waiter_id="w").state
+    st = rules.lock(
+        granted(None, req("a/1", share=SH_ALL)),
+        "a/1",
+        [RangeSpec(0, 1, True)],
+        wait=False,
+        waiter_id="w",
+    ).state
     assert st is not None
-    assert attempt(st, req("b/1", share=SH_ALL, lease=lreq(2, "RH"))).result.lease_state == 0  # type: ignore[union-attr]
-    assert attempt(
-        st, req("b/1", share=SH_ALL, lease=lreq(2, "RH"), file_size=0)
-    ).result.lease_state == bits("RH")  # type: ignore[union-attr]
-    assert attempt(
-        st, req("b/1", share=SH_ALL, lease=lreq(2, "RH"), overwrite=True)
-    ).result.lease_state == bits("RH")  # type: ignore[union-attr]
+
+    def lease_granted(**kw: Any) -> int:
+        out = attempt(st, req("b/1", share=SH_ALL, lease=lreq(2, "RH"), **kw))
+        assert out.result is not None
+        return out.result.lease_state
+
+    assert lease_granted() == 0
+    assert lease_granted(file_size=0) == bits("RH")
+    assert lease_granted(overwrite=True) == bits("RH")
 
 
 def test_directories_get_no_caching() -> None:
@@ -942,10 +949,12 @@ def test_cancel_and_close_remove_waiters() -> None:
 def test_cancel_after_grant_gives_the_locks_back() -> None:
     st = _lock(_locked("a/1", "b/1", "c/1"), "a/1", (0, 10, True)).state
     assert st is not None
-    st = _lock(st, "b/1", (0, 10, True), wait=True, wid="b").state
-    st = _lock(st, "c/1", (0, 10, True), wait=True, wid="c").state
-    st = rules.unlock(st, "a/1", [RangeSpec(0, 10, True)]).state  # grants b
-    out = rules.cancel_waiter(st, "b")  # ...whose client had cancelled meanwhile
+    for oid, wid in (("b/1", "b"), ("c/1", "c")):
+        queued = _lock(st, oid, (0, 10, True), wait=True, wid=wid).state
+        assert queued is not None
+        st = queued
+    released = rules.unlock(st, "a/1", [RangeSpec(0, 10, True)]).state  # grants b
+    out = rules.cancel_waiter(released, "b")  # ...whose client had cancelled meanwhile
     assert out.finished_waiters == ("c",)
     assert out.state is not None and [x.open_id for x in out.state.locks] == ["c/1"]
 
