@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from oplock_bus import api as bus_api
+from oplock_bus.api import Operation
 
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
@@ -317,8 +318,10 @@ async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
             connection=ctx.conn,
         )
         op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
-        lease_req = _lease_request(ctx, req) if not info.is_dir else None
-        oplock = req.oplock if not info.is_dir else 0
+        # Directories still pass their lease key: the bus checks it is not bound
+        # to another file, and grants directories nothing.
+        lease_req = _lease_request(ctx, req)
+        oplock = req.oplock if not info.is_dir or lease_req is not None else 0
         if oplock == OplockLevel.LEASE and lease_req is None:
             oplock = 0
         overwrite = created is False and disp in (
@@ -336,6 +339,8 @@ async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
             lease=lease_req,
             disposition=bus_api.Disposition.OVERWRITE if overwrite else bus_api.Disposition.OPEN,
             is_directory=info.is_dir,
+            file_size=info.size,
+            created=created,
         )
         node.opens[op.bus_open_id] = op
         result = await run_bus_call(ctx, node.bus.open(bus_req))
@@ -458,7 +463,8 @@ def _response_contexts(
         vol = int(info.file_key.split(":", 1)[0], 16)
         out.append((b"QFid", struct.pack("<QQ16s", info.inode, vol, b"")))
     if lease_req is not None and result.oplock == OplockLevel.LEASE:
-        if lease_req.version == 2:
+        # The lease's own version answers, not this request's (smb2.lease.v2_epoch2).
+        if result.lease_version == 2:
             flags = result.lease_flags
             parent = lease_req.parent_key or bytes(16)
             if lease_req.parent_key is not None:
@@ -505,12 +511,17 @@ async def finish_close(node: Node, op: Open) -> None:
     """Undo everything an open holds; delete the file if it was marked so."""
     if op.notify is not None:
         op.notify.cleanup()
-    if op.file_key and op.bus_open_id:
-        try:
-            await node.bus.close(op.file_key, op.bus_open_id)
-        except Exception:  # noqa: BLE001 - the handle must close whatever the bus says
-            log.exception("bus close of %s failed", op.bus_open_id)
     delete = op.delete_on_close
+    if op.file_key and op.bus_open_id:
+        # The handle must close whatever the bus says, so bus errors are logged.
+        try:
+            if delete:
+                # Others' handle caching goes before the name does (Samba
+                # smb2_close; smbtorture smb2.lease.unlink).
+                await node.bus.break_for(op.file_key, op.bus_open_id, Operation.DELETE)
+            await node.bus.close(op.file_key, op.bus_open_id)
+        except Exception:  # noqa: BLE001
+            log.exception("bus close of %s failed", op.bus_open_id)
     op.close_fd()
     if delete and op.host_path:
         try:

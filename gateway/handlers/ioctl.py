@@ -98,7 +98,20 @@ def _interfaces(ctx: RequestContext) -> bytes:
     return _IFACE.pack(0, 1, _RSS_CAPABLE, 0, 10_000_000_000) + sockaddr
 
 
+_FILE_FSCTLS = {
+    Fsctl.SRV_ENUMERATE_SNAPSHOTS, Fsctl.GET_REPARSE_POINT, Fsctl.GET_COMPRESSION,
+    Fsctl.SET_COMPRESSION, Fsctl.SET_SPARSE, Fsctl.CREATE_OR_GET_OBJECT_ID,
+}  # fmt: skip
+
+
 async def _file_fsctl(ctx: RequestContext, code: int, data: bytes, max_out: int) -> bytes:
+    if code not in _FILE_FSCTLS:
+        # Unknown controls are refused before the FileId is looked at, as
+        # Windows and Samba do (IPC$ answers FS_DRIVER_REQUIRED).
+        tree = ctx.require_tree()
+        raise NtStatusError(
+            Status.FS_DRIVER_REQUIRED if tree.is_ipc else Status.INVALID_DEVICE_REQUEST
+        )
     op = ctx.open_at(8)
     if code == Fsctl.SRV_ENUMERATE_SNAPSHOTS:
         if max_out < 16:
@@ -116,9 +129,9 @@ async def _file_fsctl(ctx: RequestContext, code: int, data: bytes, max_out: int)
             raise NtStatusError(Status.NOT_SUPPORTED)
         return b""
     if code == Fsctl.SET_SPARSE:
+        # POSIX files keep holes already; recording the SPARSE attribute is issue 6.
         return b""
-    if code == Fsctl.CREATE_OR_GET_OBJECT_ID:
-        vol, _, ino = op.file_key.partition(":")
-        object_id = struct.pack("<QQ", int(ino, 16), int(vol, 16))
-        return object_id + bytes(48)
-    raise NtStatusError(Status.INVALID_DEVICE_REQUEST)
+    # FSCTL_CREATE_OR_GET_OBJECT_ID: the object id is the file id (inode, volume).
+    vol, _, ino = op.file_key.partition(":")
+    object_id = struct.pack("<QQ", int(ino, 16), int(vol, 16))
+    return object_id + bytes(48)
