@@ -92,6 +92,9 @@ class SmbConnection:
             log.info("%s: disconnecting: %s", self.peer, e)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:
+            # A bug must cost this connection only, never the node.
+            log.exception("%s: connection failed", self.peer)
         finally:
             await self.teardown()
 

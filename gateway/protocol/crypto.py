@@ -1,7 +1,14 @@
-"""SMB2/3 signing, key derivation, encryption and preauth integrity (MS-SMB2 3.1.4).
+"""SMB2/3 key derivation, signing, encryption and preauth integrity (MS-SMB2 3.1.4).
 
-Sans-IO: bytes in, bytes out. Cipher objects are cached per key because
-every message of a signed or encrypted session goes through here.
+Sans-IO: bytes in, bytes out; nothing here touches a socket or an event loop.
+
+Hot path: every message of a signed or encrypted session passes through here.
+A caller that keeps per-session state should hold a prepared `Signer` (signing
+key) and `TransformCipher` (encryption or decryption key) and call their
+methods directly. The module-level functions (`sign_message`, `verify_message`,
+`encrypt_message`, `decrypt_message`) take raw key bytes and look the prepared
+object up in a small LRU cache keyed by (key, algorithm), so they are cheap
+too, just not free.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -29,169 +37,383 @@ from .constants import (
     SigningAlgorithm,
 )
 
+__all__ = [
+    "PREAUTH_HASH_INITIAL",
+    "CryptoError",
+    "SessionKeys",
+    "Signer",
+    "TransformCipher",
+    "compute_signature",
+    "decrypt_message",
+    "derive_session_keys",
+    "encrypt_message",
+    "kdf",
+    "parse_transform_header",
+    "preauth_update",
+    "sign_message",
+    "signing_algorithm",
+    "verify_message",
+]
+
+Buffer = bytes | bytearray | memoryview
+KeySource = bytes | Callable[[int], bytes | None]
+
 
 class CryptoError(Exception):
-    """A message failed authentication or is not a valid transform."""
+    """A message failed authentication, or is not a well-formed transform."""
+
+
+# -- key derivation (MS-SMB2 3.1.4.2) ------------------------------------------
 
 
 def kdf(key: bytes, label: bytes, context: bytes, length_bits: int = 128) -> bytes:
-    """SP800-108 counter mode with HMAC-SHA256, r=32.
+    """SP800-108 KDF in counter mode, PRF HMAC-SHA256, r = 32.
 
-    MS-SMB2 labels carry their own NUL; the 0x00 here is SP800-108's separator.
+    `label` and `context` are passed exactly as MS-SMB2 lists them, i.e. with
+    their own trailing NUL (b"SMB2AESCMAC\\x00"); the extra 0x00 between them
+    is SP800-108's separator, so the PRF input has two NULs there.
     """
-    out = b""
-    i = 1
+    if length_bits <= 0 or length_bits % 8:
+        raise ValueError("length_bits must be a positive multiple of 8")
+    fixed = label + b"\x00" + context + struct.pack(">I", length_bits)
+    out = bytearray()
+    counter = 1
     while len(out) * 8 < length_bits:
-        msg = struct.pack(">I", i) + label + b"\x00" + context + struct.pack(">I", length_bits)
-        out += hmac.new(key, msg, hashlib.sha256).digest()
-        i += 1
-    return out[: length_bits // 8]
+        out += hmac.digest(key, struct.pack(">I", counter) + fixed, "sha256")
+        counter += 1
+    return bytes(out[: length_bits // 8])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SessionKeys:
+    """The keys of one authenticated session, from the server's point of view."""
+
     signing_key: bytes
     application_key: bytes
-    encryption_key: bytes  # server -> client
-    decryption_key: bytes  # client -> server
+    encryption_key: bytes  # server -> client ("ServerOut", SMBS2CCipherKey)
+    decryption_key: bytes  # client -> server ("ServerIn ", SMBC2SCipherKey)
+
+
+_AES_256 = (Cipher.AES_256_CCM, Cipher.AES_256_GCM)
 
 
 def derive_session_keys(
     session_key: bytes, dialect: int, preauth_hash: bytes | None, cipher: int | None
 ) -> SessionKeys:
-    """Session keys per MS-SMB2 3.3.5.5.3 (labels include the trailing NUL via kdf)."""
-    key = session_key[:16].ljust(16, b"\x00")
+    """Session keys per MS-SMB2 3.3.5.5.3 (server side).
+
+    `session_key` is the full GSS session key; `preauth_hash` is the session's
+    PreauthIntegrityHashValue (required for 3.1.1, ignored otherwise). 2.0.2
+    and 2.1 have no encryption: their encryption keys are empty.
+    """
+    # Session.SessionKey: first 16 bytes of the GSS key, right-padded with zeros.
+    key16 = session_key[:16].ljust(16, b"\x00")
     if dialect < Dialect.SMB3_0:
-        return SessionKeys(key, b"", b"", b"")
-    enc_bits = 256 if cipher in (Cipher.AES_256_CCM, Cipher.AES_256_GCM) else 128
-    if dialect == Dialect.SMB3_1_1:
-        ctx = preauth_hash or bytes(64)
+        # 2.x signs with the session key itself (HMAC-SHA256), and hands the
+        # session key to applications (MS-SMB2 3.3.4.5).
+        return SessionKeys(key16, key16, b"", b"")
+    if dialect != Dialect.SMB3_1_1:
         return SessionKeys(
-            signing_key=kdf(key, b"SMBSigningKey\x00", ctx),
-            application_key=kdf(key, b"SMBAppKey\x00", ctx),
-            encryption_key=kdf(session_key, b"SMBS2CCipherKey\x00", ctx, enc_bits)
-            if enc_bits == 256
-            else kdf(key, b"SMBS2CCipherKey\x00", ctx),
-            decryption_key=kdf(session_key, b"SMBC2SCipherKey\x00", ctx, enc_bits)
-            if enc_bits == 256
-            else kdf(key, b"SMBC2SCipherKey\x00", ctx),
+            signing_key=kdf(key16, b"SMB2AESCMAC\x00", b"SmbSign\x00"),
+            application_key=kdf(key16, b"SMB2APP\x00", b"SmbRpc\x00"),
+            encryption_key=kdf(key16, b"SMB2AESCCM\x00", b"ServerOut\x00"),
+            decryption_key=kdf(key16, b"SMB2AESCCM\x00", b"ServerIn \x00"),
         )
+    if preauth_hash is None or len(preauth_hash) != 64:
+        # A guessed context would give keys the client never reproduces: fail loudly.
+        raise ValueError("SMB 3.1.1 key derivation needs the 64-byte preauth integrity hash")
+    if cipher in _AES_256:
+        # AES-256 keys come from the untruncated GSS key (a Kerberos AES-256
+        # key is 32 bytes) with L = 256; signing keys stay 128-bit either way.
+        cipher_kdk, bits = session_key, 256
+    else:
+        cipher_kdk, bits = key16, 128
     return SessionKeys(
-        signing_key=kdf(key, b"SMB2AESCMAC\x00", b"SmbSign\x00"),
-        application_key=kdf(key, b"SMB2APP\x00", b"SmbRpc\x00"),
-        encryption_key=kdf(key, b"SMB2AESCCM\x00", b"ServerOut\x00"),
-        decryption_key=kdf(key, b"SMB2AESCCM\x00", b"ServerIn \x00"),
+        signing_key=kdf(key16, b"SMBSigningKey\x00", preauth_hash),
+        application_key=kdf(key16, b"SMBAppKey\x00", preauth_hash),
+        encryption_key=kdf(cipher_kdk, b"SMBS2CCipherKey\x00", preauth_hash, bits),
+        decryption_key=kdf(cipher_kdk, b"SMBC2SCipherKey\x00", preauth_hash, bits),
     )
 
 
-# -- signing -------------------------------------------------------------------
+# -- signing (MS-SMB2 3.1.4.1, 3.1.5.1) -----------------------------------------
+
+_ZERO_SIGNATURE = bytes(16)
+_SIG_START, _SIG_END = 48, 64
+_FLAGS = struct.Struct("<I")
+_U16 = struct.Struct("<H")
 
 
-@functools.lru_cache(maxsize=256)
-def _gcm(key: bytes) -> AESGCM:
-    return AESGCM(key)
+def signing_algorithm(dialect: int, negotiated: int | None = None) -> SigningAlgorithm:
+    """The algorithm a connection signs with.
+
+    `negotiated` is the SIGNING_CAPABILITIES choice, which only 3.1.1 has;
+    without it 3.x uses AES-CMAC and 2.x HMAC-SHA256.
+    """
+    if dialect == Dialect.SMB3_1_1 and negotiated is not None:
+        return SigningAlgorithm(negotiated)
+    if dialect >= Dialect.SMB3_0:
+        return SigningAlgorithm.AES_CMAC
+    return SigningAlgorithm.HMAC_SHA256
 
 
-@functools.lru_cache(maxsize=256)
-def _ccm(key: bytes) -> AESCCM:
-    return AESCCM(key, tag_length=16)
+def _gmac_nonce(msg: Buffer, from_server: bool | None) -> bytes:
+    # MS-SMB2 3.1.4.1: MessageId, then a 32-bit word whose bit 0 says the
+    # sender is the server and bit 1 that the message is a CANCEL request.
+    flags = _FLAGS.unpack_from(msg, 16)[0]
+    if from_server is None:
+        from_server = bool(flags & HeaderFlags.SERVER_TO_REDIR)
+    word = 1 if from_server else 0
+    if not from_server and _U16.unpack_from(msg, 12)[0] == Command.CANCEL:
+        word |= 2
+    return bytes(msg[24:32]) + _FLAGS.pack(word)
 
 
-def _cmac(key: bytes, data: bytes) -> bytes:
-    c = cmac.CMAC(algorithms.AES(key))
-    c.update(data)
-    return c.finalize()
+class Signer:
+    """A signing key prepared for one algorithm; keep one per session or channel.
+
+    Every method computes the signature as if the Signature field (bytes
+    48..64) were zero, without copying the message for HMAC and CMAC.
+    `from_server` says who sent the message (it enters the AES-GMAC nonce);
+    None reads it from the header's SERVER_TO_REDIR flag. A verifier that
+    knows the sender should pass it, so a reflected message cannot pick its role.
+    """
+
+    __slots__ = ("algorithm", "_hmac", "_cmac", "_gcm")
+
+    def __init__(self, key: bytes, algorithm: int) -> None:
+        if not key:
+            raise ValueError("empty signing key")
+        self.algorithm = SigningAlgorithm(algorithm)
+        self._hmac: hmac.HMAC | None = None
+        self._cmac: cmac.CMAC | None = None
+        self._gcm: AESGCM | None = None
+        if self.algorithm == SigningAlgorithm.HMAC_SHA256:
+            self._hmac = hmac.new(key, digestmod=hashlib.sha256)
+        elif self.algorithm == SigningAlgorithm.AES_CMAC:
+            # The key schedule is done once; each message works on a copy.
+            self._cmac = cmac.CMAC(algorithms.AES(key))
+        else:
+            self._gcm = AESGCM(key)
+
+    def signature(self, msg: Buffer, *, from_server: bool | None = None) -> bytes:
+        """The 16-byte signature of one SMB2 message (header, body, padding)."""
+        if len(msg) < HEADER_SIZE:
+            raise ValueError("message shorter than an SMB2 header")
+        view = memoryview(msg)
+        if self._gcm is not None:
+            data = b"".join((view[:_SIG_START], _ZERO_SIGNATURE, view[_SIG_END:]))
+            return self._gcm.encrypt(_gmac_nonce(msg, from_server), b"", data)
+        if self._cmac is not None:
+            c = self._cmac.copy()
+            # CMAC.update takes any buffer (the stub says bytes): no copy of the body.
+            c.update(view[:_SIG_START])  # type: ignore[arg-type]
+            c.update(_ZERO_SIGNATURE)
+            c.update(view[_SIG_END:])  # type: ignore[arg-type]
+            return c.finalize()
+        assert self._hmac is not None
+        h = self._hmac.copy()
+        h.update(view[:_SIG_START])
+        h.update(_ZERO_SIGNATURE)
+        h.update(view[_SIG_END:])
+        return h.digest()[:16]
+
+    def sign(self, msg: Buffer, *, from_server: bool | None = None) -> bytes:
+        """The message with SMB2_FLAGS_SIGNED set and its Signature filled in."""
+        buf = bytearray(msg)
+        if len(buf) < HEADER_SIZE:
+            raise ValueError("message shorter than an SMB2 header")
+        flags = _FLAGS.unpack_from(buf, 16)[0]
+        _FLAGS.pack_into(buf, 16, flags | HeaderFlags.SIGNED)
+        buf[_SIG_START:_SIG_END] = self.signature(buf, from_server=from_server)
+        return bytes(buf)
+
+    def verify(self, msg: Buffer, *, from_server: bool | None = None) -> bool:
+        """Whether the message's Signature field is right (constant-time compare)."""
+        if len(msg) < HEADER_SIZE:
+            return False
+        got = bytes(memoryview(msg)[_SIG_START:_SIG_END])
+        return hmac.compare_digest(got, self.signature(msg, from_server=from_server))
 
 
-def _gmac_nonce(msg: bytes) -> bytes:
-    # MessageId, then a 32-bit word: bit 0 = response, bit 1 = CANCEL request.
-    message_id = msg[24:32]
-    flags = struct.unpack_from("<I", msg, 16)[0]
-    command = struct.unpack_from("<H", msg, 12)[0]
-    role = 1 if flags & HeaderFlags.SERVER_TO_REDIR else 0
-    if command == Command.CANCEL:
-        role |= 2
-    return message_id + struct.pack("<I", role)
+@functools.lru_cache(maxsize=1024)
+def _signer(key: bytes, algorithm: int) -> Signer:
+    return Signer(key, algorithm)
 
 
-def compute_signature(msg: bytes, key: bytes, algorithm: int) -> bytes:
-    """The 16-byte signature of a message whose signature field is already zeroed."""
-    if algorithm == SigningAlgorithm.HMAC_SHA256:
-        return hmac.new(key, msg, hashlib.sha256).digest()[:16]
-    if algorithm == SigningAlgorithm.AES_CMAC:
-        return _cmac(key, msg)
-    if algorithm == SigningAlgorithm.AES_GMAC:
-        return _gcm(key).encrypt(_gmac_nonce(msg), b"", msg)[-16:]
-    raise ValueError(f"unknown signing algorithm {algorithm}")
+def compute_signature(
+    msg: Buffer, key: bytes, algorithm: int, *, from_server: bool | None = None
+) -> bytes:
+    """The 16-byte signature of a message, its Signature field taken as zero."""
+    return _signer(bytes(key), int(algorithm)).signature(msg, from_server=from_server)
 
 
-def sign_message(msg: bytes, key: bytes, algorithm: int) -> bytes:
-    """The message with the SIGNED flag set and its signature filled in."""
-    buf = bytearray(msg)
-    flags = struct.unpack_from("<I", buf, 16)[0] | HeaderFlags.SIGNED
-    struct.pack_into("<I", buf, 16, flags)
-    buf[48:64] = bytes(16)
-    buf[48:64] = compute_signature(bytes(buf), key, algorithm)
-    return bytes(buf)
+def sign_message(
+    msg: Buffer, key: bytes, algorithm: int, *, from_server: bool | None = None
+) -> bytes:
+    """The message with SMB2_FLAGS_SIGNED set and its signature filled in.
+
+    `algorithm` is a `SigningAlgorithm` (see `signing_algorithm()`).
+    """
+    return _signer(bytes(key), int(algorithm)).sign(msg, from_server=from_server)
 
 
-def verify_message(msg: bytes, key: bytes, algorithm: int) -> bool:
+def verify_message(
+    msg: Buffer, key: bytes, algorithm: int, *, from_server: bool | None = None
+) -> bool:
+    """Whether a received message carries the right signature.
+
+    False (never an exception) for a short message or an unusable key: a
+    session without a signing key cannot vouch for anything.
+    """
     if len(msg) < HEADER_SIZE:
         return False
-    buf = bytearray(msg)
-    sig = bytes(buf[48:64])
-    buf[48:64] = bytes(16)
-    return hmac.compare_digest(sig, compute_signature(bytes(buf), key, algorithm))
+    try:
+        signer = _signer(bytes(key), int(algorithm))
+    except ValueError:
+        return False
+    return signer.verify(msg, from_server=from_server)
 
 
-# -- encryption -----------------------------------------------------------------
+# -- encryption (MS-SMB2 2.2.41, 3.1.4.3, 3.3.5.2.1.1) ---------------------------
 
+# ProtocolId, Signature, Nonce, OriginalMessageSize, Reserved,
+# Flags/EncryptionAlgorithm, SessionId.
 _TRANSFORM = struct.Struct("<4s16s16sIHHQ")
+_AAD_START = 20  # the AAD is the transform header from its Nonce field on
+_TRANSFORM_FLAGS_ENCRYPTED = 0x0001
+_TAG = 16
+_CCM = (Cipher.AES_128_CCM, Cipher.AES_256_CCM)
+_GCM = (Cipher.AES_128_GCM, Cipher.AES_256_GCM)
 
 
-def _nonce_size(cipher: int) -> int:
-    return 11 if cipher in (Cipher.AES_128_CCM, Cipher.AES_256_CCM) else 12
+class TransformCipher:
+    """An encryption or decryption key prepared for one cipher; keep one per direction.
+
+    Nonces are random (11 bytes for CCM, 12 for GCM, the rest of the 16-byte
+    Nonce field zero) unless the caller passes one. Random 96-bit GCM nonces
+    are within NIST's bounds for up to 2**32 messages per key.
+    """
+
+    __slots__ = ("cipher", "nonce_size", "_aead")
+
+    def __init__(self, key: bytes, cipher: int) -> None:
+        self.cipher = Cipher(cipher)
+        want = 32 if self.cipher in _AES_256 else 16
+        if len(key) != want:
+            raise ValueError(f"{self.cipher.name} needs a {want}-byte key, got {len(key)}")
+        self._aead: AESCCM | AESGCM
+        if self.cipher in _CCM:
+            self.nonce_size = 11
+            self._aead = AESCCM(key, tag_length=_TAG)
+        else:
+            self.nonce_size = 12
+            self._aead = AESGCM(key)
+
+    def encrypt(self, plain: Buffer, session_id: int, nonce: bytes | None = None) -> bytes:
+        """TRANSFORM_HEADER + ciphertext of one SMB2 message or compound chain.
+
+        `nonce` is either the AEAD nonce (11 or 12 bytes, zero-padded into the
+        Nonce field) or the whole 16-byte Nonce field, of which the first 11
+        or 12 bytes are the AEAD nonce and all 16 are authenticated.
+        """
+        n = self.nonce_size
+        if nonce is None:
+            field = os.urandom(n) + bytes(16 - n)
+        elif len(nonce) == n:
+            field = bytes(nonce) + bytes(16 - n)
+        elif len(nonce) == 16:
+            field = bytes(nonce)
+        else:
+            raise ValueError(f"nonce must be {n} or 16 bytes, got {len(nonce)}")
+        header = _TRANSFORM.pack(
+            TRANSFORM_PROTOCOL_ID,
+            _ZERO_SIGNATURE,
+            field,
+            len(plain),
+            0,
+            _TRANSFORM_FLAGS_ENCRYPTED,
+            session_id,
+        )
+        sealed = memoryview(self._aead.encrypt(field[:n], bytes(plain), header[_AAD_START:]))
+        return b"".join(
+            (TRANSFORM_PROTOCOL_ID, sealed[-_TAG:], header[_AAD_START:], sealed[:-_TAG])
+        )
+
+    def decrypt(self, data: Buffer) -> tuple[int, bytes]:
+        """(SessionId, plaintext) of a transform; CryptoError if it does not authenticate."""
+        session_id = parse_transform_header(data)
+        return session_id, self._open(data)
+
+    def _open(self, data: Buffer) -> bytes:
+        view = memoryview(data)
+        nonce = bytes(view[20 : 20 + self.nonce_size])
+        sealed = b"".join((view[TRANSFORM_HEADER_SIZE:], view[4:20]))  # ciphertext || tag
+        try:
+            return self._aead.decrypt(nonce, sealed, view[_AAD_START:TRANSFORM_HEADER_SIZE])
+        except InvalidTag:
+            raise CryptoError("transform does not authenticate (wrong key or tampered)") from None
 
 
-def _aead(cipher: int, key: bytes) -> AESCCM | AESGCM:
-    if cipher in (Cipher.AES_128_CCM, Cipher.AES_256_CCM):
-        return _ccm(key)
-    if cipher in (Cipher.AES_128_GCM, Cipher.AES_256_GCM):
-        return _gcm(key)
-    raise CryptoError(f"unknown cipher {cipher}")
+def parse_transform_header(data: Buffer) -> int:
+    """Check a TRANSFORM_HEADER's framing and return its SessionId."""
+    if len(data) < TRANSFORM_HEADER_SIZE:
+        raise CryptoError("truncated transform header")
+    proto, _sig, _nonce, size, _reserved, flags, session_id = _TRANSFORM.unpack_from(data)
+    if proto != TRANSFORM_PROTOCOL_ID:
+        raise CryptoError("not a transform header")
+    if flags != _TRANSFORM_FLAGS_ENCRYPTED:
+        raise CryptoError(f"unknown transform Flags/EncryptionAlgorithm 0x{flags:04x}")
+    if size != len(data) - TRANSFORM_HEADER_SIZE:
+        raise CryptoError("OriginalMessageSize does not match the ciphertext")
+    return int(session_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _transform(key: bytes, cipher: int) -> TransformCipher:
+    return TransformCipher(key, cipher)
 
 
 def encrypt_message(
-    plain: bytes, session_id: int, key: bytes, cipher: int, nonce: bytes | None = None
+    plain: Buffer, session_id: int, key: bytes, cipher: int, nonce: bytes | None = None
 ) -> bytes:
-    """TRANSFORM_HEADER + ciphertext; the AAD is the header from its Nonce on."""
-    n = _nonce_size(cipher)
-    nonce = nonce if nonce is not None else os.urandom(n)
-    nonce16 = nonce[:n].ljust(16, b"\x00")
-    aad = _TRANSFORM.pack(TRANSFORM_PROTOCOL_ID, bytes(16), nonce16, len(plain), 0, 1, session_id)
-    sealed = _aead(cipher, key).encrypt(nonce[:n], plain, aad[20:])
-    return aad[:4] + sealed[-16:] + aad[20:] + sealed[:-16]
+    """TRANSFORM_HEADER + ciphertext; the AAD is the header from its Nonce on.
+
+    `key` is the server's Session.EncryptionKey; `cipher` a `Cipher` (3.0 and
+    3.0.2 always use AES-128-CCM). See `TransformCipher.encrypt` for `nonce`.
+    """
+    return _transform(bytes(key), int(cipher)).encrypt(plain, session_id, nonce)
 
 
-def decrypt_message(data: bytes, key: bytes, cipher: int) -> tuple[int, bytes]:
-    if len(data) < TRANSFORM_HEADER_SIZE:
-        raise CryptoError("truncated transform header")
-    proto, sig, nonce16, size, _r, flags, session_id = _TRANSFORM.unpack_from(data)
-    if proto != TRANSFORM_PROTOCOL_ID or flags != 1:
-        raise CryptoError("not an encrypted SMB2 message")
-    body = data[TRANSFORM_HEADER_SIZE:]
-    if size != len(body):
-        raise CryptoError("OriginalMessageSize does not match")
-    if not key:
-        raise CryptoError("no decryption key")
+def decrypt_message(data: Buffer, key: KeySource, cipher: int) -> tuple[int, bytes]:
+    """(SessionId, plaintext) of a received transform.
+
+    `key` is the decryption key, or a function from SessionId to that key
+    (None when the session is unknown). Raises CryptoError for a malformed
+    header, an unknown session, an unusable key or a failed authentication.
+    """
+    session_id = parse_transform_header(data)
+    k = key(session_id) if callable(key) else key
+    if not k:
+        raise CryptoError(f"no decryption key for session 0x{session_id:x}")
     try:
-        plain = _aead(cipher, key).decrypt(
-            nonce16[: _nonce_size(cipher)], body + sig, data[20:TRANSFORM_HEADER_SIZE]
-        )
-    except InvalidTag:
-        raise CryptoError("authentication failed") from None
-    return session_id, plain
+        tc = _transform(bytes(k), int(cipher))
+    except ValueError as e:
+        raise CryptoError(str(e)) from None
+    return session_id, tc._open(data)
 
 
-def preauth_update(previous: bytes, message: bytes) -> bytes:
-    return hashlib.sha512(previous + message).digest()
+# -- preauth integrity (MS-SMB2 3.3.5.4, 3.3.5.5) ------------------------------
+
+PREAUTH_HASH_INITIAL = bytes(64)
+
+
+def preauth_update(previous: bytes, message: Buffer) -> bytes:
+    """SHA-512(previous || message): one step of the 3.1.1 preauth integrity hash.
+
+    Start a connection from PREAUTH_HASH_INITIAL (64 zero bytes); a session
+    starts from the connection's value after the NEGOTIATE response.
+    """
+    h = hashlib.sha512(previous)
+    h.update(message)
+    return h.digest()
