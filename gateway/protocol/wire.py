@@ -100,7 +100,11 @@ class WireCodec:
         return SigningAlgorithm.HMAC_SHA256
 
     def verify(self, raw: bytes, session: KeyedSession) -> bool:
-        return crypto.verify_message(raw, session.signing_key, self._algorithm())
+        # Requests always verify in the client role: a client must not pick the
+        # server's role bit of the AES-GMAC nonce.
+        return crypto.verify_message(
+            raw, session.signing_key, self._algorithm(), from_server=False
+        )
 
     def sign(self, msg: bytes, session: KeyedSession) -> bytes:
         return crypto.sign_message(msg, session.signing_key, self._algorithm())
