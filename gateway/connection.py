@@ -41,6 +41,10 @@ _NO_SESSION = {Command.NEGOTIATE, Command.SESSION_SETUP, Command.ECHO, Command.C
 _NO_TREE = _NO_SESSION | {Command.LOGOFF, Command.TREE_CONNECT, Command.OPLOCK_BREAK}
 
 
+_SERVER_TO_REDIR = int(HeaderFlags.SERVER_TO_REDIR)
+_RELATED = int(HeaderFlags.RELATED_OPERATIONS)
+
+
 class Disconnect(Exception):
     """Drop the connection (the protocol prescribes it, or the peer is hostile)."""
 
@@ -303,7 +307,7 @@ class SmbConnection:
             credit_charge=req.credit_charge,
             status=status,
             credits=self.codec.grant_credits(req) if grant else 0,
-            flags=HeaderFlags.SERVER_TO_REDIR | (req.flags & HeaderFlags.RELATED_OPERATIONS),
+            flags=_SERVER_TO_REDIR | (req.flags & _RELATED),
             tree_id=req.tree_id,
             session_id=session.session_id if session is not None else req.session_id,
         )

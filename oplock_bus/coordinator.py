@@ -10,7 +10,6 @@ is never awaited while anything is locked.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
@@ -359,4 +358,5 @@ def _collected(st: FileState | None, waiter_id: str) -> tuple[FileState | None, 
 
 
 def _same(a: Doc, b: Doc) -> bool:
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    # Structural equality of JSON-able data: no serialisation on the hot path.
+    return a == b

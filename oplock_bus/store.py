@@ -17,7 +17,6 @@ A Redis backend maps these one to one:
 from __future__ import annotations
 
 import abc
-import json
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -116,4 +115,5 @@ class Store(abc.ABC):
 def _same(a: Doc | None, b: Doc | None) -> bool:
     if a is None or b is None:
         return a is b
-    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    # Structural equality of JSON-able data: no serialisation on the hot path.
+    return a == b

@@ -1067,3 +1067,32 @@ def test_rules_keep_invariants(steps: list[object]) -> None:
                 )
                 state = acked.state or state
         assert rules.invariant_violations(state) == []
+
+
+def test_state_plain_form_round_trips_and_is_independent() -> None:
+    """to_dict/clone keep every field and share no mutable part with the original."""
+    import dataclasses
+
+    from oplock_bus.model import (
+        ByteRangeLock,
+        FileState,
+        LeaseEntry,
+        LockWaiter,
+        OpenEntry,
+        RangeSpec,
+    )
+
+    st = FileState(file="f:1", version=3, next_seq=2, delete_pending=True)
+    st.opens["n/1"] = OpenEntry("n/1", "n", 1, 7, 0, owner_data={"c": 1})
+    st.leases["g:k"] = LeaseEntry("g:k", "00", "11", 7, 2, 2, opens=["n/1"])
+    st.locks.append(ByteRangeLock("n/1", 0, 10, True))
+    st.waiters.append(LockWaiter("w1", "n/1", [RangeSpec(5, 1, False)]))
+    assert st.to_dict() == dataclasses.asdict(st)
+    twin = st.clone()
+    assert twin == st
+    twin.opens["n/1"].owner_data["c"] = 2
+    twin.leases["g:k"].opens.append("n/2")
+    twin.waiters[0].ranges[0].offset = 9
+    assert st.opens["n/1"].owner_data == {"c": 1}
+    assert st.leases["g:k"].opens == ["n/1"]
+    assert st.waiters[0].ranges[0].offset == 5
