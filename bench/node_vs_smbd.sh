@@ -6,13 +6,14 @@
 #
 # usage: bench/node_vs_smbd.sh [SECONDS] [SIZE_MIB] [RUNS]   (defaults 10 1024 3)
 # Needs root (smbd). Ports: gateway 4451, smbd 4452, both on 127.0.0.1.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-10}; SIZE=${2:-1024}; RUNS=${3:-3}
 T=../shared/torture
 WORK=$(mktemp -d /tmp/smbgw-bench.XXXXXX)
+chmod 755 "$WORK"  # smbd serves the share as user test, who must reach it
 GW_PORT=4451; SMBD_PORT=4452
-bash scripts/install.sh >/dev/null
+bash scripts/install.sh >/dev/null 2>&1 || { echo "install failed" >&2; exit 1; }
 mkdir -p "$WORK/gw/share"; printf 'test:test\n' > "$WORK/gw/users"
 .venv/bin/smbgw serve --listen 127.0.0.1:$GW_PORT --share share="$WORK/gw/share" \
   --users "$WORK/gw/users" --log-level WARNING > "$WORK/gw.log" 2>&1 &
