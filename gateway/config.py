@@ -6,6 +6,7 @@ import os
 import re
 import socket
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,10 +83,19 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
-_TOML_KEYS = {
-    "listen", "users", "node_id", "bus", "server_name", "signing_required", "encrypt_required",
-    "break_timeout", "max_io_size", "log_level", "shares",
-}  # fmt: skip
+# TOML key, Config attribute, conversion: the settings that are plain values.
+_SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
+    ("users", "users_file", str),
+    ("node_id", "node_id", str),
+    ("bus", "bus_url", str),
+    ("server_name", "server_name", str),
+    ("signing_required", "signing_required", bool),
+    ("encrypt_required", "encrypt_required", bool),
+    ("break_timeout", "break_timeout", float),
+    ("max_io_size", "max_io_size", int),
+    ("log_level", "log_level", lambda v: str(v).upper()),
+]
+_TOML_KEYS = {"listen", "shares"} | {key for key, _, _ in _SCALARS}
 _SHARE_KEYS = {"name", "path", "comment", "guest_ok", "read_only", "encrypt"}
 
 
@@ -95,24 +105,12 @@ def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: unknown setting(s): {', '.join(sorted(unknown))}")
     if "listen" in data:
         cfg.listen_host, cfg.listen_port = parse_listen(str(data["listen"]))
-    if "users" in data:
-        cfg.users_file = str(data["users"])
-    if "node_id" in data:
-        cfg.node_id = str(data["node_id"])
-    if "bus" in data:
-        cfg.bus_url = str(data["bus"])
-    if "server_name" in data:
-        cfg.server_name = str(data["server_name"])
-    if "signing_required" in data:
-        cfg.signing_required = bool(data["signing_required"])
-    if "encrypt_required" in data:
-        cfg.encrypt_required = bool(data["encrypt_required"])
-    if "break_timeout" in data:
-        cfg.break_timeout = float(data["break_timeout"])
-    if "max_io_size" in data:
-        cfg.max_io_size = int(data["max_io_size"])
-    if "log_level" in data:
-        cfg.log_level = str(data["log_level"]).upper()
+    for key, attr, convert in _SCALARS:
+        if key in data:
+            try:
+                setattr(cfg, attr, convert(data[key]))
+            except (TypeError, ValueError):
+                raise ConfigError(f"{source}: {key} = {data[key]!r} is not valid") from None
     shares = data.get("shares", [])
     if not isinstance(shares, list):
         raise ConfigError(f"{source}: 'shares' must be an array of tables ([[shares]])")

@@ -80,20 +80,17 @@ def start_gateway(
     port: int | None = None,
     extra: list[str] | None = None,
     share_dir: Path | None = None,
+    flags: bool = True,
 ) -> GatewayNode:
+    """Start a node; with ``flags=False`` only ``extra`` configures it (e.g. --config)."""
     workdir.mkdir(parents=True, exist_ok=True)
     share_dir = share_dir or workdir / "share"
     share_dir.mkdir(exist_ok=True)
     users = write_users(workdir / "users")
     port = port or free_port(host)
     log_path = workdir / f"gateway-{host}-{port}.log"
-    cmd = [
-        sys.executable, "-m", "gateway.cli", "serve",
-        "--listen", f"{host}:{port}",
-        "--share", f"share={share_dir}",
-        "--users", str(users),
-        *(extra or []),
-    ]  # fmt: skip
+    base = ["--listen", f"{host}:{port}", "--share", f"share={share_dir}", "--users", str(users)]
+    cmd = [sys.executable, "-m", "gateway.cli", "serve", *(base if flags else []), *(extra or [])]
     logf = open(log_path, "wb")
     proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
     logf.close()
