@@ -43,6 +43,8 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.signing_required = True
     if args.log_level:
         cfg.log_level = args.log_level.upper()
+    if args.torture_hooks:
+        cfg.torture_hooks = True
     validate(cfg)
     return cfg
 
@@ -97,6 +99,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--break-timeout", type=float, help="seconds to wait for a break ack (35)")
     p.add_argument("--signing-required", action="store_true", help="require SMB signing")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    p.add_argument(
+        "--torture-hooks",
+        action="store_true",
+        help="answer Samba's test-only FSCTL_SMBTORTURE controls (for smbtorture only)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

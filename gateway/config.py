@@ -40,6 +40,9 @@ class Config:
     break_timeout: float = 35.0
     max_io_size: int = 8 * 1024 * 1024
     max_credits: int = 8192
+    # Samba's test-only FSCTL_SMBTORTURE controls (smbd:FSCTL_SMBTORTURE = yes):
+    # only for running smbtorture, never in production.
+    torture_hooks: bool = False
     log_level: str = "INFO"
 
     def share(self, name: str) -> ShareConfig | None:
@@ -94,6 +97,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("break_timeout", "break_timeout", float),
     ("max_io_size", "max_io_size", int),
     ("log_level", "log_level", lambda v: str(v).upper()),
+    ("torture_hooks", "torture_hooks", bool),
 ]
 _TOML_KEYS = {"listen", "shares"} | {key for key, _, _ in _SCALARS}
 _SHARE_KEYS = {"name", "path", "comment", "guest_ok", "read_only", "encrypt"}

@@ -69,6 +69,7 @@ class SmbConnection:
         self.server_capabilities = 0
         self.server_security_mode = 0
         self.preauth_hash = bytes(64)
+        self.read_body_padding = 0  # set only by the smbtorture test hook
         self.client_capabilities = 0
         self.client_security_mode = 0
         self.negotiated = False

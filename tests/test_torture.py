@@ -20,7 +20,8 @@ KNOWN = tomllib.loads((Path(__file__).parent / "torture" / "known_failures.toml"
 SUITES = list(KNOWN["floors"])
 RUN_TORTURE = SHARED / "torture" / "run-torture.sh"
 # The default break timeout (35 s, as Windows): smb2.oplock.batch22a measures it.
-NODE_ARGS: list[str] = []
+# Samba's test-only FSCTL_SMBTORTURE controls are on, as in Samba's own test setup.
+NODE_ARGS: list[str] = ["--torture-hooks"]
 
 _RESULT = re.compile(r"^(success|failure|error|skip|xfail): (\S+)")
 

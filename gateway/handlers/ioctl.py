@@ -19,6 +19,8 @@ _RESP = struct.Struct("<HHIQQIIIIII")
 _IFACE = struct.Struct("<IIIIQ")
 _NO_FILE = 0xFFFFFFFFFFFFFFFF
 _RSS_CAPABLE = 0x1
+# Samba's test hook (libcli/smb/smb_constants.h): pads READ replies by 8 bytes.
+FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 = 0x83848023
 
 
 async def handle_ioctl(ctx: RequestContext) -> Reply:
@@ -36,6 +38,13 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
         out = _validate_negotiate(ctx, data)
     elif code == Fsctl.QUERY_NETWORK_INTERFACE_INFO:
         out = _interfaces(ctx)
+    elif code == FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 and (
+        ctx.node.config.torture_hooks
+    ):
+        if data:
+            raise NtStatusError(Status.INVALID_PARAMETER)
+        ctx.conn.read_body_padding = 8
+        out = b""
     elif code in (Fsctl.DFS_GET_REFERRALS, Fsctl.DFS_GET_REFERRALS_EX):
         raise NtStatusError(Status.NOT_FOUND)
     elif code == Fsctl.PIPE_TRANSCEIVE:

@@ -63,7 +63,9 @@ async def handle_read(ctx: RequestContext) -> Reply:
     if (length and not data) or len(data) < minimum:
         raise NtStatusError(Status.END_OF_FILE)
     op.position = offset + len(data)  # FilePositionInformation follows reads
-    return Reply(Status.SUCCESS, _READ_RESP.pack(17, 0x50, 0, len(data), 0, 0) + data)
+    pad = ctx.conn.read_body_padding
+    body = _READ_RESP.pack(17, 0x50 + pad, 0, len(data), 0, 0) + b"\x00" * pad + data
+    return Reply(Status.SUCCESS, body)
 
 
 async def handle_write(ctx: RequestContext) -> Reply:
