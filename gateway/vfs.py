@@ -1,53 +1,96 @@
-"""The filesystem layer of one share: path confinement, identity, errno mapping.
+"""The filesystem layer of one share: names, confinement, identity, metadata, errno mapping.
 
-Every SMB name is resolved to a host path inside the share root; anything
-that would leave the root (``..``, absolute names, symlinks pointing out) is
-refused with the status Windows gives. A file's identity is its volume id and
-inode number, the same on every node that mounts the volume.
+Names. ``resolve`` turns an SMB name (backslashes, relative to the share) into a
+host path, refusing what Windows or Samba refuse (see ``split_name``); ``lookup``
+then follows the host filesystem and makes sure the object found is inside the
+share root, even through symlinks made on the host.
+
+Confinement and races. ``lookup`` canonicalises the parent directory (the kernel's
+own answer through ``/proc/self/fd``, else ``os.path.realpath``) and checks the
+prefix, so the returned path has no symlink in it. Between that check and a later
+call by path, a process with direct access to the volume (a local user, another
+host mounting it) could swap a directory for a symlink; SMB clients cannot, as
+the gateway creates no symlinks. ``ShareFS.open`` narrows the window: it opens
+with O_NOFOLLOW and checks where the opened descriptor really is before handing
+it out. Closing it completely needs ``openat2(RESOLVE_BENEATH)`` per component,
+which Python does not expose; it is the next step if untrusted host users share
+the volume.
+
+Identity. A file is ``f"{volume_id:x}:{st_ino:x}"``, never a path. ``st_dev``
+alone is not enough for a cluster: on NFS, CephFS or GlusterFS mounts it is an
+anonymous device number that differs between hosts (Samba needs vfs_fileid for
+the same reason), so the volume id is kept in an xattr on the share root, created
+once (XATTR_CREATE: concurrent first starts agree) and read by every node
+afterwards. Without xattrs (read-only or xattr-less volume) it falls back to
+``st_dev``, which is right on a single host. An explicit ``volume_id`` overrides
+both. Two shares whose roots overlap get different ids: give each share its own
+tree, or the same explicit ``volume_id``.
+
+DOS metadata. Attributes other than READONLY-on-files (the owner write bit) and
+the creation time live in one ``user.smbgw.dos`` xattr; where xattrs are missing
+they are silently not kept. The first metadata write pins the creation time.
+
+Errors. Every errno becomes an NTSTATUS in ``status_from_oserror`` and nowhere
+else. Failures of filesystem calls are raised as ``FsError``, which is both an
+``NtStatusError`` (its ``status``) and an ``OSError`` (its ``errno``), so code
+that cleans up on ``except OSError`` keeps working.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
-import fnmatch
+import functools
+import logging
 import os
 import re
 import stat
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .protocol.constants import FileAttributes, NtStatusError, Status
 
-# FILETIME counts 100 ns ticks since 1601-01-01.
-_EPOCH_DELTA = 116444736000000000
+if TYPE_CHECKING:
+    from .protocol.infoclass import BasicInfo
 
-_DOS_DEVICES = (
-    {"CON", "PRN", "AUX", "NUL"}
-    | {f"COM{i}" for i in range(1, 10)}
-    | {f"LPT{i}" for i in range(1, 10)}
-)
-_INVALID_CHARS = re.compile(r'[\x00-\x1f"*/:<>?|]')
-_XATTR_CTIME = "user.smbgw.crtime"
-_XATTR_ATTRS = "user.smbgw.dosattrib"
-_STORED_ATTRS = (
-    FileAttributes.HIDDEN | FileAttributes.SYSTEM | FileAttributes.ARCHIVE
-    | FileAttributes.TEMPORARY | FileAttributes.NOT_CONTENT_INDEXED
-)  # fmt: skip
+log = logging.getLogger(__name__)
+
+# -- FILETIME ------------------------------------------------------------------------
+
+# FILETIME counts 100 ns ticks since 1601-01-01; this is 1970-01-01 in it.
+FILETIME_EPOCH = 116444736000000000
+# 0 means "leave alone" in SET_INFO, -1 "stop updating", -2 "resume updating".
+_FT_KEEP_MIN = 0x8000000000000000
 
 
-def to_filetime(seconds: float) -> int:
-    return int(seconds * 10_000_000) + _EPOCH_DELTA
+def to_filetime(t: float | int) -> int:
+    """FILETIME of a Unix time: a float counts seconds, an int nanoseconds.
+
+    ``to_filetime(time.time())`` and ``to_filetime(st.st_mtime_ns)`` both work;
+    times before 1601 become 0.
+    """
+    if isinstance(t, float):
+        ft = int(t * 10_000_000) + FILETIME_EPOCH
+    else:
+        ft = t // 100 + FILETIME_EPOCH
+    return ft if ft > 0 else 0
 
 
-def ns_to_filetime(ns: int) -> int:
-    return ns // 100 + _EPOCH_DELTA
+def from_filetime(ft: int) -> int:
+    """Nanoseconds since the Unix epoch of a FILETIME (exact, unlike float seconds)."""
+    return (ft - FILETIME_EPOCH) * 100
 
 
-def from_filetime(ft: int) -> float:
-    return (ft - _EPOCH_DELTA) / 10_000_000
+def _settable(ft: int) -> bool:
+    """A FILETIME in SET_INFO that asks for a change (not 0, -1 or -2)."""
+    return 0 < ft < _FT_KEEP_MIN
 
 
-_ERRNO_STATUS = {
+# -- errno -> NTSTATUS ------------------------------------------------------------------
+
+_ERRNO_STATUS: dict[int, int] = {
     errno.ENOENT: Status.OBJECT_NAME_NOT_FOUND,
     errno.EEXIST: Status.OBJECT_NAME_COLLISION,
     errno.EACCES: Status.ACCESS_DENIED,
@@ -57,26 +100,257 @@ _ERRNO_STATUS = {
     errno.ENOTDIR: Status.OBJECT_PATH_NOT_FOUND,
     errno.EISDIR: Status.FILE_IS_A_DIRECTORY,
     errno.ENOSPC: Status.DISK_FULL,
-    errno.EDQUOT: Status.DISK_FULL,
+    errno.EDQUOT: Status.DISK_FULL,  # Samba: Windows applications expect DISK_FULL
+    errno.EFBIG: Status.DISK_FULL,
     errno.ENAMETOOLONG: Status.NAME_TOO_LONG,
     errno.EXDEV: Status.NOT_SAME_DEVICE,
     errno.EINVAL: Status.INVALID_PARAMETER,
-    errno.EFBIG: Status.DISK_FULL,
-    errno.ELOOP: Status.OBJECT_PATH_NOT_FOUND,
+    errno.ELOOP: Status.OBJECT_PATH_NOT_FOUND,  # O_NOFOLLOW met a symlink (Samba too)
     errno.EMFILE: Status.TOO_MANY_OPENED_FILES,
     errno.ENFILE: Status.TOO_MANY_OPENED_FILES,
     errno.EBUSY: Status.SHARING_VIOLATION,
-    errno.EIO: Status.UNEXPECTED_IO_ERROR,
+    errno.ETXTBSY: Status.SHARING_VIOLATION,
+    errno.EIO: Status.IO_DEVICE_ERROR,
+    errno.EBADF: Status.INVALID_HANDLE,
+    errno.ENOMEM: Status.NO_MEMORY,
+    errno.ENOSYS: Status.NOT_SUPPORTED,
+    errno.EOPNOTSUPP: Status.NOT_SUPPORTED,
+    errno.ENODEV: Status.DEVICE_DOES_NOT_EXIST,
+    errno.ETIMEDOUT: Status.IO_TIMEOUT,
+    errno.ESTALE: Status.FILE_DELETED,  # NFS: the file went away under an open handle
 }
 
 
 def status_from_oserror(e: OSError) -> int:
-    """The one place errno becomes NTSTATUS."""
+    """The one place an errno becomes an NTSTATUS; an FsError keeps its own status."""
+    if isinstance(e, NtStatusError):
+        return e.status
     return int(_ERRNO_STATUS.get(e.errno or 0, Status.UNSUCCESSFUL))
+
+
+class FsError(NtStatusError, OSError):
+    """A failed filesystem call: an NTSTATUS that is still the OSError it came from."""
+
+    def __init__(self, status: int, err: OSError | None = None, message: str = "") -> None:
+        NtStatusError.__init__(self, status, message or (str(err) if err is not None else ""))
+        self.errno = err.errno if err is not None else None  # type: ignore[assignment]
+        self.strerror = err.strerror if err is not None else None  # type: ignore[assignment]
+        self.filename = err.filename if err is not None else None
+
+    @classmethod
+    def from_oserror(cls, e: OSError, status: int | None = None) -> FsError:
+        if isinstance(e, FsError):
+            return e
+        return cls(status_from_oserror(e) if status is None else status, e)
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else f"NTSTATUS 0x{self.status:08x}"
+
+
+# -- names --------------------------------------------------------------------------------
+
+# Control characters, the wildcards, '/', ':' (streams) and '|' are refused by
+# Windows and Samba alike; lone surrogates cannot exist in a UTF-16 name (and are
+# what undecodable host names turn into, so the listing skips those).
+_INVALID_CHARS = re.compile('[\x00-\x1f"*/:<>?|\ud800-\udfff]')
+_DOS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"}
+    | {f"COM{c}" for c in "0123456789\u00b9\u00b2\u00b3"}
+    | {f"LPT{c}" for c in "0123456789\u00b9\u00b2\u00b3"}
+)
+_DEFAULT_STREAM = "::$DATA"
+NAME_MAX = 255  # bytes of UTF-8 on the host; also Windows' 255 UTF-16 units
+
+
+def is_dos_device(component: str) -> bool:
+    """CON, NUL, COM1.txt ...: names Win32 turns into devices (stem before the first dot)."""
+    stem = component.split(".", 1)[0].rstrip(" ")
+    return 3 <= len(stem) <= 7 and stem.upper() in _DOS_DEVICES
+
+
+def _check_component(part: str) -> None:
+    if _INVALID_CHARS.search(part):
+        raise NtStatusError(Status.OBJECT_NAME_INVALID, f"invalid character in {part!r}")
+    if is_dos_device(part):
+        raise NtStatusError(Status.OBJECT_NAME_INVALID, f"DOS device name {part!r}")
+    if len(part) > NAME_MAX // 4 and len(part.encode("utf-8")) > NAME_MAX:
+        raise NtStatusError(Status.OBJECT_NAME_INVALID, "name component too long")
+
+
+def split_name(smb_name: str) -> list[str]:
+    """The components of an SMB name, checked; ``[]`` is the share root.
+
+    - a leading backslash: INVALID_PARAMETER (MS-SMB2 3.3.5.9; Samba);
+    - ``name::$DATA`` (any case) is the default stream, ``name`` itself; any other
+      ':' (named streams) is OBJECT_NAME_INVALID, as Samba answers without streams;
+    - one trailing backslash names the same object; an empty component (doubled or
+      further trailing backslashes) is OBJECT_NAME_INVALID, as NTFS answers;
+    - ``..`` goes back one component, as Samba's check_path_syntax does (smbtorture
+      smb2.notify.tree opens ``dir\\sub\\..``); going above the root is
+      OBJECT_PATH_SYNTAX_BAD (smbtorture smb2.mkdir: ``..\\..\\..``);
+    - ``.`` is OBJECT_NAME_INVALID (NTFS; Samba for a final ``.``);
+    - control characters, ``"*/:<>?|`` and DOS device names are OBJECT_NAME_INVALID;
+    - a component longer than the host allows (255 bytes) is OBJECT_NAME_INVALID
+      (Samba maps ENAMETOOLONG so).
+    """
+    if not smb_name:
+        return []
+    if smb_name[0] in "\\/":
+        raise NtStatusError(Status.INVALID_PARAMETER, "name starts with a separator")
+    name = smb_name
+    if name[-7:].upper() == _DEFAULT_STREAM:
+        name = name[:-7]
+        if not name:
+            return []
+    if name[-1] == "\\":
+        name = name[:-1]
+    out: list[str] = []
+    for part in name.split("\\"):
+        if part == "..":
+            if not out:
+                raise NtStatusError(Status.OBJECT_PATH_SYNTAX_BAD, "name leaves the share")
+            out.pop()
+            continue
+        if part == "" or part == ".":
+            raise NtStatusError(Status.OBJECT_NAME_INVALID, f"bad component in {smb_name!r}")
+        _check_component(part)
+        out.append(part)
+    return out
+
+
+def listable(name: str) -> bool:
+    """Whether a host directory entry can be shown (and opened) under its own name."""
+    return (
+        name not in (".", "..") and _INVALID_CHARS.search(name) is None and not is_dos_device(name)
+    )
+
+
+# -- wildcards ----------------------------------------------------------------------------
+
+_WILD = frozenset('*?<>"')
+_NULL_WILD = frozenset('*<">')  # the wildcards that can match nothing at the end
+# Regex forms (MS-FSA 2.1.4.4, as Samba's ms_fnmatch implements them):
+#   '<' DOS_STAR: any characters, but not past the last '.' of the name (it may
+#       take that dot); anything at all when no dot is left;
+#   '>' DOS_QM: one character, nothing before a '.', and a final '.' or nothing
+#       at the end;
+#   '"' DOS_DOT: a '.', or nothing at the end.
+_RX = {
+    "*": ".*",
+    "?": ".",
+    "<": r"(?:.*(?=.*\.)|.*\.|[^.]*(?!.*\.))",
+    ">": r"(?:[^.]|\.\Z|(?=\.)|\Z)",
+    '"': r"(?:\.|\Z)",
+}
+# Patterns with more star-like wildcards than this are matched by the linear
+# dynamic programme instead of the backtracking regex engine (a client could
+# otherwise send "*a*a*a*a*a*b" and make each name cost O(n^6)).
+_MAX_REGEX_STARS = 2
+
+
+def _match_dp(pattern: str, name: str) -> bool:
+    """Samba's ms_fnmatch_core as a dynamic programme: O(len(pattern) * len(name))."""
+    n = len(name)
+    low = name.lower()
+    ldot = name.rfind(".")
+    # nxt[j]: pattern[i+1:] matches name[j:]; built from the end of the pattern.
+    nxt = [False] * (n + 1)
+    nxt[n] = True
+    null = True  # pattern[i+1:] can match nothing (only *, <, ", >)
+    for c in reversed(pattern):
+        cur = [False] * (n + 1)
+        if c == "*":
+            acc = False
+            for j in range(n, -1, -1):
+                acc = acc or nxt[j]
+                cur[j] = acc
+        elif c == "<":
+            acc = False
+            for j in range(n, -1, -1):
+                acc = acc or nxt[j]
+                cur[j] = acc
+            if ldot >= 0:
+                # Starting at or before the last dot, '<' may stop at ldot + 1 at most.
+                acc = nxt[ldot + 1]
+                for j in range(ldot, -1, -1):
+                    acc = acc or nxt[j]
+                    cur[j] = acc
+        elif c == "?":
+            for j in range(n):
+                cur[j] = nxt[j + 1]
+        elif c == ">":
+            for j in range(n):
+                if name[j] == ".":
+                    cur[j] = (j + 1 == n and null) or nxt[j]
+                else:
+                    cur[j] = nxt[j + 1]
+            cur[n] = null
+        elif c == '"':
+            for j in range(n):
+                cur[j] = name[j] == "." and nxt[j + 1]
+            cur[n] = null
+        else:
+            lc = c.lower()
+            for j in range(n):
+                cur[j] = low[j] == lc and nxt[j + 1]
+        nxt = cur
+        null = null and c in _NULL_WILD
+    return nxt[0]
+
+
+@functools.lru_cache(maxsize=256)
+def compile_pattern(pattern: str) -> Callable[[str], bool]:
+    """A matcher for one QUERY_DIRECTORY pattern (case-insensitive, as Samba's mask_match).
+
+    ``..`` is matched as ``.`` and the pattern ``.`` matches nothing (Samba).
+    """
+    if pattern == ".":
+        return lambda name: False
+    if not _WILD.intersection(pattern):
+        folded = pattern.lower()
+        return lambda name: ("." if name == ".." else name).lower() == folded
+    pattern = re.sub(r"\*\*+", "*", pattern)
+    if pattern == "*":
+        return lambda name: True
+    if pattern.count("*") + pattern.count("<") > _MAX_REGEX_STARS:
+        return lambda name: _match_dp(pattern, "." if name == ".." else name)
+    rx = re.compile("".join(_RX.get(c) or re.escape(c) for c in pattern), re.IGNORECASE | re.DOTALL)
+    return lambda name: rx.fullmatch("." if name == ".." else name) is not None
+
+
+def wildcard_match(pattern: str, name: str) -> bool:
+    """Windows wildcard match, case-insensitive: ``* ?`` and the DOS forms ``< > "``."""
+    return compile_pattern(pattern)(name)
+
+
+# -- metadata ---------------------------------------------------------------------------------
+
+_XATTR_DOS = "user.smbgw.dos"
+_XATTR_VOLUME = "user.smbgw.volume_id"
+# version, flags (1: attributes kept, 2: creation time kept), attributes, creation FILETIME
+_DOS = struct.Struct("<BBIQ")
+_DOS_VERSION = 1
+_HAS_ATTRS = 1
+_HAS_CRTIME = 2
+_VOLUME = struct.Struct("<QQ")  # volume id, creation FILETIME
+# Attributes kept in the xattr; READONLY of a file is the owner write bit instead.
+_STORED_ATTRS = int(
+    FileAttributes.READONLY | FileAttributes.HIDDEN | FileAttributes.SYSTEM
+    | FileAttributes.ARCHIVE | FileAttributes.TEMPORARY | FileAttributes.OFFLINE
+    | FileAttributes.NOT_CONTENT_INDEXED
+)  # fmt: skip
+_READONLY = int(FileAttributes.READONLY)
+_ARCHIVE = int(FileAttributes.ARCHIVE)
+_DIRECTORY = int(FileAttributes.DIRECTORY)
+_NORMAL = int(FileAttributes.NORMAL)
+_WRITE_BITS = stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH
+_HAVE_PROC_FD = os.path.isdir("/proc/self/fd")
 
 
 @dataclass(slots=True)
 class FileInfo:
+    """What SMB needs of a stat: sizes, FILETIMEs, DOS attributes, identity."""
+
     size: int
     allocation_size: int
     creation_time: int
@@ -87,228 +361,565 @@ class FileInfo:
     is_dir: bool
     inode: int
     nlink: int
-    file_key: str
+    volume_id: int
+
+    @property
+    def file_key(self) -> str:
+        """The cluster-wide identity: volume id and inode, never a path."""
+        return f"{self.volume_id:x}:{self.inode:x}"
 
 
-def wildcard_match(pattern: str, name: str) -> bool:
-    """Windows wildcard match, case-insensitive: * ? and the DOS forms < > \"."""
-    if pattern in ("*", "*.*", "<.*"):
-        return True
-    # DOS_STAR '<', DOS_QM '>', DOS_DOT '"' (MS-FSA 2.1.4.4), approximated.
-    translated = pattern.replace("<", "*").replace(">", "?").replace('"', ".")
-    if not any(c in translated for c in "*?["):
-        return translated.lower() == name.lower()
-    return fnmatch.fnmatchcase(name.lower(), translated.lower().replace("[", "[[]"))
+@dataclass(frozen=True, slots=True)
+class VolumeSize:
+    """statvfs in the terms of FileFsSizeInformation / FileFsFullSizeInformation."""
+
+    total_units: int
+    caller_available_units: int
+    actual_available_units: int
+    sectors_per_unit: int
+    bytes_per_sector: int
+
+
+def _read_dos(target: str | int) -> tuple[int, int, int] | None:
+    """(flags, attributes, creation FILETIME) from the xattr, or None."""
+    try:
+        raw = os.getxattr(target, _XATTR_DOS)
+    except OSError as e:
+        if e.errno == errno.EBADF and isinstance(target, int) and _HAVE_PROC_FD:
+            # An O_PATH descriptor: read through its /proc link instead.
+            return _read_dos(f"/proc/self/fd/{target}")
+        return None
+    if len(raw) != _DOS.size or raw[0] != _DOS_VERSION:
+        return None
+    _v, flags, attrs, crtime = _DOS.unpack(raw)
+    return flags, attrs, crtime
+
+
+def _fd_path(fd: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None
+
+
+# fallocate/renameat2 are not in os; found once through libc where it has them.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - no dynamic libc
+    _LIBC = None
+_renameat2 = getattr(_LIBC, "renameat2", None)
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
 
 
 class ShareFS:
-    def __init__(self, root: str) -> None:
-        if not os.path.isdir(root):
-            raise NotADirectoryError(f"share root {root} is not a directory")
-        self.root = os.path.realpath(root)
-        st = os.stat(self.root)
-        self.volume_id = st.st_dev
-        self._xattrs = _supports_xattrs(self.root)
+    """One share: a POSIX directory tree every node mounts at its own path."""
 
-    # -- names -----------------------------------------------------------------
+    def __init__(self, root: str, *, volume_id: int | None = None) -> None:
+        if not os.path.exists(root):
+            raise FileNotFoundError(errno.ENOENT, "share root does not exist", root)
+        if not os.path.isdir(root):
+            raise NotADirectoryError(errno.ENOTDIR, "share root is not a directory", root)
+        self.root = os.path.realpath(root)
+        self._root_slash = self.root if self.root.endswith("/") else self.root + "/"
+        st = os.stat(self.root)
+        self._xattrs = _supports_xattrs(self.root)
+        self.volume_created = 0
+        if volume_id is not None:
+            self.volume_id = volume_id & 0xFFFFFFFFFFFFFFFF
+        else:
+            self.volume_id = self._stored_volume_id(st)
+        try:
+            self._cluster = max(512, os.statvfs(self.root).f_frsize or 4096)
+        except OSError:
+            self._cluster = 4096
+
+    @property
+    def volume_serial(self) -> int:
+        """The 32-bit VolumeSerialNumber of FileFsVolumeInformation."""
+        return (self.volume_id ^ (self.volume_id >> 32)) & 0xFFFFFFFF
+
+    def _read_volume_xattr(self) -> int | None:
+        try:
+            raw = os.getxattr(self.root, _XATTR_VOLUME)
+        except OSError:
+            return None
+        if len(raw) != _VOLUME.size:
+            return None
+        value, self.volume_created = _VOLUME.unpack(raw)
+        return int(value)
+
+    def _stored_volume_id(self, st: os.stat_result) -> int:
+        """The id kept on the root, created now if missing; st_dev without xattrs."""
+        value = self._read_volume_xattr()
+        if value is not None:
+            return value
+        if self._xattrs:
+            value = int.from_bytes(os.urandom(8), "little") >> 1 or 1
+            created = to_filetime(min(st.st_mtime_ns, st.st_ctime_ns))
+            try:
+                os.setxattr(self.root, _XATTR_VOLUME, _VOLUME.pack(value, created),
+                            os.XATTR_CREATE)  # fmt: skip
+                self.volume_created = created
+                return value
+            except FileExistsError:  # another node wrote it first: use theirs
+                value = self._read_volume_xattr()
+                if value is not None:
+                    return value
+            except OSError:
+                pass
+        log.warning(
+            "share %s: no volume id xattr (no xattr support or read-only); using st_dev, "
+            "which other hosts mounting this volume may not share",
+            self.root,
+        )
+        return st.st_dev
+
+    # -- names ---------------------------------------------------------------------------
 
     def resolve(self, smb_name: str) -> str:
-        """Host path of an SMB name (relative to the share, backslashes)."""
-        name = smb_name
-        if name.startswith("\\"):
-            raise NtStatusError(Status.INVALID_PARAMETER, "name starts with a backslash")
-        if name.endswith("::$DATA"):
-            name = name[: -len("::$DATA")]
-        parts = [p for p in name.split("\\")]
-        if parts and parts[-1] == "":
-            parts.pop()  # one trailing backslash names the same object
-        out: list[str] = []
-        for i, part in enumerate(parts):
-            if part == "":
-                raise NtStatusError(Status.OBJECT_NAME_INVALID)
-            if part in (".", ".."):
-                status = Status.OBJECT_PATH_SYNTAX_BAD if i else Status.INVALID_PARAMETER
-                raise NtStatusError(status)
-            if ":" in part:
-                raise NtStatusError(Status.OBJECT_NAME_INVALID, "alternate data streams")
-            if _INVALID_CHARS.search(part):
-                raise NtStatusError(Status.OBJECT_NAME_INVALID)
-            if part.split(".", 1)[0].upper() in _DOS_DEVICES:
-                raise NtStatusError(Status.OBJECT_NAME_INVALID, "DOS device name")
-            if len(part.encode("utf-8")) > 255:
-                raise NtStatusError(Status.OBJECT_NAME_INVALID)
-            out.append(part)
-        return os.path.join(self.root, *out) if out else self.root
+        """The host path of an SMB name, confined to the root lexically (see split_name).
 
-    def _confined(self, path: str) -> bool:
-        real = os.path.realpath(path)
-        return real == self.root or real.startswith(self.root + os.sep)
+        Symlinks are not followed here: ``lookup`` does that.
+        """
+        parts = split_name(smb_name)
+        return os.path.join(self.root, *parts) if parts else self.root
+
+    def inside(self, real_path: str) -> bool:
+        """Whether a canonical (symlink-free) path is the root or below it."""
+        return real_path == self.root or real_path.startswith(self._root_slash)
+
+    def _canonical_dir(self, path: str) -> str:
+        """The symlink-free path of an existing directory inside the share."""
+        if path == self.root:
+            return path
+        if _HAVE_PROC_FD:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            except (FileNotFoundError, NotADirectoryError):
+                raise NtStatusError(Status.OBJECT_PATH_NOT_FOUND) from None
+            except OSError as e:
+                raise FsError.from_oserror(
+                    e, Status.ACCESS_DENIED if e.errno == errno.EACCES else None
+                ) from None
+            try:
+                real = os.readlink(f"/proc/self/fd/{fd}")
+            finally:
+                os.close(fd)
+        else:  # no /proc: the tests run this branch too
+            real = os.path.realpath(path)
+            if not os.path.isdir(real):
+                raise NtStatusError(Status.OBJECT_PATH_NOT_FOUND)
+        if not self.inside(real):
+            raise NtStatusError(Status.ACCESS_DENIED, "path leads outside the share")
+        return real
 
     def lookup(self, smb_name: str) -> tuple[str, FileInfo | None]:
-        """(host path, info or None); a missing parent is OBJECT_PATH_NOT_FOUND."""
-        path = self.resolve(smb_name)
-        parent = os.path.dirname(path) if path != self.root else self.root
-        if not self._confined(parent):
-            raise NtStatusError(Status.ACCESS_DENIED, "path leads outside the share")
+        """(canonical host path, info, or None when only the last component is missing).
+
+        A missing or non-directory parent is OBJECT_PATH_NOT_FOUND; a symlink leading
+        out of the share, anywhere in the path, is ACCESS_DENIED. A symlink inside the
+        share is followed: the path returned is its target's.
+        """
+        parts = split_name(smb_name)
+        if not parts:
+            return self.root, self.stat_path(self.root)
+        parent = self._canonical_dir(os.path.join(self.root, *parts[:-1]))
+        path = os.path.join(parent, parts[-1])
         try:
             st = os.lstat(path)
         except FileNotFoundError:
-            if not os.path.isdir(parent):
-                raise NtStatusError(Status.OBJECT_PATH_NOT_FOUND) from None
             return path, None
-        except NotADirectoryError:
-            raise NtStatusError(Status.OBJECT_PATH_NOT_FOUND) from None
         except OSError as e:
-            raise NtStatusError(status_from_oserror(e)) from None
+            raise FsError.from_oserror(e) from None
         if stat.S_ISLNK(st.st_mode):
-            if not self._confined(path):
+            real = os.path.realpath(path)
+            if not self.inside(real):
                 raise NtStatusError(Status.ACCESS_DENIED, "symlink leads outside the share")
             try:
-                st = os.stat(path)
-            except OSError:
-                return path, None
-            path = os.path.realpath(path)
+                st = os.stat(real)
+            except FileNotFoundError:
+                return path, None  # dangling inside the share: the name is taken, no object
+            except OSError as e:
+                raise FsError.from_oserror(e) from None
+            path = real
         return path, self._info(st, path)
 
-    # -- metadata ----------------------------------------------------------------
+    # -- metadata --------------------------------------------------------------------------
 
-    def _info(self, st: os.stat_result, path: str | None = None, fd: int = -1) -> FileInfo:
+    def _info(self, st: os.stat_result, target: str | int) -> FileInfo:
         is_dir = stat.S_ISDIR(st.st_mode)
-        attrs = FileAttributes.DIRECTORY if is_dir else FileAttributes.ARCHIVE
-        crtime = min(st.st_mtime_ns, st.st_ctime_ns)
+        attrs = _DIRECTORY if is_dir else _ARCHIVE
+        crtime = min(st.st_mtime_ns, st.st_ctime_ns) // 100 + FILETIME_EPOCH
         if self._xattrs:
-            stored = _getxattr(fd if fd >= 0 else path, _XATTR_ATTRS)
-            if stored is not None:
-                attrs = (attrs & ~FileAttributes.ARCHIVE) | (int(stored) & _STORED_ATTRS)
-            ct = _getxattr(fd if fd >= 0 else path, _XATTR_CTIME)
-            if ct is not None:
-                crtime = int(ct)
+            dos = _read_dos(target)
+            if dos is not None:
+                flags, stored, stored_crtime = dos
+                if flags & _HAS_ATTRS:
+                    attrs = (_DIRECTORY if is_dir else 0) | (stored & _STORED_ATTRS)
+                if flags & _HAS_CRTIME:
+                    crtime = stored_crtime
         if not st.st_mode & stat.S_IWUSR:
-            attrs |= FileAttributes.READONLY
+            attrs |= _READONLY
+        elif not is_dir:
+            attrs &= ~_READONLY
         if not attrs:
-            attrs = FileAttributes.NORMAL
-        size = 0 if is_dir else st.st_size
+            attrs = _NORMAL
+        if is_dir:
+            size = alloc = 0
+        else:
+            size = st.st_size
+            cluster = self._cluster
+            alloc = (st.st_blocks * 512 + cluster - 1) // cluster * cluster
         return FileInfo(
-            size=size,
-            allocation_size=(st.st_blocks * 512 + 4095) // 4096 * 4096 if not is_dir else 0,
-            creation_time=ns_to_filetime(crtime),
-            last_access_time=ns_to_filetime(st.st_atime_ns),
-            last_write_time=ns_to_filetime(st.st_mtime_ns),
-            change_time=ns_to_filetime(st.st_ctime_ns),
-            attributes=int(attrs),
-            is_dir=is_dir,
-            inode=st.st_ino,
-            nlink=st.st_nlink,
-            file_key=f"{self.volume_id:x}:{st.st_ino:x}",
+            size,
+            alloc,
+            crtime,
+            st.st_atime_ns // 100 + FILETIME_EPOCH,
+            st.st_mtime_ns // 100 + FILETIME_EPOCH,
+            st.st_ctime_ns // 100 + FILETIME_EPOCH,
+            attrs,
+            is_dir,
+            st.st_ino,
+            st.st_nlink,
+            self.volume_id,
         )
 
     def stat_fd(self, fd: int) -> FileInfo:
-        return self._info(os.fstat(fd), fd=fd)
+        try:
+            return self._info(os.fstat(fd), fd)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
 
     def stat_path(self, path: str) -> FileInfo:
-        return self._info(os.stat(path), path)
+        try:
+            return self._info(os.stat(path), path)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
 
-    def listdir(self, path: str) -> list[tuple[str, FileInfo]]:
-        """Entries with '.' and '..' first; entries vanishing mid-listing are skipped."""
-        out = [(".", self.stat_path(path))]
-        parent = path if path == self.root else os.path.dirname(path)
-        out.append(("..", self.stat_path(parent)))
+    def listdir(self, path: str, pattern: str | None = None) -> list[tuple[str, FileInfo]]:
+        """Entries of a directory, ``.`` and ``..`` first as Samba lists them.
+
+        ``..`` of the root is the root itself. Entries that vanish while listed, names
+        the share could not open (see ``listable``) and symlinks leading out of the
+        share are left out. With ``pattern``, only matching names are stat'ed.
+        """
+        match = compile_pattern(pattern) if pattern is not None else None
+        out: list[tuple[str, FileInfo]] = []
+        if match is None or match("."):
+            out.append((".", self.stat_path(path)))
+        if match is None or match(".."):
+            parent = path if path == self.root else os.path.dirname(path)
+            out.append(("..", self.stat_path(parent)))
+        info = self._info
         try:
             with os.scandir(path) as it:
                 for entry in it:
+                    name = entry.name
+                    if match is not None and not match(name):
+                        continue
+                    if not listable(name):
+                        continue
                     try:
-                        st = entry.stat(follow_symlinks=True)
+                        if entry.is_symlink():
+                            real = os.path.realpath(entry.path)
+                            if not self.inside(real):
+                                continue
+                            st = os.stat(real)
+                        else:
+                            st = entry.stat(follow_symlinks=False)
+                        out.append((name, info(st, entry.path)))
                     except OSError:
-                        continue
-                    if entry.is_symlink() and not self._confined(entry.path):
-                        continue
-                    out.append((entry.name, self._info(st, entry.path)))
+                        continue  # gone between readdir and stat
         except OSError as e:
-            raise NtStatusError(status_from_oserror(e)) from None
+            raise FsError.from_oserror(e) from None
         return out
 
     def listdir_names(self, path: str) -> list[str]:
         try:
             return os.listdir(path)
         except OSError as e:
-            raise NtStatusError(status_from_oserror(e)) from None
+            raise FsError.from_oserror(e) from None
+
+    def dir_is_empty(self, path: str) -> bool:
+        try:
+            with os.scandir(path) as it:
+                return next(it, None) is None
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
 
     def statvfs(self) -> os.statvfs_result:
-        return os.statvfs(self.root)
+        try:
+            return os.statvfs(self.root)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
 
-    # -- mutations ---------------------------------------------------------------
+    def volume_size(self) -> VolumeSize:
+        """The volume's size in allocation units of its fragment size (512-byte sectors)."""
+        sv = self.statvfs()
+        frsize = sv.f_frsize or sv.f_bsize or 4096
+        sectors = max(1, frsize // 512)
+        unit = sectors * 512
+        return VolumeSize(
+            total_units=sv.f_blocks * frsize // unit,
+            caller_available_units=sv.f_bavail * frsize // unit,
+            actual_available_units=sv.f_bfree * frsize // unit,
+            sectors_per_unit=sectors,
+            bytes_per_sector=512,
+        )
 
-    def set_attributes(self, path: str, attributes: int, *, is_dir: bool) -> None:
-        mode = os.stat(path).st_mode
-        if attributes & FileAttributes.READONLY and not is_dir:
-            os.chmod(path, mode & ~0o222)
-        elif mode & stat.S_IWUSR == 0:
-            os.chmod(path, mode | stat.S_IWUSR)
-        if self._xattrs:
-            _setxattr(path, _XATTR_ATTRS, int(attributes) & _STORED_ATTRS)
+    # -- opening and creating -----------------------------------------------------------------
 
-    def set_basic(self, path: str, basic: Any, *, fd: int, is_dir: bool) -> None:
-        """Apply FileBasicInformation: 0 leaves a time alone, -1 too (we do not freeze)."""
-        st = os.stat(path)
-        atime_ns, mtime_ns = st.st_atime_ns, st.st_mtime_ns
-        if basic.last_access_time not in (0, -1, 0xFFFFFFFFFFFFFFFF):
-            atime_ns = int(from_filetime(basic.last_access_time) * 1e9)
-        if basic.last_write_time not in (0, -1, 0xFFFFFFFFFFFFFFFF):
-            mtime_ns = int(from_filetime(basic.last_write_time) * 1e9)
-        if (atime_ns, mtime_ns) != (st.st_atime_ns, st.st_mtime_ns):
-            os.utime(path, ns=(atime_ns, mtime_ns))
-        if basic.creation_time not in (0, -1, 0xFFFFFFFFFFFFFFFF) and self._xattrs:
-            _setxattr(path, _XATTR_CTIME, int(from_filetime(basic.creation_time) * 1e9))
-        if basic.file_attributes:
-            if basic.file_attributes & FileAttributes.DIRECTORY and not is_dir:
-                raise NtStatusError(Status.INVALID_PARAMETER)
-            self.set_attributes(path, basic.file_attributes, is_dir=is_dir)
+    def _check_fd(self, fd: int, path: str) -> None:
+        """Close and refuse a descriptor that ended up outside the share (a race).
+
+        The kernel says where the descriptor is (/proc/self/fd); without /proc the
+        path is resolved again, which narrows the window without closing it.
+        """
+        real = _fd_path(fd) if _HAVE_PROC_FD else os.path.realpath(path)
+        if real is not None and not self.inside(real):
+            os.close(fd)
+            raise NtStatusError(Status.ACCESS_DENIED, "opened object is outside the share")
+
+    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
+        """os.open with O_NOFOLLOW|O_CLOEXEC, checked to be inside the share afterwards."""
+        try:
+            fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+        self._check_fd(fd, path)
+        return fd
+
+    def create_file(self, path: str, flags: int = os.O_RDWR, mode: int = 0o666) -> int:
+        """Create a new file exclusively (O_EXCL) and return its descriptor.
+
+        An existing name is OBJECT_NAME_COLLISION; a parent gone meanwhile is
+        OBJECT_PATH_NOT_FOUND.
+        """
+        try:
+            fd = os.open(path, flags | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        except FileNotFoundError as e:
+            raise FsError.from_oserror(e, Status.OBJECT_PATH_NOT_FOUND) from None
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+        self._check_fd(fd, path)
+        return fd
+
+    def mkdir(self, path: str, mode: int = 0o777) -> None:
+        try:
+            os.mkdir(path, mode)
+        except FileNotFoundError as e:
+            raise FsError.from_oserror(e, Status.OBJECT_PATH_NOT_FOUND) from None
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+
+    def unlink(self, path: str) -> None:
+        try:
+            os.unlink(path)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+
+    def rmdir(self, path: str) -> None:
+        if path == self.root:
+            raise NtStatusError(Status.ACCESS_DENIED, "the share root cannot be removed")
+        try:
+            os.rmdir(path)
+        except OSError as e:
+            # POSIX allows EEXIST for a directory that is not empty.
+            status = Status.DIRECTORY_NOT_EMPTY if e.errno == errno.EEXIST else None
+            raise FsError.from_oserror(e, status) from None
 
     def rename(self, old: str, new: str, *, replace: bool) -> None:
-        if not self._confined(os.path.dirname(new)):
-            raise NtStatusError(Status.ACCESS_DENIED)
-        if not os.path.isdir(os.path.dirname(new)):
-            raise NtStatusError(Status.OBJECT_PATH_NOT_FOUND)
+        """Rename ``old`` to ``new`` (both host paths, e.g. from ``lookup``).
+
+        Without ``replace`` an existing target is OBJECT_NAME_COLLISION, decided
+        atomically by renameat2(RENAME_NOREPLACE) where the filesystem has it. A
+        directory is never replaced (ACCESS_DENIED, as Windows). A target outside the
+        share is ACCESS_DENIED, a missing target parent OBJECT_PATH_NOT_FOUND.
+        """
+        if old == self.root or new == self.root:
+            raise NtStatusError(Status.ACCESS_DENIED, "the share root cannot be renamed")
+        new_parent = self._canonical_dir(os.path.dirname(new) or self.root)
+        new = os.path.join(new_parent, os.path.basename(new))
+        if not self.inside(os.path.realpath(os.path.dirname(old))):
+            raise NtStatusError(Status.ACCESS_DENIED, "source outside the share")
         try:
+            if old == new:
+                os.lstat(old)  # renaming to itself: nothing to do if it exists
+                return
             if replace:
+                try:
+                    target = os.lstat(new)
+                except FileNotFoundError:
+                    target = None
+                if target is not None:
+                    if stat.S_ISDIR(target.st_mode):
+                        raise NtStatusError(Status.ACCESS_DENIED, "cannot replace a directory")
+                    if os.path.samestat(os.lstat(old), target):
+                        # Two links to one file: POSIX rename would keep both names.
+                        os.unlink(old)
+                        return
                 os.replace(old, new)
-            elif os.path.normcase(old) == os.path.normcase(new):
-                os.rename(old, new)
             else:
-                # link + unlink refuses an existing target atomically (no TOCTOU).
-                if os.path.isdir(old):
-                    if os.path.lexists(new):
-                        raise NtStatusError(Status.OBJECT_NAME_COLLISION)
-                    os.rename(old, new)
-                else:
-                    os.link(old, new)
-                    os.unlink(old)
-        except FileExistsError:
-            raise NtStatusError(Status.OBJECT_NAME_COLLISION) from None
+                _rename_noreplace(old, new)
+        except FileExistsError as e:
+            raise FsError.from_oserror(e, Status.OBJECT_NAME_COLLISION) from None
         except OSError as e:
-            raise NtStatusError(status_from_oserror(e)) from None
+            raise FsError.from_oserror(e) from None
+
+    # -- changing -------------------------------------------------------------------------------
+
+    def truncate(self, target: str | int, size: int) -> None:
+        """Set the end of file (FileEndOfFileInformation, overwrite dispositions)."""
+        if size < 0:
+            raise NtStatusError(Status.INVALID_PARAMETER)
+        try:
+            if isinstance(target, int):
+                os.ftruncate(target, size)
+            else:
+                os.truncate(target, size)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+
+    def allocate(self, fd: int, size: int) -> None:
+        """FileAllocationInformation: below the end of file truncates, as NTFS does;
+        above it nothing is reserved (Samba's default, ``strict allocate = no``)."""
+        if size < 0:
+            raise NtStatusError(Status.INVALID_PARAMETER)
+        try:
+            if size < os.fstat(fd).st_size:
+                os.ftruncate(fd, size)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+
+    def set_times(
+        self,
+        path: str,
+        *,
+        creation: int = 0,
+        last_access: int = 0,
+        last_write: int = 0,
+        change: int = 0,
+    ) -> None:
+        """Apply FILETIMEs; 0, -1 and -2 leave a time alone.
+
+        Access and write times go to the inode (utimensat). The change time cannot be
+        set on POSIX and is ignored. The creation time goes to the DOS xattr and is
+        silently not kept where xattrs are missing.
+        """
+        del change  # the kernel owns ctime
+        try:
+            if _settable(last_access) or _settable(last_write):
+                st = os.stat(path)
+                atime = from_filetime(last_access) if _settable(last_access) else st.st_atime_ns
+                mtime = from_filetime(last_write) if _settable(last_write) else st.st_mtime_ns
+                os.utime(path, ns=(atime, mtime))
+            if _settable(creation):
+                self._write_dos(path, crtime=creation)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+
+    def set_attributes(self, path: str, attributes: int, *, is_dir: bool) -> None:
+        """Replace the DOS attributes of a file or directory.
+
+        READONLY of a file is the owner write bit (cleared with the group and other
+        write bits; set again for the owner only). DIRECTORY and NORMAL are not
+        stored; everything else goes to the xattr where there is one.
+        """
+        attributes = int(attributes)
+        try:
+            st = os.stat(path)
+            mode = st.st_mode
+            if not is_dir and not attributes & _READONLY and not mode & stat.S_IWUSR:
+                os.chmod(path, stat.S_IMODE(mode) | stat.S_IWUSR)
+            # The xattr before the file turns read-only: a read-only file refuses
+            # user xattrs to anyone but root.
+            self._write_dos(path, attrs=attributes & _STORED_ATTRS, st=st)
+            if not is_dir and attributes & _READONLY and mode & _WRITE_BITS:
+                os.chmod(path, stat.S_IMODE(mode) & ~_WRITE_BITS)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+
+    def set_basic(self, path: str, basic: BasicInfo, *, fd: int = -1, is_dir: bool) -> None:
+        """Apply FileBasicInformation (MS-FSA 2.1.5.14.2): times, then attributes.
+
+        Attributes 0 leave them alone; DIRECTORY on a file is INVALID_PARAMETER.
+        ``fd`` is accepted for the caller's convenience; metadata is set by path so
+        that O_PATH descriptors work too.
+        """
+        del fd
+        attrs = basic.file_attributes
+        if attrs & _DIRECTORY and not is_dir:
+            raise NtStatusError(Status.INVALID_PARAMETER, "DIRECTORY attribute on a file")
+        self.set_times(
+            path,
+            creation=basic.creation_time,
+            last_access=basic.last_access_time,
+            last_write=basic.last_write_time,
+            change=basic.change_time,
+        )
+        if attrs:
+            self.set_attributes(path, attrs & ~_NORMAL, is_dir=is_dir)
+
+    def _write_dos(
+        self,
+        path: str,
+        *,
+        attrs: int | None = None,
+        crtime: int | None = None,
+        st: os.stat_result | None = None,
+    ) -> None:
+        """Update the DOS xattr; the first write also pins the creation time."""
+        if not self._xattrs:
+            return
+        old = _read_dos(path)
+        flags, stored_attrs, stored_crtime = old if old is not None else (0, 0, 0)
+        if attrs is not None:
+            flags |= _HAS_ATTRS
+            stored_attrs = attrs
+        if crtime is not None:
+            flags |= _HAS_CRTIME
+            stored_crtime = crtime
+        elif not flags & _HAS_CRTIME:
+            st = st if st is not None else os.stat(path)
+            flags |= _HAS_CRTIME
+            stored_crtime = to_filetime(min(st.st_mtime_ns, st.st_ctime_ns))
+        try:
+            os.setxattr(path, _XATTR_DOS, _DOS.pack(_DOS_VERSION, flags, stored_attrs,
+                                                    stored_crtime))  # fmt: skip
+        except OSError as e:
+            # Not kept, silently: no xattrs here, no room, or a read-only file of
+            # someone else (user xattrs follow the file's write permission).
+            if e.errno not in _XATTR_SKIP:
+                raise
+            log.debug("DOS attributes of %s not kept: %s", path, e)
+
+
+_XATTR_SKIP = frozenset(
+    {errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSPC, errno.E2BIG, errno.EACCES, errno.EPERM}
+)
 
 
 def _supports_xattrs(path: str) -> bool:
+    """Whether user xattrs can be read here (ENODATA says yes, ENOTSUP no)."""
     try:
-        os.setxattr(path, "user.smbgw.probe", b"1")
-        os.removexattr(path, "user.smbgw.probe")
-        return True
-    except OSError:
-        return False
+        os.getxattr(path, _XATTR_VOLUME)
+    except OSError as e:
+        return e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP)
+    return True
 
 
-def _getxattr(target: str | int | None, name: str) -> int | None:
-    if target is None:
-        return None
-    try:
-        return int(os.getxattr(target, name))
-    except (OSError, ValueError):
-        return None
-
-
-def _setxattr(target: str | int, name: str, value: int) -> None:
-    try:
-        os.setxattr(target, name, str(value).encode())
-    except OSError:
-        pass
+def _rename_noreplace(old: str, new: str) -> None:
+    """rename() that refuses an existing target (EEXIST), atomically where possible."""
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new),
+                        _RENAME_NOREPLACE)  # fmt: skip
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), new)
+    # No RENAME_NOREPLACE on this filesystem: check, then rename (a small window).
+    if os.path.lexists(new):
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), new)
+    os.rename(old, new)

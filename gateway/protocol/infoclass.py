@@ -1,51 +1,78 @@
-"""File, directory and file-system information classes (MS-FSCC 2.4, 2.5), struct-based."""
+"""File, directory and file-system information classes (MS-FSCC 2.4, 2.5), struct-based.
+
+Sans-IO: encoders take a ``FileInfo`` (or plain values) and return bytes; parsers
+take a SET_INFO buffer and return values, raising ``NtStatusError``. A buffer
+shorter than its class is INFO_LENGTH_MISMATCH, as the Windows I/O manager
+answers (it checks the minimum size of each class; longer buffers are accepted).
+
+File-system answers: the name is "NTFS", as Samba's default ``fstype`` and what
+Windows applications test for before using features (Office and Access among
+them); the attributes are what a POSIX tree behind the gateway really does:
+case-sensitive lookups, preserved case, Unicode names. No persistent ACLs (the
+security descriptor is synthesised), no named streams, no sparse files, no
+object ids, no 8.3 names (directory entries carry an empty ShortName).
+"""
 
 from __future__ import annotations
 
-import os
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .constants import FileInfoClass, FsInfoClass, NtStatusError, Status
 
 if TYPE_CHECKING:
-    from ..vfs import FileInfo
+    from ..vfs import FileInfo, VolumeSize
 
 
-class _FS(Protocol):
-    volume_id: int
+class VolumeSource(Protocol):
+    """What the file-system classes need of a share (``gateway.vfs.ShareFS``)."""
 
-    def statvfs(self) -> os.statvfs_result: ...
+    @property
+    def volume_serial(self) -> int: ...
+
+    @property
+    def volume_created(self) -> int: ...
+
+    def volume_size(self) -> VolumeSize: ...
 
 
-_BASIC = struct.Struct("<QQQQII")
-_STANDARD = struct.Struct("<QQIBBH")
-_NETWORK_OPEN = struct.Struct("<QQQQQQII")
-_DIR_PREFIX = struct.Struct("<IIQQQQQQII")  # 64 bytes common to the directory classes
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+_BASIC = struct.Struct("<QQQQII")  # 40
+_STANDARD = struct.Struct("<QQIBBH")  # 24
+_NETWORK_OPEN = struct.Struct("<QQQQQQII")  # 56
+_STREAM = struct.Struct("<IIQQ")  # 24 + name
+_COMPRESSION = struct.Struct("<QHBBB3x")  # 16
+_ATTRIBUTE_TAG = struct.Struct("<II")
+_ID_INFO = struct.Struct("<QQQ")  # VolumeSerialNumber, 128-bit FileId
+_ALL_MIDDLE = struct.Struct("<QIIQII")  # internal, ea, access, position, mode, alignment
 
-FILE_DEVICE_DISK = 0x07
-FILE_DEVICE_IS_MOUNTED = 0x20
-# Case-sensitive search and preserved names: the volume is a POSIX tree.
-FS_ATTRIBUTES = 0x00000001 | 0x00000002 | 0x00000004
-FS_NAME = "NTFS"  # what Windows clients expect to see; Samba reports the same by default
+FILE_DEVICE_DISK = 0x00000007
+FILE_DEVICE_IS_MOUNTED = 0x00000020
+FILE_CASE_SENSITIVE_SEARCH = 0x00000001
+FILE_CASE_PRESERVED_NAMES = 0x00000002
+FILE_UNICODE_ON_DISK = 0x00000004
+FS_ATTRIBUTES = FILE_CASE_SENSITIVE_SEARCH | FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK
+FS_NAME = "NTFS"
+FS_NAME_UTF16 = FS_NAME.encode("utf-16-le")
+MAX_COMPONENT_LENGTH = 255
 SECTOR = 512
+SSINFO_FLAGS_ALIGNED_DEVICE = 0x1
+SSINFO_FLAGS_PARTITION_ALIGNED_ON_DEVICE = 0x2
+DEFAULT_STREAM_NAME = "::$DATA".encode("utf-16-le")
 
 
 def _u16(s: str) -> bytes:
     return s.encode("utf-16-le")
 
 
-def _basename(name: str) -> str:
-    return name.rstrip("\\").rsplit("\\", 1)[-1]
-
-
-# -- QUERY_INFO, file classes --------------------------------------------------------
+# -- QUERY_INFO, file classes (MS-FSCC 2.4) --------------------------------------------
 
 
 def file_basic(info: FileInfo) -> bytes:
+    """FileBasicInformation (2.4.7): four FILETIMEs, attributes, reserved; 40 bytes."""
     return _BASIC.pack(
         info.creation_time, info.last_access_time, info.last_write_time, info.change_time,
         info.attributes, 0,
@@ -53,31 +80,115 @@ def file_basic(info: FileInfo) -> bytes:
 
 
 def file_standard(info: FileInfo | None, *, delete_pending: bool, directory: bool) -> bytes:
-    if info is None:  # a named pipe
+    """FileStandardInformation (2.4.41); ``None`` describes a named pipe.
+
+    A directory has one link (as Samba reports, whatever POSIX counts), and a
+    pending delete takes one away.
+    """
+    if info is None:
         return _STANDARD.pack(4096, 0, 1, int(delete_pending), 0, 0)
+    is_dir = info.is_dir or directory
+    nlink = 1 if is_dir and info.nlink else info.nlink
+    if delete_pending and nlink:
+        nlink -= 1
     return _STANDARD.pack(
-        info.allocation_size, info.size, max(1, info.nlink) - (1 if delete_pending else 0),
-        int(delete_pending), int(info.is_dir or directory), 0,
-    )  # fmt: skip
+        info.allocation_size, info.size, nlink, int(delete_pending), int(is_dir), 0
+    )
+
+
+def file_internal(info: FileInfo) -> bytes:
+    """FileInternalInformation (2.4.22): the 64-bit file id (the inode)."""
+    return _U64.pack(info.inode)
+
+
+def file_ea() -> bytes:
+    """FileEaInformation (2.4.13): no extended attributes are exposed."""
+    return _U32.pack(0)
+
+
+def file_access(access: int) -> bytes:
+    """FileAccessInformation (2.4.1): the open's granted access."""
+    return _U32.pack(access)
+
+
+def file_position(position: int) -> bytes:
+    """FilePositionInformation (2.4.35)."""
+    return _U64.pack(position)
+
+
+def file_mode(mode: int) -> bytes:
+    """FileModeInformation (2.4.26)."""
+    return _U32.pack(mode)
+
+
+def file_alignment() -> bytes:
+    """FileAlignmentInformation (2.4.3): FILE_BYTE_ALIGNMENT."""
+    return _U32.pack(0)
+
+
+def file_name(name: str) -> bytes:
+    """FileNameInformation (2.4.27) and FileNormalizedNameInformation (2.4.30)."""
+    raw = _u16(name)
+    return _U32.pack(len(raw)) + raw
+
+
+def file_alternate_name(short_name: str) -> bytes:
+    """FileAlternateNameInformation (2.4.5): the 8.3 name, in the FILE_NAME layout."""
+    return file_name(short_name)
+
+
+def file_all(
+    info: FileInfo, *, name: str, delete_pending: bool, access: int, position: int, mode: int
+) -> bytes:
+    """FileAllInformation (2.4.2): basic, standard, internal, EA, access, position,
+    mode, alignment, name; 100 bytes and the name."""
+    raw = _u16(name)
+    return b"".join((
+        file_basic(info),
+        file_standard(info, delete_pending=delete_pending, directory=info.is_dir),
+        _ALL_MIDDLE.pack(info.inode, 0, access, position, mode, 0),
+        _U32.pack(len(raw)),
+        raw,
+    ))  # fmt: skip
+
+
+def file_stream(info: FileInfo) -> bytes:
+    """FileStreamInformation (2.4.43): one ``::$DATA`` entry for a file, none for a
+    directory (no named streams are kept)."""
+    if info.is_dir:
+        return b""
+    return (
+        _STREAM.pack(0, len(DEFAULT_STREAM_NAME), info.size, info.allocation_size)
+        + DEFAULT_STREAM_NAME
+    )
+
+
+def file_compression(info: FileInfo) -> bytes:
+    """FileCompressionInformation (2.4.9): COMPRESSION_FORMAT_NONE."""
+    return _COMPRESSION.pack(info.size, 0, 0, 0, 0)
 
 
 def file_network_open(info: FileInfo) -> bytes:
+    """FileNetworkOpenInformation (2.4.29); 56 bytes."""
     return _NETWORK_OPEN.pack(
         info.creation_time, info.last_access_time, info.last_write_time, info.change_time,
         info.allocation_size, info.size, info.attributes, 0,
     )  # fmt: skip
 
 
-def _name_info(name: str) -> bytes:
-    raw = _u16(name)
-    return _U32.pack(len(raw)) + raw
+def file_attribute_tag(info: FileInfo) -> bytes:
+    """FileAttributeTagInformation (2.4.6): attributes, no reparse tag."""
+    return _ATTRIBUTE_TAG.pack(info.attributes, 0)
 
 
-def _stream_info(info: FileInfo) -> bytes:
-    if info.is_dir:
-        return b""
-    raw = _u16("::$DATA")
-    return struct.pack("<IIQQ", 0, len(raw), info.size, info.allocation_size) + raw
+def file_id(info: FileInfo, volume_serial: int) -> bytes:
+    """FileIdInformation (2.4.21): volume serial number and the 128-bit file id."""
+    return _ID_INFO.pack(volume_serial, info.inode, 0)
+
+
+def volume_serial_of(volume_id: int) -> int:
+    """The 32-bit volume serial number of a 64-bit volume id (``ShareFS.volume_serial``)."""
+    return (volume_id ^ (volume_id >> 32)) & 0xFFFFFFFF
 
 
 def query_file_info(
@@ -89,150 +200,295 @@ def query_file_info(
     access: int,
     position: int,
     mode: int,
+    short_name: str | None = None,
 ) -> bytes:
-    """The bytes of one file information class for QUERY_INFO."""
+    """The bytes of one file information class for QUERY_INFO.
+
+    ``name`` is the file's name for FileNameInformation: the path from the share
+    root with a leading backslash. FileAlternateNameInformation answers
+    ``short_name``; without one it answers the long base name (no 8.3 names are
+    generated, and the long name is the file's only name). A caller that prefers
+    NOT_SUPPORTED raises it itself: smbclient's allinfo tolerates that status but
+    prints it. An unknown or set-only class is INVALID_INFO_CLASS.
+    """
     c = info_class
     if c == FileInfoClass.BASIC:
         return file_basic(info)
     if c == FileInfoClass.STANDARD:
         return file_standard(info, delete_pending=delete_pending, directory=info.is_dir)
     if c == FileInfoClass.INTERNAL:
-        return _U64.pack(info.inode)
+        return file_internal(info)
     if c == FileInfoClass.EA:
-        return _U32.pack(0)
+        return file_ea()
     if c == FileInfoClass.ACCESS:
-        return _U32.pack(access)
+        return file_access(access)
     if c == FileInfoClass.POSITION:
-        return _U64.pack(position)
+        return file_position(position)
     if c == FileInfoClass.MODE:
-        return _U32.pack(mode)
+        return file_mode(mode)
     if c == FileInfoClass.ALIGNMENT:
-        return _U32.pack(0)
+        return file_alignment()
     if c in (FileInfoClass.NAME, FileInfoClass.NORMALIZED_NAME):
-        return _name_info(name)
+        return file_name(name)
     if c == FileInfoClass.ALL:
-        return (
-            file_basic(info)
-            + file_standard(info, delete_pending=delete_pending, directory=info.is_dir)
-            + _U64.pack(info.inode)
-            + _U32.pack(0)
-            + _U32.pack(access)
-            + _U64.pack(position)
-            + _U32.pack(mode)
-            + _U32.pack(0)
-            + _name_info(name)
-        )
+        return file_all(
+            info, name=name, delete_pending=delete_pending, access=access,
+            position=position, mode=mode,
+        )  # fmt: skip
     if c == FileInfoClass.ALTERNATE_NAME:
-        # No 8.3 names are generated: the long name is the only name (Samba with
-        # "mangled names = no" answers the same way).
-        return _name_info(_basename(name))
+        if short_name is None:
+            short_name = name.rstrip("\\").rsplit("\\", 1)[-1]
+        return file_alternate_name(short_name)
     if c == FileInfoClass.STREAM:
-        return _stream_info(info)
+        return file_stream(info)
     if c == FileInfoClass.COMPRESSION:
-        return struct.pack("<QHBBB3s", info.size, 0, 0, 0, 0, b"")
+        return file_compression(info)
     if c == FileInfoClass.NETWORK_OPEN:
         return file_network_open(info)
     if c == FileInfoClass.ATTRIBUTE_TAG:
-        return struct.pack("<II", info.attributes, 0)
+        return file_attribute_tag(info)
     if c == FileInfoClass.ID_INFORMATION:
-        vol = int(info.file_key.split(":", 1)[0], 16)
-        return struct.pack("<QQQ", vol, info.inode, 0)
+        return file_id(info, volume_serial_of(info.volume_id))
     raise NtStatusError(Status.INVALID_INFO_CLASS)
 
 
-# -- QUERY_DIRECTORY -------------------------------------------------------------------
+# -- QUERY_DIRECTORY (MS-FSCC 2.4.10, 2.4.14, 2.4.8, 2.4.28, 2.4.17, 2.4.18, 2.4.19) ------
 
-DIRECTORY_CLASSES = {
-    FileInfoClass.DIRECTORY,
-    FileInfoClass.FULL_DIRECTORY,
-    FileInfoClass.BOTH_DIRECTORY,
-    FileInfoClass.NAMES,
-    FileInfoClass.ID_BOTH_DIRECTORY,
-    FileInfoClass.ID_FULL_DIRECTORY,
-    FileInfoClass.ID_EXTD_DIRECTORY,
-}
+# Every layout starts NextEntryOffset, FileIndex; all but FileNames continue with
+# four FILETIMEs, EndOfFile, AllocationSize, FileAttributes, FileNameLength.
+_D_DIRECTORY = struct.Struct("<IIQQQQQQII")  # 64
+_D_FULL = struct.Struct("<IIQQQQQQIII")  # 68: EaSize
+_D_BOTH = struct.Struct("<IIQQQQQQIIIBx24x")  # 94: EaSize, ShortNameLength, Reserved, ShortName
+_D_ID_BOTH = struct.Struct("<IIQQQQQQIIIBx24x2xQ")  # 104: ... Reserved2, FileId
+_D_ID_FULL = struct.Struct("<IIQQQQQQIII4xQ")  # 80: EaSize, Reserved, FileId
+_D_ID_EXTD = struct.Struct("<IIQQQQQQIIIIQQ")  # 88: EaSize, ReparsePointTag, FileId (128)
+_D_NAMES = struct.Struct("<III")  # 12
+
+_PAD = [bytes(i) for i in range(8)]
+_EntryPacker = Callable[[bytearray, int, "FileInfo", int], None]
 
 
-def _dir_entry(info_class: int, name: str, info: FileInfo) -> bytes:
-    raw = _u16(name)
-    if info_class == FileInfoClass.NAMES:
-        return struct.pack("<III", 0, 0, len(raw)) + raw
-    prefix = _DIR_PREFIX.pack(
-        0, 0, info.creation_time, info.last_access_time, info.last_write_time,
-        info.change_time, info.size, info.allocation_size, info.attributes, len(raw),
+def _e_directory(b: bytearray, o: int, i: FileInfo, n: int) -> None:
+    _D_DIRECTORY.pack_into(
+        b, o, 0, 0, i.creation_time, i.last_access_time, i.last_write_time, i.change_time,
+        i.size, i.allocation_size, i.attributes, n,
     )  # fmt: skip
-    if info_class == FileInfoClass.DIRECTORY:
-        return prefix + raw
-    if info_class == FileInfoClass.FULL_DIRECTORY:
-        return prefix + _U32.pack(0) + raw
-    if info_class == FileInfoClass.BOTH_DIRECTORY:
-        return prefix + struct.pack("<IBB24s", 0, 0, 0, b"") + raw
-    if info_class == FileInfoClass.ID_BOTH_DIRECTORY:
-        return prefix + struct.pack("<IBB24sHQ", 0, 0, 0, b"", 0, info.inode) + raw
-    if info_class == FileInfoClass.ID_FULL_DIRECTORY:
-        return prefix + struct.pack("<IIQ", 0, 0, info.inode) + raw
-    if info_class == FileInfoClass.ID_EXTD_DIRECTORY:
-        return prefix + struct.pack("<IIQQ", 0, 0, info.inode, 0) + raw
-    raise NtStatusError(Status.INVALID_INFO_CLASS)
+
+
+def _e_full(b: bytearray, o: int, i: FileInfo, n: int) -> None:
+    _D_FULL.pack_into(
+        b, o, 0, 0, i.creation_time, i.last_access_time, i.last_write_time, i.change_time,
+        i.size, i.allocation_size, i.attributes, n, 0,
+    )  # fmt: skip
+
+
+def _e_both(b: bytearray, o: int, i: FileInfo, n: int) -> None:
+    _D_BOTH.pack_into(
+        b, o, 0, 0, i.creation_time, i.last_access_time, i.last_write_time, i.change_time,
+        i.size, i.allocation_size, i.attributes, n, 0, 0,
+    )  # fmt: skip
+
+
+def _e_names(b: bytearray, o: int, i: FileInfo, n: int) -> None:
+    _D_NAMES.pack_into(b, o, 0, 0, n)
+
+
+def _e_id_both(b: bytearray, o: int, i: FileInfo, n: int) -> None:
+    _D_ID_BOTH.pack_into(
+        b, o, 0, 0, i.creation_time, i.last_access_time, i.last_write_time, i.change_time,
+        i.size, i.allocation_size, i.attributes, n, 0, 0, i.inode,
+    )  # fmt: skip
+
+
+def _e_id_full(b: bytearray, o: int, i: FileInfo, n: int) -> None:
+    _D_ID_FULL.pack_into(
+        b, o, 0, 0, i.creation_time, i.last_access_time, i.last_write_time, i.change_time,
+        i.size, i.allocation_size, i.attributes, n, 0, i.inode,
+    )  # fmt: skip
+
+
+def _e_id_extd(b: bytearray, o: int, i: FileInfo, n: int) -> None:
+    _D_ID_EXTD.pack_into(
+        b, o, 0, 0, i.creation_time, i.last_access_time, i.last_write_time, i.change_time,
+        i.size, i.allocation_size, i.attributes, n, 0, 0, i.inode, 0,
+    )  # fmt: skip
+
+
+_DIR_LAYOUT: dict[int, tuple[struct.Struct, _EntryPacker]] = {
+    FileInfoClass.DIRECTORY: (_D_DIRECTORY, _e_directory),
+    FileInfoClass.FULL_DIRECTORY: (_D_FULL, _e_full),
+    FileInfoClass.BOTH_DIRECTORY: (_D_BOTH, _e_both),
+    FileInfoClass.NAMES: (_D_NAMES, _e_names),
+    FileInfoClass.ID_BOTH_DIRECTORY: (_D_ID_BOTH, _e_id_both),
+    FileInfoClass.ID_FULL_DIRECTORY: (_D_ID_FULL, _e_id_full),
+    FileInfoClass.ID_EXTD_DIRECTORY: (_D_ID_EXTD, _e_id_extd),
+}
+DIRECTORY_CLASSES = frozenset(_DIR_LAYOUT)
+
+
+def directory_entry_size(info_class: int, name: str) -> int:
+    """Bytes of one entry without the padding that may follow it."""
+    return _DIR_LAYOUT[info_class][0].size + len(name.encode("utf-16-le"))
 
 
 def pack_directory(
-    info_class: int, entries: list[tuple[str, FileInfo]], max_len: int
+    info_class: int, entries: Iterable[tuple[str, FileInfo]], max_len: int
 ) -> tuple[bytes, int]:
-    """As many entries as fit in ``max_len`` (8-byte aligned, chained); and how many."""
+    """As many entries as fit in ``max_len`` bytes, and how many entries were used.
+
+    Each entry starts 8-byte aligned; NextEntryOffset chains them and is 0 in the
+    last one, which is not padded. An entry whose name cannot be UTF-16 counts as
+    used but is left out. Unknown classes are INVALID_INFO_CLASS.
+    """
+    found = _DIR_LAYOUT.get(info_class)
+    if found is None:
+        raise NtStatusError(Status.INVALID_INFO_CLASS)
+    layout, pack_entry = found
+    fixed = layout.size
+    zeros = bytes(fixed)
     out = bytearray()
     last = -1
-    count = 0
+    used = 0
     for name, info in entries:
-        entry = _dir_entry(info_class, name, info)
-        start = (len(out) + 7) & ~7
-        if start + len(entry) > max_len:
+        try:
+            raw = name.encode("utf-16-le")
+        except UnicodeEncodeError:
+            used += 1
+            continue
+        end = len(out)
+        start = (end + 7) & ~7
+        if start + fixed + len(raw) > max_len:
             break
-        out += b"\x00" * (start - len(out))
         if last >= 0:
             _U32.pack_into(out, last, start - last)
+            out += _PAD[start - end]
+        out += zeros
+        pack_entry(out, start, info, len(raw))
+        out += raw
         last = start
-        out += entry
-        count += 1
-    return bytes(out), count
+        used += 1
+    return bytes(out), used
 
 
-# -- QUERY_INFO, file-system classes ------------------------------------------------------
+def directory_entry(info_class: int, name: str, info: FileInfo) -> bytes:
+    """One directory entry on its own (NextEntryOffset 0)."""
+    data, used = pack_directory(info_class, [(name, info)], 1 << 30)
+    if not used:
+        raise NtStatusError(Status.OBJECT_NAME_INVALID)
+    return data
 
 
-def query_fs_info(info_class: int, fs: _FS, *, label: str) -> bytes:
+# -- QUERY_INFO, file-system classes (MS-FSCC 2.5) --------------------------------------------
+
+_FS_VOLUME = struct.Struct("<QIIBx")  # 18 + label
+_FS_SIZE = struct.Struct("<QQII")  # 24
+_FS_FULL_SIZE = struct.Struct("<QQQII")  # 32
+_FS_DEVICE = struct.Struct("<II")
+_FS_ATTRIBUTE = struct.Struct("<III")  # 12 + name
+_FS_OBJECT_ID = struct.Struct("<QQ48x")  # 64
+_FS_SECTOR_SIZE = struct.Struct("<IIIIIII")  # 28
+
+
+def fs_volume(serial: int, label: str, created: int = 0) -> bytes:
+    """FileFsVolumeInformation (2.5.9): no object ids (SupportsObjects 0)."""
+    raw = _u16(label)
+    return _FS_VOLUME.pack(created, serial & 0xFFFFFFFF, len(raw), 0) + raw
+
+
+def fs_size(size: VolumeSize) -> bytes:
+    """FileFsSizeInformation (2.5.8)."""
+    return _FS_SIZE.pack(
+        size.total_units, size.caller_available_units, size.sectors_per_unit,
+        size.bytes_per_sector,
+    )  # fmt: skip
+
+
+def fs_full_size(size: VolumeSize) -> bytes:
+    """FileFsFullSizeInformation (2.5.4)."""
+    return _FS_FULL_SIZE.pack(
+        size.total_units, size.caller_available_units, size.actual_available_units,
+        size.sectors_per_unit, size.bytes_per_sector,
+    )  # fmt: skip
+
+
+def fs_device() -> bytes:
+    """FileFsDeviceInformation (2.5.10): a mounted disk."""
+    return _FS_DEVICE.pack(FILE_DEVICE_DISK, FILE_DEVICE_IS_MOUNTED)
+
+
+def fs_attribute() -> bytes:
+    """FileFsAttributeInformation (2.5.1)."""
+    return (
+        _FS_ATTRIBUTE.pack(FS_ATTRIBUTES, MAX_COMPONENT_LENGTH, len(FS_NAME_UTF16)) + FS_NAME_UTF16
+    )
+
+
+def fs_object_id(serial: int) -> bytes:
+    """FileFsObjectIdInformation (2.5.6): an object id made of the volume serial."""
+    return _FS_OBJECT_ID.pack(serial, 0)
+
+
+def fs_sector_size() -> bytes:
+    """FileFsSectorSizeInformation (2.5.7): 512-byte sectors, aligned."""
+    flags = SSINFO_FLAGS_ALIGNED_DEVICE | SSINFO_FLAGS_PARTITION_ALIGNED_ON_DEVICE
+    return _FS_SECTOR_SIZE.pack(SECTOR, SECTOR, SECTOR, SECTOR, flags, 0, 0)
+
+
+def query_fs_info(info_class: int, fs: VolumeSource, *, label: str) -> bytes:
+    """The bytes of one file-system information class; others are INVALID_INFO_CLASS."""
     c = info_class
     if c == FsInfoClass.VOLUME:
-        raw = _u16(label)
-        return struct.pack("<QIIBB", 0, fs.volume_id & 0xFFFFFFFF, len(raw), 0, 0) + raw
-    if c in (FsInfoClass.SIZE, FsInfoClass.FULL_SIZE):
-        sv = fs.statvfs()
-        sectors_per_unit = max(1, sv.f_frsize // SECTOR)
-        if c == FsInfoClass.SIZE:
-            return struct.pack("<QQII", sv.f_blocks, sv.f_bavail, sectors_per_unit, SECTOR)
-        return struct.pack("<QQQII", sv.f_blocks, sv.f_bavail, sv.f_bfree, sectors_per_unit, SECTOR)
+        return fs_volume(fs.volume_serial, label, fs.volume_created)
+    if c == FsInfoClass.SIZE:
+        return fs_size(fs.volume_size())
+    if c == FsInfoClass.FULL_SIZE:
+        return fs_full_size(fs.volume_size())
     if c == FsInfoClass.DEVICE:
-        return struct.pack("<II", FILE_DEVICE_DISK, FILE_DEVICE_IS_MOUNTED)
+        return fs_device()
     if c == FsInfoClass.ATTRIBUTE:
-        raw = _u16(FS_NAME)
-        return struct.pack("<III", FS_ATTRIBUTES, 255, len(raw)) + raw
+        return fs_attribute()
     if c == FsInfoClass.OBJECT_ID:
-        return struct.pack("<Q8s", fs.volume_id, b"") + bytes(48)
+        return fs_object_id(fs.volume_serial)
     if c == FsInfoClass.SECTOR_SIZE:
-        return struct.pack("<IIIIIII", SECTOR, SECTOR, SECTOR, SECTOR, 0x3, 0, 0)
+        return fs_sector_size()
     raise NtStatusError(Status.INVALID_INFO_CLASS)
 
 
-# -- SET_INFO buffers --------------------------------------------------------------------
+# -- SET_INFO buffers (MS-FSCC 2.4; minimum sizes are the Windows structure sizes) -------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BasicInfo:
+    """FileBasicInformation to set: 0 leaves a time or the attributes alone, and
+    0xFFFFFFFFFFFFFFFF / 0xFFFFFFFFFFFFFFFE (-1, -2) stop / resume automatic updates."""
+
     creation_time: int
     last_access_time: int
     last_write_time: int
     change_time: int
     file_attributes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RenameInfo:
+    """FileRenameInformation, SMB2 form (MS-FSCC 2.4.37.2)."""
+
+    replace_if_exists: bool
+    root_directory: int
+    file_name: str
+
+
+_SET_BASIC = struct.Struct("<QQQQI4x")  # 40
+_SET_RENAME = struct.Struct("<B7xQI")  # 20 + name
+_FT_NEGATIVE_MIN = 0xFFFFFFFFFFFFFFFE  # -2: the smallest negative time allowed
+FILE_DISPOSITION_DELETE = 0x01
+FILE_DISPOSITION_POSIX_SEMANTICS = 0x02
+FILE_DISPOSITION_FORCE_IMAGE_SECTION_CHECK = 0x04
+FILE_DISPOSITION_ON_CLOSE = 0x08
+FILE_DISPOSITION_IGNORE_READONLY_ATTRIBUTE = 0x10
+# FileModeInformation bits that may be set (MS-FSCC 2.4.26).
+MODE_SETTABLE = 0x00000002 | 0x00000004 | 0x00000008 | 0x00000010 | 0x00000020 | 0x00001000
+_MAX_OFFSET = 0x7FFFFFFFFFFFFFFF
 
 
 def _need(buf: bytes, n: int) -> None:
@@ -241,46 +497,77 @@ def _need(buf: bytes, n: int) -> None:
 
 
 def parse_basic(buf: bytes) -> BasicInfo:
-    _need(buf, 36)
-    c, a, w, ch, attrs = struct.unpack_from("<QQQQI", buf)
+    """FileBasicInformation (40 bytes); a time below -2 is INVALID_PARAMETER (MS-FSA)."""
+    _need(buf, _SET_BASIC.size)
+    c, a, w, ch, attrs = _SET_BASIC.unpack_from(buf)
+    for t in (c, a, w, ch):
+        if _MAX_OFFSET < t < _FT_NEGATIVE_MIN:
+            raise NtStatusError(Status.INVALID_PARAMETER, "negative time")
     return BasicInfo(c, a, w, ch, attrs)
 
 
-def parse_rename(buf: bytes) -> tuple[bool, str]:
-    """(ReplaceIfExists, target name) of the SMB2 FileRenameInformation."""
-    _need(buf, 20)
-    replace, _root, length = struct.unpack_from("<B7xQI", buf)
-    if length == 0 or 20 + length > len(buf) or length % 2:
-        raise NtStatusError(Status.INVALID_PARAMETER)
+def parse_rename_info(buf: bytes) -> RenameInfo:
+    """FileRenameInformation (SMB2 form): at least 20 bytes; a name running past the
+    buffer, empty or of odd length is INVALID_PARAMETER; bad UTF-16 OBJECT_NAME_INVALID."""
+    _need(buf, _SET_RENAME.size)
+    replace, root, length = _SET_RENAME.unpack_from(buf)
+    if length == 0 or length % 2 or _SET_RENAME.size + length > len(buf):
+        raise NtStatusError(Status.INVALID_PARAMETER, "bad FileNameLength")
+    raw = buf[_SET_RENAME.size : _SET_RENAME.size + length]
     try:
-        return bool(replace), buf[20 : 20 + length].decode("utf-16-le")
+        name = bytes(raw).decode("utf-16-le")
     except UnicodeDecodeError:
         raise NtStatusError(Status.OBJECT_NAME_INVALID) from None
+    return RenameInfo(bool(replace), root, name)
+
+
+def parse_rename(buf: bytes) -> tuple[bool, str]:
+    """(ReplaceIfExists, target name) of FileRenameInformation."""
+    info = parse_rename_info(buf)
+    return info.replace_if_exists, info.file_name
+
+
+def parse_disposition_ex(buf: bytes) -> int:
+    """FileDispositionInformationEx (2.4.12): the Flags word."""
+    _need(buf, 4)
+    return int(_U32.unpack_from(buf)[0])
 
 
 def parse_disposition(buf: bytes, *, ex: bool = False) -> bool:
+    """Whether FileDispositionInformation(Ex) asks for delete."""
     if ex:
-        _need(buf, 4)
-        return bool(_U32.unpack_from(buf)[0] & 0x1)
+        return bool(parse_disposition_ex(buf) & FILE_DISPOSITION_DELETE)
     _need(buf, 1)
     return bool(buf[0])
 
 
-def parse_end_of_file(buf: bytes) -> int:
+def _parse_offset(buf: bytes) -> int:
     _need(buf, 8)
-    size = int(_U64.unpack_from(buf)[0])
-    if size > 0x7FFFFFFFFFFFFFFF:
-        raise NtStatusError(Status.INVALID_PARAMETER)
-    return size
+    value = int(_U64.unpack_from(buf)[0])
+    if value > _MAX_OFFSET:
+        raise NtStatusError(Status.INVALID_PARAMETER, "negative offset")
+    return value
 
 
-parse_allocation = parse_end_of_file
-parse_position = parse_end_of_file
+def parse_end_of_file(buf: bytes) -> int:
+    """FileEndOfFileInformation (2.4.14): the new size."""
+    return _parse_offset(buf)
+
+
+def parse_allocation(buf: bytes) -> int:
+    """FileAllocationInformation (2.4.4): the new allocation size."""
+    return _parse_offset(buf)
+
+
+def parse_position(buf: bytes) -> int:
+    """FilePositionInformation (2.4.35): the new current byte offset."""
+    return _parse_offset(buf)
 
 
 def parse_mode(buf: bytes) -> int:
+    """FileModeInformation (2.4.26): other bits are INVALID_PARAMETER."""
     _need(buf, 4)
     mode = int(_U32.unpack_from(buf)[0])
-    if mode & ~0x103E:
-        raise NtStatusError(Status.INVALID_PARAMETER)
+    if mode & ~MODE_SETTABLE:
+        raise NtStatusError(Status.INVALID_PARAMETER, "bad mode bits")
     return mode
