@@ -39,10 +39,6 @@ class OpenEntry:
     unacked_break: bool = False
     owner_data: dict[str, Any] = field(default_factory=dict)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> OpenEntry:
-        return cls(**d)
-
 
 @dataclass
 class LeaseEntry:
@@ -62,10 +58,6 @@ class LeaseEntry:
     def lease_key(self) -> LeaseKey:
         return LeaseKey(bytes.fromhex(self.client_guid), bytes.fromhex(self.key))
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LeaseEntry:
-        return cls(**d)
-
 
 @dataclass
 class ByteRangeLock:
@@ -74,20 +66,12 @@ class ByteRangeLock:
     length: int
     exclusive: bool
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ByteRangeLock:
-        return cls(**d)
-
 
 @dataclass
 class RangeSpec:
     offset: int
     length: int
     exclusive: bool
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> RangeSpec:
-        return cls(**d)
 
 
 @dataclass
@@ -104,7 +88,7 @@ class LockWaiter:
         return cls(
             waiter_id=d["waiter_id"],
             open_id=d["open_id"],
-            ranges=[RangeSpec.from_dict(r) for r in d["ranges"]],
+            ranges=[RangeSpec(**r) for r in d["ranges"]],
             status=d.get("status"),
         )
 
@@ -160,8 +144,8 @@ class FileState:
             version=d.get("version", 0),
             next_seq=d.get("next_seq", 0),
             delete_pending=d.get("delete_pending", False),
-            opens={k: OpenEntry.from_dict(v) for k, v in d.get("opens", {}).items()},
-            leases={k: LeaseEntry.from_dict(v) for k, v in d.get("leases", {}).items()},
-            locks=[ByteRangeLock.from_dict(x) for x in d.get("locks", [])],
+            opens={k: OpenEntry(**v) for k, v in d.get("opens", {}).items()},
+            leases={k: LeaseEntry(**v) for k, v in d.get("leases", {}).items()},
+            locks=[ByteRangeLock(**x) for x in d.get("locks", [])],
             waiters=[LockWaiter.from_dict(x) for x in d.get("waiters", [])],
         )
