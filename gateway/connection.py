@@ -110,7 +110,7 @@ class SmbConnection:
         for _ctx, task in list(self.pending.values()):
             task.cancel()
         for session in list(self.sessions.values()):
-            await self.node.logoff(self, session)
+            await self.node.logoff(self, session, lost=True)
         self.sessions.clear()
         try:
             self.writer.close()

@@ -13,6 +13,7 @@ from oplock_bus.api import BreakNotice, LockBus
 
 from .config import Config
 from .connection import SmbConnection
+from .durable import DurableTable
 from .handlers.breaks import request_is_waiting_on_break
 from .notify import NotifyHub
 from .protocol.constants import Command
@@ -43,6 +44,7 @@ class Node:
         self.handlers: dict[int, Handler] = _handler_table()
         self._server: asyncio.base_events.Server | None = None
         self.notify_hub = NotifyHub()
+        self.durable = DurableTable(self.close_open)
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -66,6 +68,7 @@ class Node:
             self._server.close()
         for conn in list(self.connections):
             await conn.teardown()
+        await self.durable.close_all()
         if self._server is not None:
             await self._server.wait_closed()
         await self.bus.stop()
@@ -94,15 +97,47 @@ class Node:
 
         await finish_close(self, op)
 
-    async def disconnect_tree(self, conn: SmbConnection, tree: TreeConnect) -> None:
+    async def disconnect_tree(
+        self, conn: SmbConnection, tree: TreeConnect, lost: bool = False
+    ) -> None:
         for op in [o for o in conn.opens.values() if o.tree is tree]:
-            await self.close_open(op)
+            if lost and self.durable.keeps(op):
+                conn.opens.pop(op.volatile_id, None)
+                self.durable.park(op)
+            else:
+                await self.close_open(op)
         tree.session.trees.pop(tree.tree_id, None)
 
-    async def logoff(self, conn: SmbConnection, session: Session) -> None:
+    async def logoff(self, conn: SmbConnection, session: Session, lost: bool = False) -> None:
+        """End a session; ``lost`` (the transport dropped) keeps durable handles."""
         for tree in list(session.trees.values()):
-            await self.disconnect_tree(conn, tree)
+            await self.disconnect_tree(conn, tree, lost)
         session.state = "expired"
+
+    async def end_previous_session(self, session_id: int, successor: Session) -> None:
+        for conn in list(self.connections):
+            old = conn.sessions.get(session_id)
+            if old is None or old is successor:
+                continue
+            if (old.username.lower(), old.domain.lower()) != (
+                successor.username.lower(),
+                successor.domain.lower(),
+            ):
+                return  # another user's session id: leave it alone
+            conn.sessions.pop(session_id, None)
+            await self.logoff(conn, old, lost=True)
+            log.info("session %#x replaced by %#x", session_id, successor.session_id)
+            return
+
+    def set_lease_state(
+        self, client_guid: bytes, lease_key: bytes, state: int, epoch: int | None
+    ) -> None:
+        """Remember a lease's state on its opens, for a durable reconnect to report."""
+        for op in self.opens.values():
+            if op.lease_key == lease_key and op.client_guid == client_guid:
+                op.lease_state = state
+                if epoch is not None:
+                    op.lease_epoch = epoch
 
     def notify_change(self, tree: TreeConnect, host_path: str, action: str, is_dir: bool) -> None:
         self.notify_hub.changed(host_path, action, is_dir)
@@ -113,10 +148,17 @@ class Node:
         """Send the break the bus decided to the client holding the open or lease."""
         request_is_waiting_on_break()
         if notice.lease is not None:
-            target = self._lease_holder(notice.lease.client_guid, notice.lease.key)
+            guid, key = notice.lease.client_guid, notice.lease.key
+            target = self._lease_holder(guid, key)
             if target is None:
-                log.debug("lease break for %s: no open on this node", notice.lease)
+                parked = self.durable.lease_holders(guid, key)
+                for op in parked:
+                    self.durable.purge(op, "lease break while disconnected")
+                if not parked:
+                    log.debug("lease break for %s: no open on this node", notice.lease)
                 return
+            if not notice.ack_required:
+                self.set_lease_state(guid, key, notice.new_level, notice.epoch)
             flags = LEASE_BREAK_ACK_REQUIRED if notice.ack_required else 0
             epoch = notice.epoch if notice.version == 2 else 0
             body = _LEASE_BREAK.pack(
@@ -127,9 +169,13 @@ class Node:
             return
         if notice.open_id is None:
             return
-        op = self.opens.get(notice.open_id)
-        if op is None or op.closed or op.connection is None:
+        holder = self.opens.get(notice.open_id)
+        if holder is None or holder.closed:
             return
+        if holder.connection is None:
+            self.durable.purge(holder, "oplock break while disconnected")
+            return
+        op = holder
         level = 0x01 if notice.new_level == 0x01 else 0x00
         body = _OPLOCK_BREAK.pack(24, level, 0, 0, op.persistent_id, op.volatile_id)
         op.connection.send_notification(Command.OPLOCK_BREAK, body, op.tree.session)

@@ -85,8 +85,18 @@ class Open:
     closed: bool = False
     notify: Any = None
     durable: bool = False
+    durable_timeout_ms: int = 0
     create_guid: bytes = b""
     app_instance: bytes = b""
+    # FSCTL_LMR_REQUEST_RESILIENCY: kept across a disconnect like a durable handle.
+    resilient: bool = False
+    resilient_timeout_ms: int = 0
+    # LOCK replay detection (MS-SMB2 3.3.5.14): bucket index -> sequence number.
+    lock_sequences: dict[int, int] = field(default_factory=dict)
+    # Kept here because a parked durable open has no connection to ask.
+    client_guid: bytes = b""
+    lease_state: int = 0
+    lease_epoch: int = 0
 
     @property
     def file_id(self) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from oplock_bus import api as bus_api
 from oplock_bus.api import Operation
 
+from .. import durable
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
     FILE_ALL_ACCESS,
@@ -186,10 +187,14 @@ def _validate(req: CreateRequest) -> None:
 async def handle_create(ctx: RequestContext) -> Reply:
     tree = ctx.require_tree()
     req = parse_create(ctx.body)
+    ask, reclaim = durable.parse(req.contexts, ctx.conn.codec.dialect)
+    if reclaim is not None and tree.fs is not None:
+        # A reconnect names the handle; the rest of the request is not checked.
+        return await _reconnect(ctx, req, reclaim)
     _validate(req)
     if tree.fs is None:
         return _open_pipe(ctx, req)
-    return await _open_file(ctx, req)
+    return await _open_file(ctx, req, ask)
 
 
 def _open_pipe(ctx: RequestContext, req: CreateRequest) -> Reply:
@@ -250,7 +255,9 @@ def _open_fd(path: str, flags: int) -> int:
         return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
-async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
+async def _open_file(
+    ctx: RequestContext, req: CreateRequest, ask: durable.DurableAsk | None, retry: bool = True
+) -> Reply:
     node = ctx.node
     tree = ctx.require_tree()
     fs = tree.fs
@@ -316,6 +323,7 @@ async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
             file_key=info.file_key,
             fd=fd,
             connection=ctx.conn,
+            client_guid=ctx.conn.client_guid,
         )
         op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
         # Directories still pass their lease key: the bus checks it is not bound
@@ -355,10 +363,16 @@ async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
         if created:
             _remove_created(path, info.is_dir)
         raise NtStatusError(result.status)
+    if retry and _unlinked(fd):
+        # The open we waited for deleted the file as it closed (delete on
+        # close of a purged durable handle, say): start again by name.
+        await node.close_open(op)
+        return await _open_file(ctx, req, ask, retry=False)
     op.oplock_level = result.oplock
     if lease_req is not None and result.oplock == OplockLevel.LEASE:
         op.lease_key = lease_req.key.key
         op.lease_version = lease_req.version
+        node.set_lease_state(op.client_guid, op.lease_key, result.lease_state, result.lease_epoch)
     action = CreateAction.CREATED if created else CreateAction.OPENED
     try:
         if overwrite:
@@ -387,6 +401,72 @@ async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
     if created:
         node.notify_change(tree, path, "added", info.is_dir)
     contexts = _response_contexts(ctx, req, op, info, result, lease_req)
+    contexts += durable.grant(ask, op, result.lease_state)
+    oplock = result.oplock if result.oplock != OplockLevel.LEASE or lease_req else 0
+    return _create_reply(op, info, action, oplock, contexts)
+
+
+async def _reconnect(ctx: RequestContext, req: CreateRequest, reclaim: durable.Reclaim) -> Reply:
+    """Give a parked durable handle to the client reconnecting for it (3.3.5.9.7/12)."""
+    node = ctx.node
+    tree = ctx.require_tree()
+    session = ctx.session
+    assert tree.fs is not None and session is not None
+    op = node.durable.find(reclaim.persistent_id)
+    if op is None or op.tree.share.name.lower() != tree.share.name.lower():
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "no such durable handle")
+    if reclaim.version == 2 and op.create_guid != reclaim.create_guid:
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "CreateGuid differs")
+    # A reconnect's RequestedOplockLevel is ignored; only the lease key counts.
+    lease_req = _lease_request(ctx, req, any_level=True)
+    if op.lease_key is None:
+        if lease_req is not None:
+            raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "lease on an oplock handle")
+    elif (
+        lease_req is None
+        or lease_req.key.key != op.lease_key
+        or ctx.conn.client_guid != op.client_guid
+    ):
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "lease key differs")
+    elif _name_key(req.name) != _name_key(op.smb_name):
+        # With a lease the name must match too (MS-SMB2 3.3.5.9.7; Windows
+        # answers INVALID_PARAMETER, unlike for an oplock handle).
+        raise NtStatusError(Status.INVALID_PARAMETER, "lease reconnect for another name")
+    owner = op.tree.session
+    if (owner.username.lower(), owner.domain.lower()) != (
+        session.username.lower(),
+        session.domain.lower(),
+    ):
+        raise NtStatusError(Status.ACCESS_DENIED, "durable handle of another user")
+    node.durable.take(reclaim.persistent_id)
+    op.tree = tree
+    op.connection = ctx.conn
+    op.volatile_id = node.next_id()
+    ctx.conn.opens[op.volatile_id] = op
+    try:
+        info = tree.fs.stat_fd(op.fd)
+    except OSError as e:
+        await node.close_open(op)
+        raise NtStatusError(status_from_oserror(e)) from None
+    contexts: list[tuple[bytes, bytes]] = []
+    if lease_req is not None:
+        held = bus_api.OpenResult(
+            Status.SUCCESS, OplockLevel.LEASE, op.lease_state, op.lease_epoch,
+            lease_version=op.lease_version,
+        )  # fmt: skip
+        contexts = _response_contexts(ctx, req, op, info, held, lease_req)
+    # No durable context in the reply: the handle is simply back (smbtorture
+    # smb2.durable-open.reopen2a, smb2.durable-v2-open.reopen2).
+    return _create_reply(op, info, CreateAction.OPENED, op.oplock_level, contexts)
+
+
+def _name_key(name: str) -> str:
+    return name.replace("/", "\\").strip("\\").lower()
+
+
+def _create_reply(
+    op: Open, info: FileInfo, action: int, oplock: int, contexts: list[tuple[bytes, bytes]]
+) -> Reply:
     ctx_bytes = build_contexts(contexts)
     ctx_off = 64 + _RESP.size if ctx_bytes else 0
     pad = b""
@@ -395,7 +475,7 @@ async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
         ctx_off += len(pad)
     body = _RESP.pack(
         89,
-        result.oplock if result.oplock != OplockLevel.LEASE or lease_req else 0,
+        oplock,
         0,
         action,
         info.creation_time,
@@ -414,6 +494,13 @@ async def _open_file(ctx: RequestContext, req: CreateRequest) -> Reply:
     return Reply(Status.SUCCESS, body + pad + ctx_bytes, file_id=op.file_id)
 
 
+def _unlinked(fd: int) -> bool:
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False
+
+
 def _remove_created(path: str, is_dir: bool) -> None:
     try:
         if is_dir:
@@ -424,8 +511,13 @@ def _remove_created(path: str, is_dir: bool) -> None:
         pass
 
 
-def _lease_request(ctx: RequestContext, req: CreateRequest) -> bus_api.LeaseRequest | None:
-    if req.oplock != OplockLevel.LEASE or ctx.conn.codec.dialect < Dialect.SMB2_1:
+def _lease_request(
+    ctx: RequestContext, req: CreateRequest, any_level: bool = False
+) -> bus_api.LeaseRequest | None:
+    """The RqLs context; ``any_level`` reads it whatever oplock level was asked."""
+    if ctx.conn.codec.dialect < Dialect.SMB2_1:
+        return None
+    if req.oplock != OplockLevel.LEASE and not any_level:
         return None
     data = req.contexts.get(b"RqLs")
     if data is None:

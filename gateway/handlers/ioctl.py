@@ -8,6 +8,7 @@ import struct
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
     IOCTL_IS_FSCTL,
+    Dialect,
     Fsctl,
     NtStatusError,
     Status,
@@ -45,6 +46,8 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
             raise NtStatusError(Status.INVALID_PARAMETER)
         ctx.conn.read_body_padding = 8
         out = b""
+    elif code == Fsctl.LMR_REQUEST_RESILIENCY:
+        out = _request_resiliency(ctx, data)
     elif code in (Fsctl.DFS_GET_REFERRALS, Fsctl.DFS_GET_REFERRALS_EX):
         raise NtStatusError(Status.NOT_FOUND)
     elif code == Fsctl.PIPE_TRANSCEIVE:
@@ -94,6 +97,28 @@ def _validate_negotiate(ctx: RequestContext, data: bytes) -> bytes:
         conn.server_security_mode,
         conn.codec.dialect,
     )
+
+
+# Windows caps resiliency at 5 minutes and refuses more (MS-SMB2 3.3.5.15.9).
+_MAX_RESILIENCY_MS = 300_000
+_DEFAULT_RESILIENCY_MS = 120_000
+
+
+def _request_resiliency(ctx: RequestContext, data: bytes) -> bytes:
+    """Keep the handle across a disconnect, as a durable one (3.3.5.15.9)."""
+    if ctx.conn.codec.dialect < Dialect.SMB2_1:
+        raise NtStatusError(Status.INVALID_DEVICE_REQUEST)
+    if len(data) < 8:
+        raise NtStatusError(Status.INVALID_PARAMETER, "short NETWORK_RESILIENCY_REQUEST")
+    timeout = struct.unpack_from("<I", data)[0]
+    if timeout > _MAX_RESILIENCY_MS:
+        raise NtStatusError(Status.INVALID_PARAMETER, "resiliency timeout too long")
+    op = ctx.open_at(8)
+    if op.pipe is not None or op.tree.is_ipc:
+        raise NtStatusError(Status.INVALID_DEVICE_REQUEST)
+    op.resilient = True
+    op.resilient_timeout_ms = timeout or _DEFAULT_RESILIENCY_MS
+    return b""
 
 
 def _interfaces(ctx: RequestContext) -> bytes:

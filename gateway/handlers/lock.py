@@ -7,8 +7,9 @@ import struct
 from oplock_bus.api import LockRange, Operation
 
 from ..context import Reply, RequestContext
-from ..protocol.constants import LockFlags, NtStatusError, Status
+from ..protocol.constants import Dialect, LockFlags, NtStatusError, Status
 from ..protocol.wire import check_size
+from ..state import Open
 from .breaks import run_bus_call
 
 _REQ = struct.Struct("<HHIQQ")
@@ -26,12 +27,40 @@ STATUS_INVALID_LOCK_RANGE = 0xC00001A1
 async def handle_lock(ctx: RequestContext) -> Reply:
     body = ctx.body
     check_size(body, 48, 48)
-    _s, count, _seq, _p, _v = _REQ.unpack_from(body)
+    _s, count, sequence, _p, _v = _REQ.unpack_from(body)
     if count == 0 or 24 + count * _ELEMENT.size > len(body):
         raise NtStatusError(Status.INVALID_PARAMETER, "bad LockCount")
     op = ctx.open_at(8)
     if op.is_dir or op.pipe is not None:
         raise NtStatusError(Status.INVALID_PARAMETER)
+    bucket = _replay_bucket(ctx, op, sequence)
+    if bucket is not None:
+        number = sequence & 0xF
+        if op.lock_sequences.get(bucket) == number:
+            # A replay of a request that already succeeded: do nothing again.
+            return Reply(Status.SUCCESS, _RESP)
+        op.lock_sequences.pop(bucket, None)
+    reply = await _apply(ctx, op, count)
+    if bucket is not None:
+        op.lock_sequences[bucket] = sequence & 0xF
+    return reply
+
+
+def _replay_bucket(ctx: RequestContext, op: Open, sequence: int) -> int | None:
+    """The LockSequence bucket to check, or None when replay detection is off.
+
+    As Windows and Samba do, only handles that survive a disconnect
+    (resilient or durable) check it: a client only replays a LOCK after
+    reconnecting such a handle (MS-SMB2 3.3.5.14, note 314).
+    """
+    if ctx.conn.codec.dialect < Dialect.SMB2_1 or not (op.resilient or op.durable):
+        return None
+    bucket = sequence >> 4
+    return bucket if 1 <= bucket <= 64 else None
+
+
+async def _apply(ctx: RequestContext, op: Open, count: int) -> Reply:
+    body = ctx.body
     elements = [_ELEMENT.unpack_from(body, 24 + i * _ELEMENT.size) for i in range(count)]
     bus = ctx.node.bus
     if elements[0][2] & LockFlags.UNLOCK:

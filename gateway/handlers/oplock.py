@@ -47,4 +47,5 @@ async def _lease_ack(ctx: RequestContext) -> Reply:
     result = await ctx.node.bus.ack_lease(LeaseKey(ctx.conn.client_guid, key), state)
     if result.status != Status.SUCCESS:
         raise NtStatusError(result.status)
+    ctx.node.set_lease_state(ctx.conn.client_guid, key, result.level, result.epoch or None)
     return Reply(Status.SUCCESS, _LEASE_ACK.pack(36, 0, 0, key, result.level, 0))

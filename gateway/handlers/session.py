@@ -39,7 +39,7 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.ACCESS_DENIED, "SESSION_SETUP before NEGOTIATE")
     body = ctx.body
     check_size(body, 24, 25)
-    _s, flags, sec_mode, _caps, _chan, blob_off, blob_len, _prev = _REQ.unpack_from(body)
+    _s, flags, sec_mode, _caps, _chan, blob_off, blob_len, previous = _REQ.unpack_from(body)
     start = blob_off - 64
     if blob_len and (start < _REQ.size or start + blob_len > len(body)):
         raise NtStatusError(Status.INVALID_PARAMETER, "security buffer outside the message")
@@ -111,6 +111,10 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
     if session.encrypt_data:
         session_flags |= SessionFlags.ENCRYPT_DATA
     session.state = "valid"
+    if previous and previous != session.session_id and not reauth:
+        # The client lost its old session (MS-SMB2 3.3.5.5.3): end it as if
+        # its transport had dropped, so its durable handles wait for us.
+        await conn.node.end_previous_session(previous, session)
     log.info(
         "%s: %s\\%s logged on (session %#x)",
         conn.peer,
@@ -130,6 +134,8 @@ async def handle_logoff(ctx: RequestContext) -> Reply:
     session = ctx.session
     if session is None:
         raise NtStatusError(Status.USER_SESSION_DELETED)
-    await ctx.node.logoff(ctx.conn, session)
+    # Durable handles survive a logoff too; the client may reclaim them from
+    # a new session (smbtorture smb2.durable-open.reopen4).
+    await ctx.node.logoff(ctx.conn, session, lost=True)
     ctx.conn.sessions.pop(session.session_id, None)
     return Reply(Status.SUCCESS, struct.pack("<HH", 4, 0))
