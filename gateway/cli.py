@@ -106,12 +106,57 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _add_cluster(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("cluster", help="a local multi-node cluster")
+    csub = p.add_subparsers(dest="cluster_command", required=True)
+    up = csub.add_parser("up", help="run a local cluster in the foreground until Ctrl-C")
+    up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
+    up.add_argument("--port", type=int, default=445, help="port every node listens on (445)")
+    up.add_argument("--share", action="append", required=True, metavar="NAME=PATH")
+    up.add_argument("--users", required=True, metavar="FILE", help="file of user:password lines")
+    up.add_argument("--bus", metavar="URL", help="Redis URL (default: start a private redis)")
+    up.add_argument(
+        "--uncoordinated",
+        action="store_true",
+        help="no shared bus: every node decides alone (shows what goes wrong)",
+    )
+    up.add_argument("--break-timeout", type=float, help="seconds to wait for a break ack (35)")
+    up.add_argument("--log-level", help="the nodes' log level (default INFO)")
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from .cluster import ClusterSpec, run_foreground
+
+    node_args: list[str] = []
+    if args.break_timeout is not None:
+        node_args += ["--break-timeout", str(args.break_timeout)]
+    if args.log_level:
+        node_args += ["--log-level", args.log_level]
+    spec = ClusterSpec(
+        nodes=args.nodes,
+        port=args.port,
+        shares=args.share,
+        users=args.users,
+        bus=args.bus,
+        uncoordinated=args.uncoordinated,
+        node_args=node_args,
+    )
+    spec.check()
+    return run_foreground(spec)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="smbgw", description="SMB2/3 gateway with cluster-wide oplock coordination"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    _add_cluster(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.command == "serve":
@@ -121,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                 format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             )
             return _run(serve(cfg))
+        if args.command == "cluster":
+            return _cluster(args)
     except ConfigError as e:
         print(f"smbgw: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,116 @@
+"""`smbgw cluster up`: starts what it says, prints how to connect, stops it all."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .conftest import PASSWORD, REPO, USER, free_port, need, write_users
+
+
+def _cluster_cmd(tmp_path: Path, *extra: str) -> list[str]:
+    share = tmp_path / "share"
+    share.mkdir(exist_ok=True)
+    users = write_users(tmp_path / "users")
+    return [
+        sys.executable, "-m", "gateway.cli", "cluster", "up", "--share", f"share={share}",
+        "--users", str(users), *extra,
+    ]  # fmt: skip
+
+
+def _node_pids(port: int) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-f", f"serve --listen 127.0.0.[0-9]+:{port} "], capture_output=True, text=True
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def test_missing_redis_server_is_a_one_line_error_with_the_install_command(
+    tmp_path: Path,
+) -> None:
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent))
+    port = str(free_port())
+    proc = subprocess.run(
+        _cluster_cmd(tmp_path, "--nodes", "2", "--port", port),
+        capture_output=True, text=True, timeout=30, env=env, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert "redis-server not found" in lines[-1] and "apt-get install redis-server" in lines[-1]
+    assert not _node_pids(int(port))
+
+
+def test_bad_options_are_refused(tmp_path: Path) -> None:
+    for extra, words in (
+        (["--nodes", "0"], "--nodes"),
+        (["--share", "x=/nonexistent/dir"], "not a directory"),
+        (["--uncoordinated", "--bus", "redis://127.0.0.1:1"], "--uncoordinated"),
+    ):
+        proc = subprocess.run(
+            _cluster_cmd(tmp_path, *extra), capture_output=True, text=True, timeout=30, cwd=REPO
+        )
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert words in proc.stderr, (extra, proc.stderr)
+
+
+def _up(tmp_path: Path, nodes: int, *extra: str) -> tuple[subprocess.Popen[str], int, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        _cluster_cmd(tmp_path, "--nodes", str(nodes), "--port", str(port), *extra),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    banner = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        banner.append(line)
+        if "Ctrl-C" in line:
+            return proc, port, "".join(banner)
+    proc.kill()
+    raise AssertionError(f"cluster did not come up: {''.join(banner)} {proc.stderr.read()}")
+
+
+def _smbclient(host: str, port: int, home: Path, commands: str) -> str:
+    out = subprocess.run(
+        [need("smbclient"), f"//{host}/share", "-p", str(port), "-U", f"{USER}%{PASSWORD}",
+         "-c", commands],
+        capture_output=True, text=True, timeout=60, env=dict(os.environ, HOME=str(home)),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def _stop(proc: subprocess.Popen[str], port: int) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert not _node_pids(port), "a node outlived the cluster"
+
+
+def test_cluster_up_prints_how_to_connect_and_stops_everything(tmp_path: Path) -> None:
+    proc, port, banner = _up(tmp_path, 3, "--uncoordinated")
+    try:
+        for i in (1, 2, 3):
+            assert f"node{i}: smbclient //127.0.0.{i}/share -p {port} -U {USER}" in banner
+        assert len(_node_pids(port)) == 3
+        (tmp_path / "a.txt").write_text("from node 1\n")
+        _smbclient("127.0.0.1", port, tmp_path, f"put {tmp_path / 'a.txt'} a.txt")
+        listing = _smbclient("127.0.0.3", port, tmp_path, "ls")
+        assert "a.txt" in listing
+    finally:
+        _stop(proc, port)
+
+
+def test_a_dead_node_stops_the_cluster_with_an_error(tmp_path: Path) -> None:
+    proc, port, _ = _up(tmp_path, 2, "--uncoordinated")
+    pids = _node_pids(port)
+    os.kill(pids[0], signal.SIGKILL)
+    assert proc.wait(timeout=30) == 1
+    assert proc.stderr is not None and "stopped unexpectedly" in proc.stderr.read()
+    assert not _node_pids(port)
