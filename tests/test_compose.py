@@ -1,0 +1,105 @@
+"""docker-compose.yml and the Dockerfile, checked without a Docker engine.
+
+No engine runs here, so this checks what would break a `docker compose up`
+before it starts: every node's command must be one the CLI accepts, with
+the mounted TOML and users file, on its own address, over one shared volume.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import tomllib
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.auth import load_users
+from gateway.cli import build_parser
+from gateway.config import Config, apply_toml
+
+from .conftest import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES: dict[str, Any] = COMPOSE["services"]
+NODES = sorted(name for name, svc in SERVICES.items() if svc.get("build") or "smbgw" in str(svc))
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """Container path -> host path (or named volume) of each mount."""
+    out = {}
+    for spec in service.get("volumes", []):
+        source, target = spec.split(":")[:2]
+        out[target] = source
+    return out
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    lines = []
+    for raw in (REPO / "Dockerfile").read_text().splitlines():
+        raw = raw.strip()
+        if raw and not raw.startswith("#"):
+            word, _, rest = raw.partition(" ")
+            lines.append((word.upper(), rest))
+    return lines
+
+
+def test_three_nodes_and_redis() -> None:
+    assert len(NODES) == 3, NODES
+    assert any("redis" in str(svc.get("image", "")) for svc in SERVICES.values())
+
+
+@pytest.mark.parametrize("name", NODES)
+def test_node_command_is_accepted_by_the_cli(name: str) -> None:
+    service = SERVICES[name]
+    entry = _entrypoint()
+    argv = service["command"]
+    args = build_parser().parse_args(argv)
+    assert args.command == "serve"
+    assert args.node_id == name
+    # The mounted settings, read the way the node will read them.
+    mounts = _mounts(service)
+    toml_host = REPO / mounts[args.config]
+    cfg = Config()
+    apply_toml(cfg, tomllib.loads(toml_host.read_text()), str(toml_host))
+    assert cfg.bus_url and cfg.bus_url.startswith("redis://")
+    redis_host = re.match(r"redis://([^:/]+)", cfg.bus_url)
+    assert redis_host and redis_host.group(1) in SERVICES, cfg.bus_url
+    # Every share lives on the one named volume all nodes mount.
+    for share in cfg.shares:
+        assert mounts.get(share.path) in COMPOSE["volumes"], share.path
+    users_host = REPO / mounts[cfg.users_file or ""]
+    assert load_users(str(users_host)), "the mounted users file has no user"
+    assert entry == ["smbgw"]
+
+
+def test_nodes_have_their_own_address_and_port_445() -> None:
+    addresses = set()
+    for name in NODES:
+        args = build_parser().parse_args(SERVICES[name]["command"])
+        assert args.listen.endswith(":445")
+        nets = SERVICES[name]["networks"]
+        addresses |= {net["ipv4_address"] for net in nets.values()}
+    assert len(addresses) == len(NODES)
+
+
+def _entrypoint() -> list[str]:
+    for word, rest in _dockerfile():
+        if word == "ENTRYPOINT":
+            return list(yaml.safe_load(rest))
+    return []
+
+
+def test_dockerfile_entrypoint_and_sources_exist() -> None:
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    entry = _entrypoint()
+    assert entry and entry[0] in scripts, entry
+    for word, rest in _dockerfile():
+        if word == "COPY":
+            *sources, _dest = shlex.split(rest)
+            for src in sources:
+                assert (REPO / src).exists(), f"Dockerfile copies a missing {src}"
+        if word == "CMD":
+            args = build_parser().parse_args(yaml.safe_load(rest))
+            assert args.command == "serve"
