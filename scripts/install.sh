@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install everything the gateway, its tests and its demos need, idempotently:
-#   Debian packages: smbclient, samba (smbd, reference server), samba-testsuite
+#   Debian packages: smbclient, samba and samba-vfs-modules (smbd, the reference
+#   server, with the streams_xattr/acl_xattr modules), ctdb (clustered Samba, the
+#   cluster reference), samba-testsuite
 #   (smbtorture), redis-server, iproute2; then a virtualenv in .venv with the
 #   project and its test extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DEB_PKGS=(smbclient samba samba-testsuite redis-server iproute2)
+DEB_PKGS=(smbclient samba samba-vfs-modules samba-testsuite ctdb redis-server iproute2)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
