@@ -39,6 +39,8 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.bus_url = args.bus
     if args.break_timeout is not None:
         cfg.break_timeout = args.break_timeout
+    if args.node_ttl is not None:
+        cfg.node_ttl = args.node_ttl
     if args.signing_required:
         cfg.signing_required = True
     if args.log_level:
@@ -55,7 +57,13 @@ async def serve(cfg: Config) -> int:
     from .node import Node
 
     try:
-        bus = make_bus(cfg.bus_url, node_id=cfg.node_id, break_timeout=cfg.break_timeout)
+        bus = make_bus(
+            cfg.bus_url,
+            node_id=cfg.node_id,
+            break_timeout=cfg.break_timeout,
+            node_ttl=cfg.node_ttl,
+            node_address=f"{cfg.listen_host}:{cfg.listen_port}",
+        )
     except ValueError as e:
         raise ConfigError(f"--bus {cfg.bus_url}: {e}") from None
     node = Node(cfg, bus)
@@ -97,6 +105,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--bus", metavar="URL", help="bus URL (default: in-process, single node)")
     p.add_argument("--config", metavar="FILE.toml", help="settings file (flags override it)")
     p.add_argument("--break-timeout", type=float, help="seconds to wait for a break ack (35)")
+    p.add_argument(
+        "--node-ttl", type=float, help="Redis bus: seconds before a silent node counts as dead (5)"
+    )
     p.add_argument("--signing-required", action="store_true", help="require SMB signing")
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     p.add_argument(
@@ -152,7 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
     _add_cluster(sub)
+    _add_status(sub)
     return parser
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("status", help="show nodes, opens, oplocks, leases and locks on a bus")
+    p.add_argument("--bus", metavar="URL", required=True, help="the Redis bus URL")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run(serve(cfg))
         if args.command == "cluster":
             return _cluster(args)
+        if args.command == "status":
+            from oplock_bus.status import main as status_main
+
+            return status_main(args.bus, args.json)
     except ConfigError as e:
         print(f"smbgw: {e}", file=sys.stderr)
         return 2

@@ -38,6 +38,9 @@ class Config:
     signing_required: bool = False
     encrypt_required: bool = False
     break_timeout: float = 35.0
+    # Redis bus: seconds without a heartbeat before other nodes release this
+    # node's opens, oplocks, leases and locks.
+    node_ttl: float = 5.0
     max_io_size: int = 8 * 1024 * 1024
     max_credits: int = 8192
     # Samba's test-only FSCTL_SMBTORTURE controls (smbd:FSCTL_SMBTORTURE = yes):
@@ -95,6 +98,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("signing_required", "signing_required", bool),
     ("encrypt_required", "encrypt_required", bool),
     ("break_timeout", "break_timeout", float),
+    ("node_ttl", "node_ttl", float),
     ("max_io_size", "max_io_size", int),
     ("log_level", "log_level", lambda v: str(v).upper()),
     ("torture_hooks", "torture_hooks", bool),
@@ -167,3 +171,5 @@ def validate(cfg: Config) -> None:
         raise ConfigError("max_io_size must be between 65536 and 8388608")
     if not cfg.node_id:
         cfg.node_id = f"{socket.gethostname()}-{cfg.listen_host}-{cfg.listen_port}"
+    if cfg.node_ttl <= 0:
+        raise ConfigError("node_ttl must be positive")

@@ -59,6 +59,19 @@ STATUS_REQUEST_NOT_ACCEPTED = 0xC00000D0
 STATUS_FILE_CLOSED = 0xC0000128
 STATUS_INVALID_LOCK_RANGE = 0xC00001A1
 
+class BusUnavailable(RuntimeError):
+    """The bus cannot decide right now: Redis is unreachable, or this node's
+    registration lapsed and it is re-registering under a new epoch.
+
+    Raised by :meth:`LockBus.open` (and any other call that needs the shared
+    state) instead of granting anything. The gateway answers the request with
+    ``status`` (STATUS_INTERNAL_ERROR, which any handler exception already
+    becomes); the client may retry, and succeeds once the bus is back.
+    """
+
+    status = STATUS_BUS_UNAVAILABLE
+
+
 # Lease flags in the create response (MS-SMB2 2.2.14.2.10).
 LEASE_FLAG_BREAK_IN_PROGRESS = 0x02
 
@@ -112,6 +125,10 @@ class OpenRequest:
     # an oplock (Samba open.c: only stat opens of existing files get none;
     # smbtorture smb2.oplock.batch9).
     created: bool = False
+    # Set by the bus, not the gateway: the registration epoch of the owning
+    # node, stored with the open so that the cleanup of a lapsed
+    # registration never touches opens made under a newer one.
+    epoch: int = 0
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from .api import (
 )
 from .leaseindex import LeaseIndex, file_doc_key
 from .model import FileState, RangeSpec, lease_id
-from .store import Doc, Store
+from .store import UNSUBSCRIBED, Doc, Store, Subscription
 
 log = logging.getLogger("oplock_bus")
 
@@ -85,9 +85,18 @@ class Coordinator(LockBus):
 
     # -- plumbing ------------------------------------------------------------------
 
+    def _listen(self, file: FileKey, listening: bool) -> Subscription:
+        return self.store.subscribe([file_channel(file)]) if listening else UNSUBSCRIBED
+
     async def _apply(
-        self, file: FileKey, rule: Callable[[FileState | None], tuple[FileState | None, T]]
+        self,
+        file: FileKey,
+        rule: Callable[[FileState | None], tuple[FileState | None, T]],
+        wake: Callable[[T], list[str]] | None = None,
     ) -> T:
+        """Run ``rule`` atomically. ``wake`` names the channels to publish
+        once it committed; a store that ``publishes_on_commit`` does that in
+        the same round trip, otherwise the caller calls ``_wake`` itself."""
         def fn(doc: Doc | None) -> tuple[Doc | None, T]:
             old = FileState.from_dict(doc) if doc is not None else None
             new, result = rule(old)
@@ -99,6 +108,8 @@ class Coordinator(LockBus):
             new_doc["version"] = (old.version if old is not None else 0) + 1
             return new_doc, result
 
+        if wake is not None and self.store.publishes_on_commit:
+            return await self.store.transact(file_doc_key(file), fn, publish=wake)
         return await self.store.transact(file_doc_key(file), fn)
 
     async def _send(self, notices: Iterable[BreakNotice]) -> None:
@@ -106,9 +117,9 @@ class Coordinator(LockBus):
             await self.store.deliver(notice)
 
     async def _wake(self, file: FileKey, waiters: Iterable[str] = (), *, file_too: bool) -> None:
-        channels = [waiter_channel(file, w) for w in waiters]
-        if file_too:
-            channels.append(file_channel(file))
+        if self.store.publishes_on_commit:
+            return  # published with the commit (see _apply's wake)
+        channels = _channels(file, waiters, file_too=file_too)
         if channels:
             await self.store.publish(channels)
 
@@ -149,19 +160,27 @@ class Coordinator(LockBus):
             return OpenResult(STATUS_INVALID_PARAMETER)
         try:
             first = True
+            listening = not self.store.lazy_subscribe
             while True:
-                with self.store.subscribe([file_channel(req.file)]) as sub:
+                with self._listen(req.file, listening) as sub:
+                    await sub.ready()
                     now = self.clock()
                     rule = _open_rule(req, now, self.break_timeout, first)
                     out = await self._committed(
-                        self._apply(req.file, rule), lambda o: self._undo_open(req, o)
+                        self._apply(req.file, rule, lambda o: _channels(req.file, file_too=o.wake)),
+                        lambda o: self._undo_open(req, o),
                     )
+                    if out.result is None and not listening:
+                        self.store.prepare_subscribe([file_channel(req.file)])
                     await self._send(out.notices)
                     if out.wake:
                         await self._wake(req.file, file_too=True)
                     if out.result is not None:
                         return out.result
                     first = False
+                    if not listening:
+                        listening = True
+                        continue
                     until = out.wait_until if out.wait_until is not None else now
                     await sub.wait(max(0.0, until - self.clock()))
         finally:
@@ -175,7 +194,9 @@ class Coordinator(LockBus):
             out = rules.close(st, open_id, now=now)
             return out.state, out
 
-        out = await self._apply(file, forget)
+        out = await self._apply(
+            file, forget, lambda o: _channels(file, o.finished_waiters, file_too=True)
+        )
         await self._wake(file, out.finished_waiters, file_too=True)
         for lid in out.dropped_leases:
             await self.leases.dropped(lid, file)
@@ -189,7 +210,7 @@ class Coordinator(LockBus):
             out = rules.ack_oplock(st, open_id, level, now=now)
             return out.state, out
 
-        out = await self._apply(file, ack)
+        out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake))
         await self._send(out.notices)
         if out.wake:
             await self._wake(file, file_too=True)
@@ -206,7 +227,7 @@ class Coordinator(LockBus):
             out = rules.ack_lease(st, lid, state, now=now, break_timeout=self.break_timeout)
             return out.state, out
 
-        out = await self._apply(file, ack)
+        out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake))
         await self._send(out.notices)
         if out.wake:
             await self._wake(file, file_too=True)
@@ -218,16 +239,23 @@ class Coordinator(LockBus):
     # -- operations ------------------------------------------------------------------
 
     async def break_for(self, file: FileKey, open_id: OpenId, op: Operation) -> None:
+        listening = not self.store.lazy_subscribe
         while True:
-            with self.store.subscribe([file_channel(file)]) as sub:
+            with self._listen(file, listening) as sub:
+                await sub.ready()
                 now = self.clock()
                 rule = _operation_rule(open_id, op, now, self.break_timeout)
-                out = await self._apply(file, rule)
+                out = await self._apply(file, rule, lambda o: _channels(file, file_too=o.wake))
+                if out.wait_until is not None and not listening:
+                    self.store.prepare_subscribe([file_channel(file)])
                 await self._send(out.notices)
                 if out.wake:
                     await self._wake(file, file_too=True)
                 if out.wait_until is None:
                     return
+                if not listening:
+                    listening = True
+                    continue
                 await sub.wait(max(0.0, out.wait_until - self.clock()))
 
     async def set_delete_pending(self, file: FileKey, pending: bool) -> None:
@@ -245,14 +273,25 @@ class Coordinator(LockBus):
             out = rules.lock(st, open_id, specs, wait=wait, waiter_id=waiter_id)
             return out.state, out
 
-        # Subscribe first: a release may grant us between the two steps.
-        with self.store.subscribe([waiter_channel(file, waiter_id)]) as sub:
+        # Subscribe first (a release may grant us between the two steps),
+        # unless subscribing costs a round trip: then only a queued request
+        # subscribes, and collects once right after, as a poll would.
+        early = wait and not self.store.lazy_subscribe
+        channel = waiter_channel(file, waiter_id)
+        sub = self.store.subscribe([channel]) if early else UNSUBSCRIBED
+        try:
             out = await self._committed(
                 self._apply(file, take), lambda o: self._undo_lock(file, open_id, ranges, o)
             )
             if out.status is not None:
                 return out.status
             try:
+                if not early:
+                    sub = self.store.subscribe([channel])
+                    await sub.ready()
+                    done = await self._apply(file, lambda st: _collected(st, waiter_id))
+                    if done.status is not None:
+                        return done.status
                 while True:
                     await sub.wait(WAITER_POLL_SECONDS)
                     done = await self._apply(file, lambda st: _collected(st, waiter_id))
@@ -261,6 +300,8 @@ class Coordinator(LockBus):
             except asyncio.CancelledError:
                 await asyncio.shield(self._withdraw(file, waiter_id))
                 raise
+        finally:
+            sub.close()
 
     async def _undo_lock(
         self, file: FileKey, open_id: OpenId, ranges: list[LockRange], out: rules.LockOutcome
@@ -275,7 +316,9 @@ class Coordinator(LockBus):
             out = rules.cancel_waiter(st, waiter_id)
             return out.state, out
 
-        out = await self._apply(file, cancel)
+        out = await self._apply(
+            file, cancel, lambda o: _channels(file, o.finished_waiters, file_too=False)
+        )
         await self._wake(file, out.finished_waiters, file_too=False)
 
     async def unlock(self, file: FileKey, open_id: OpenId, ranges: list[LockRange]) -> int:
@@ -285,7 +328,9 @@ class Coordinator(LockBus):
             out = rules.unlock(st, open_id, specs)
             return out.state, out
 
-        out = await self._apply(file, release)
+        out = await self._apply(
+            file, release, lambda o: _channels(file, o.finished_waiters, file_too=False)
+        )
         await self._wake(file, out.finished_waiters, file_too=False)
         assert out.status is not None
         return out.status
@@ -297,11 +342,13 @@ class Coordinator(LockBus):
 
     # -- node failure ---------------------------------------------------------------
 
-    async def drop_node(self, node_id: NodeId) -> int:
+    async def drop_node(self, node_id: NodeId, epoch: int | None = None) -> int:
         """Close every open a (dead) node owned: its locks go, its breaks end.
 
         Liveness detection (heartbeats with a TTL) decides when to call
-        this; returns how many opens were closed.
+        this; with ``epoch``, only opens made under that registration epoch
+        or an older one go (the node may be back under a newer one).
+        Returns how many opens were closed.
         """
         closed = 0
         for key in await self.store.keys("file:"):
@@ -309,7 +356,9 @@ class Coordinator(LockBus):
             if doc is None:
                 continue
             for open_id, entry in doc.get("opens", {}).items():
-                if entry.get("node_id") == node_id:
+                if entry.get("node_id") != node_id:
+                    continue
+                if epoch is None or entry.get("epoch", 0) <= epoch:
                     await self.close(doc["file"], open_id)
                     closed += 1
         return closed
@@ -355,6 +404,13 @@ def _operation_rule(
 def _collected(st: FileState | None, waiter_id: str) -> tuple[FileState | None, rules.LockOutcome]:
     out = rules.collect_waiter(st, waiter_id)
     return out.state, out
+
+
+def _channels(file: FileKey, waiters: Iterable[str] = (), *, file_too: bool) -> list[str]:
+    channels = [waiter_channel(file, w) for w in waiters]
+    if file_too:
+        channels.append(file_channel(file))
+    return channels
 
 
 def _same(a: Doc, b: Doc) -> bool:

@@ -1,4 +1,9 @@
-"""Pick a lock bus from a URL: ``None``/``memory://`` is the in-process bus."""
+"""Pick a lock bus from a URL: ``None``/``memory://`` is the in-process bus.
+
+Redis URLs (``redis://``, ``rediss://``, ``redis+sentinel://``,
+``redis+cluster://`` and their TLS forms) are described in
+:mod:`oplock_bus.redis_url`.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,37 @@ def make_bus(
     *,
     node_id: NodeId | None = None,
     break_timeout: float = 35.0,
+    node_ttl: float = 5.0,
+    node_address: str | None = None,
+    local_delivery: bool = True,
 ) -> LockBus:
-    """Build the bus a node runs on; raises ValueError for an unknown scheme."""
+    """Build the bus a node runs on; raises ValueError for an unknown scheme
+    or a malformed URL. Nothing connects before ``start()``.
+
+    ``node_ttl`` (Redis only): seconds without a heartbeat after which a
+    node counts as dead and its opens, oplocks, leases and locks are
+    released. ``node_address`` is shown by ``smbgw status``.
+    ``local_delivery=False`` sends even breaks for nodes on this same bus
+    through Redis (for tests of the cross-node path).
+    """
     scheme = urlsplit(url).scheme.lower() if url else "memory"
     if scheme == "memory":
         from .memory import InProcessBus
 
         return InProcessBus(node_id=node_id, break_timeout=break_timeout)
-    if scheme in ("redis", "rediss", "redis+sentinel"):
-        # The Redis backend (a Store over GET + a CAS Lua script, pub/sub and
-        # per-node channels, wrapped in Coordinator) plugs in here.
-        raise ValueError(f"the Redis bus ({scheme}://) is not available in this build yet")
+    from .redis_url import SCHEMES
+
+    if scheme in SCHEMES:
+        assert url is not None
+        from .redis_bus import RedisBus
+        from .redis_url import parse_url
+
+        return RedisBus(
+            parse_url(url),
+            node_id=node_id,
+            break_timeout=break_timeout,
+            node_ttl=node_ttl,
+            node_address=node_address,
+            local_delivery=local_delivery,
+        )
     raise ValueError(f"unknown bus URL scheme {scheme!r} in {url!r}; use memory:// or redis://")

@@ -38,6 +38,7 @@ class OpenEntry:
     # protocol error rather than a wrong state (smbtorture levelii500).
     unacked_break: bool = False
     owner_data: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0  # the owning node's registration epoch (0: no liveness)
 
 
 @dataclass

@@ -266,6 +266,7 @@ def _grant(st: FileState, req: OpenRequest, own: str | None, stat_open: bool) ->
         seq=st.next_seq,
         is_directory=req.is_directory,
         owner_data=dict(req.owner_data),
+        epoch=req.epoch,
     )
     st.next_seq += 1
     st.opens[req.open_id] = entry

@@ -37,6 +37,13 @@ class Subscription(abc.ABC):
     async def wait(self, timeout: float | None) -> bool:
         """True if a channel was published since the last wait (or creation)."""
 
+    async def ready(self) -> None:
+        """Return once publications are certain to reach this subscription.
+
+        In-process that is at once; over Redis it is the SUBSCRIBE reply.
+        """
+        return None
+
     @abc.abstractmethod
     def close(self) -> None: ...
 
@@ -47,8 +54,28 @@ class Subscription(abc.ABC):
         self.close()
 
 
+class _Unsubscribed(Subscription):
+    """Stands in while the coordinator evaluates before subscribing."""
+
+    async def wait(self, timeout: float | None) -> bool:
+        raise AssertionError("evaluate again after subscribing instead of waiting")
+
+    def close(self) -> None:
+        return None
+
+
+UNSUBSCRIBED: Subscription = _Unsubscribed()
+
+
 class Store(abc.ABC):
     max_retries = 100
+    # True where subscribing costs a round trip: the coordinator then first
+    # evaluates without listening and subscribes only when it has to wait,
+    # evaluating once more after the subscription is confirmed (a change
+    # committed before it would otherwise be missed).
+    lazy_subscribe = False
+    # True where transact(publish=...) publishes in the commit's round trip.
+    publishes_on_commit = False
 
     async def start(self) -> None:
         return None
@@ -73,11 +100,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def keys(self, prefix: str) -> list[str]: ...
 
-    async def transact(self, key: str, fn: Callable[[Doc | None], tuple[Doc | None, T]]) -> T:
+    async def transact(
+        self,
+        key: str,
+        fn: Callable[[Doc | None], tuple[Doc | None, T]],
+        publish: Callable[[T], list[str]] | None = None,
+    ) -> T:
         """Read, apply the pure ``fn``, write back if the version held; retry otherwise.
 
         ``fn`` may run several times and must not have side effects. A
         result that leaves the document unchanged writes nothing.
+        ``publish`` is only honoured by stores that set ``publishes_on_commit``.
         """
         for _ in range(self.max_retries):
             token, doc = await self.load(key)
@@ -95,6 +128,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, channels: Iterable[str]) -> None: ...
+
+    def prepare_subscribe(self, channels: Iterable[str]) -> None:
+        """A subscription to these channels is coming: start it now, so its
+        round trip overlaps whatever the caller does next."""
+        return None
 
     # -- break delivery ----------------------------------------------------------
 

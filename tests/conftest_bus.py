@@ -1,13 +1,16 @@
 """Harness for the lock-bus contract tests: backends and simulated clients.
 
 Imported by the bus test modules (not a pytest plugin, so it stays out of
-the gateway's conftest). A Redis backend joins by adding a name to
-``BACKENDS`` and a branch to ``make_test_bus``.
+the gateway's conftest). Redis backends run on real servers from
+``tests/redis_fixtures.py``; each bus gets a fresh key namespace, and
+delivers even its own nodes' breaks through Redis, so the suite exercises
+the cross-node path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Literal, TypeVar
@@ -23,10 +26,16 @@ from oplock_bus.api import (
     OpenRequest,
     OpenResult,
 )
+from oplock_bus.redis_bus import RedisBus
+
+from .redis_fixtures import isolated, shared_url
 
 T = TypeVar("T")
 
-BACKENDS = ["memory"]
+BACKENDS = ["memory", "redis", "redis-cluster", "redis-sentinel"]
+REDIS_BACKENDS = BACKENDS[1:]
+# Buses whose break deliveries settle() must wait for.
+_redis_buses: weakref.WeakSet[RedisBus] = weakref.WeakSet()
 # Short, so "never acks" tests stay fast, yet long enough that a prompt ack
 # always lands first.
 BREAK_TIMEOUT = 0.25
@@ -41,9 +50,22 @@ SHARE_RW = 0x1 | 0x2
 SHARE_ALL = 0x7
 
 
-def make_test_bus(backend: str, break_timeout: float = BREAK_TIMEOUT) -> LockBus:
+def make_test_bus(
+    backend: str, break_timeout: float = BREAK_TIMEOUT, *, url: str | None = None
+) -> LockBus:
+    """A bus on an empty lock space; ``url`` joins an existing one instead."""
     if backend == "memory":
         return make_bus("memory://", node_id="test", break_timeout=break_timeout)
+    if backend in REDIS_BACKENDS:
+        bus = make_bus(
+            url or isolated(shared_url(backend)),
+            node_id="test",
+            break_timeout=break_timeout,
+            local_delivery=False,
+        )
+        assert isinstance(bus, RedisBus)
+        _redis_buses.add(bus)
+        return bus
     raise ValueError(backend)
 
 
@@ -138,6 +160,11 @@ async def settle() -> None:
     """Let queued break deliveries and client answers run."""
     for _ in range(10):
         await asyncio.sleep(0)
+    buses = [b for b in _redis_buses if b.redis_store.running]
+    if buses:
+        await asyncio.gather(*(b.redis_store.sync() for b in buses))
+        for _ in range(10):
+            await asyncio.sleep(0)
 
 
 async def started(backend: str, break_timeout: float = BREAK_TIMEOUT) -> LockBus:

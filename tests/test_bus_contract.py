@@ -38,6 +38,7 @@ from oplock_bus.api import (
 )
 from oplock_bus.coordinator import Coordinator
 from oplock_bus.memory import InProcessBus, MemoryStore
+from oplock_bus.redis_bus import RedisBus
 from oplock_bus.store import Doc
 from tests.conftest_bus import (
     BACKENDS,
@@ -79,8 +80,15 @@ def test_make_bus_schemes() -> None:
     assert isinstance(make_bus("memory://"), InProcessBus)
     with pytest.raises(ValueError, match="unknown bus URL scheme"):
         make_bus("carrier-pigeon://coop")
-    with pytest.raises(ValueError, match="redis"):
-        make_bus("redis://localhost:6379/0")
+    # Nothing connects before start(); a malformed Redis URL fails at once.
+    assert isinstance(make_bus("redis://localhost:6379/0"), RedisBus)
+    assert isinstance(make_bus("rediss://:pw@localhost/2?ssl_cert_reqs=none"), RedisBus)
+    assert isinstance(make_bus("redis+sentinel://h1:26379,h2:26379/mymaster"), RedisBus)
+    assert isinstance(make_bus("redis+cluster://h1:7000,h2:7001"), RedisBus)
+    with pytest.raises(ValueError, match="service_name"):
+        make_bus("redis+sentinel://h1:26379")
+    with pytest.raises(ValueError, match="unknown bus URL option"):
+        make_bus("redis://localhost/0?colour=blue")
 
 
 # -- oplocks across nodes -----------------------------------------------------------------

@@ -1,0 +1,330 @@
+"""Node liveness on Redis: registration epochs, heartbeats, reaping the dead.
+
+Keys (after the namespace; one hash tag, so the scripts run on Cluster):
+
+- ``{nodes}:epoch``: a counter; every registration takes a fresh epoch.
+- ``{nodes}:members``: node id -> JSON record (id, address, start time,
+  TTL, epoch, registration time). Stays after a crash: that is how the
+  survivors know whom to look for.
+- ``{nodes}:hb:<node-id>``: ``"<epoch> <redis time>"`` with a TTL, renewed
+  every TTL/3. When it expires the node counts as dead.
+
+Every node runs a watcher; whoever first sees a member without heartbeat
+claims its cleanup (``{nodes}:reaping:...``, SET NX with expiry), closes
+every open the node made under that epoch or before (so its oplocks,
+leases and locks go and waiters proceed), and forgets the member unless it
+re-registered meanwhile. Cleanup is idempotent, so a second reaper or a
+reaper dying half-way does no harm.
+
+A node that cannot renew stops admitting opens once half its TTL has gone
+by without a renewal, and tells the gateway (``on_fenced``) before the
+TTL runs out, so it can drop its clients. If its heartbeat has lapsed when
+it reaches Redis again, it registers under a new epoch, first releasing
+whatever it held under the old one: it never acts on old grants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import redis_scripts as scripts
+from .api import BusUnavailable, NodeId
+from .redis_store import RedisStore, bus_errors
+
+log = logging.getLogger("oplock_bus.liveness")
+
+DEFAULT_TTL = 5.0
+
+# (node id, epoch) -> release what that node held under that epoch or older
+Release = Callable[[NodeId, int], Awaitable[object]]
+Fenced = Callable[[NodeId], Awaitable[None]]
+
+
+def default_address() -> str:
+    return f"{socket.gethostname()} pid {os.getpid()}"
+
+
+@dataclass
+class Registration:
+    node_id: NodeId
+    address: str
+    started: float
+    epoch: int = 0
+    last_renewed: float = float("-inf")  # monotonic
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    fenced_told: bool = False
+    task: asyncio.Task[None] | None = None
+
+
+class Liveness:
+    def __init__(
+        self,
+        store: RedisStore,
+        *,
+        ttl: float = DEFAULT_TTL,
+        address: str | None = None,
+        release: Release,
+        on_fenced: Fenced | None = None,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("node_ttl must be positive")
+        self.store = store
+        self.ttl = ttl
+        self.address = address or default_address()
+        self.release = release
+        self.on_fenced = on_fenced
+        self.nodes: dict[NodeId, Registration] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+        self.reaped: list[tuple[NodeId, int]] = []  # for logs and tests
+
+    # -- names -------------------------------------------------------------------
+
+    @property
+    def members_key(self) -> str:
+        return self.store.key("{nodes}:members")
+
+    def hb_key(self, node_id: NodeId) -> str:
+        return self.store.key(f"{{nodes}}:hb:{node_id}")
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._heartbeat_loop(), name="bus-heartbeat"),
+            loop.create_task(self._watch_loop(), name="bus-watcher"),
+        ]
+        for reg in self.nodes.values():
+            self._spawn_register(reg)
+
+    async def stop(self) -> None:
+        tasks = self._tasks + [r.task for r in self.nodes.values() if r.task is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        self._tasks = []
+        for reg in self.nodes.values():
+            if reg.ready.is_set():
+                with contextlib.suppress(Exception), bus_errors():
+                    await scripts.deregister(
+                        self.store.client,
+                        [self.members_key, self.hb_key(reg.node_id)],
+                        [reg.node_id, reg.epoch],
+                    )
+
+    def register(self, node_id: NodeId) -> None:
+        if node_id in self.nodes:
+            return
+        reg = Registration(node_id, self.address, time.time())
+        self.nodes[node_id] = reg
+        if self._started:
+            self._spawn_register(reg)
+
+    def _spawn_register(self, reg: Registration) -> None:
+        if reg.task is None or reg.task.done():
+            reg.task = asyncio.get_running_loop().create_task(self._register(reg))
+
+    # -- admission -------------------------------------------------------------------
+
+    async def admit(self, node_id: NodeId) -> int:
+        """The epoch a new open of ``node_id`` is made under; BusUnavailable
+        while the node is not (or no longer) safely registered."""
+        reg = self.nodes.get(node_id)
+        if reg is None:
+            return 0  # a node without liveness (e.g. a tool): never reaped
+        if not reg.ready.is_set():
+            try:
+                await asyncio.wait_for(reg.ready.wait(), self.store.target.timeout)
+            except TimeoutError:
+                raise BusUnavailable(f"node {node_id} is not registered on the bus") from None
+        if time.monotonic() - reg.last_renewed > self.ttl / 2:
+            raise BusUnavailable(f"node {node_id} cannot renew its heartbeat")
+        hub = self.store.hub
+        if hub is None or not hub.connected:
+            raise BusUnavailable("the bus subscriber is disconnected")
+        return reg.epoch
+
+    def current(self, node_id: NodeId, epoch: int) -> bool:
+        reg = self.nodes.get(node_id)
+        return reg is None or (reg.ready.is_set() and reg.epoch == epoch)
+
+    # -- registration ------------------------------------------------------------------
+
+    async def _register(self, reg: Registration) -> None:
+        delay = 0.05
+        while True:
+            try:
+                await self._register_once(reg)
+                return
+            except BusUnavailable as e:
+                log.warning("node %s cannot register on the bus: %s", reg.node_id, e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _register_once(self, reg: Registration) -> None:
+        hub = self.store.hub
+        assert hub is not None
+        # Listen for our breaks before anyone can address one to us.
+        await hub.confirm([self.store.node_channel(reg.node_id)])
+        record = json.dumps(
+            {"id": reg.node_id, "address": reg.address, "started": reg.started, "ttl": self.ttl}
+        )[:-1]
+        with bus_errors():
+            epoch, previous = await scripts.register(
+                self.store.client,
+                [self.store.key("{nodes}:epoch"), self.members_key, self.hb_key(reg.node_id)],
+                [reg.node_id, record, int(self.ttl * 1000)],
+            )
+        epoch = int(epoch)
+        if previous is not None:
+            # An earlier life of this node id (crashed, or this process
+            # before its heartbeat lapsed): what it held is not ours.
+            n = await self.release(reg.node_id, epoch - 1)
+            log.warning(
+                "node %s re-registered under epoch %d; released %s opens of its earlier epochs",
+                reg.node_id, epoch, n,
+            )  # fmt: skip
+        reg.epoch = epoch
+        reg.last_renewed = time.monotonic()
+        reg.fenced_told = False
+        reg.ready.set()
+
+    # -- heartbeat ---------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            for reg in list(self.nodes.values()):
+                if reg.ready.is_set():
+                    await self._renew(reg)
+
+    async def _renew(self, reg: Registration) -> None:
+        try:
+            with bus_errors():
+                ok = await scripts.renew(
+                    self.store.client,
+                    [self.hb_key(reg.node_id)],
+                    [reg.epoch, int(self.ttl * 1000)],
+                )
+        except BusUnavailable as e:
+            age = time.monotonic() - reg.last_renewed
+            log.warning("node %s: heartbeat not renewed for %.1fs: %s", reg.node_id, age, e)
+            if age > self.ttl * 0.6:
+                await self._tell_fenced(reg)
+            return
+        if ok == 1:
+            if time.monotonic() - reg.last_renewed > self.ttl / 2:
+                self._reconnected()
+            reg.last_renewed = time.monotonic()
+            return
+        log.error(
+            "node %s: registration under epoch %d lapsed; its opens are lost",
+            reg.node_id, reg.epoch,
+        )  # fmt: skip
+        reg.ready.clear()
+        await self._tell_fenced(reg)
+        self._reconnected()
+        self._spawn_register(reg)
+
+    def _reconnected(self) -> None:
+        # The subscriber may have sat on a dead connection meanwhile.
+        hub = self.store.hub
+        if hub is not None:
+            hub.reconnect()
+
+    async def _tell_fenced(self, reg: Registration) -> None:
+        if reg.fenced_told or self.on_fenced is None:
+            return
+        reg.fenced_told = True
+        try:
+            await self.on_fenced(reg.node_id)
+        except Exception:
+            log.exception("fence handler of node %s failed", reg.node_id)
+
+    # -- watching the others --------------------------------------------------------------
+
+    async def _watch_loop(self) -> None:
+        interval = min(0.5, self.ttl / 8)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.reap_once()
+            except BusUnavailable as e:
+                log.debug("watcher: %s", e)
+            except Exception:
+                log.exception("watcher failed")
+
+    async def reap_once(self) -> list[tuple[NodeId, int]]:
+        """Clean up after every member whose heartbeat expired; returns them."""
+        client = self.store.client
+        with bus_errors():
+            members: dict[Any, Any] = await client.hgetall(self.members_key)
+            if not members:
+                return []
+            ids = [k.decode() for k in members]
+            found = await scripts.expired(
+                client, [self.members_key, *(self.hb_key(i) for i in ids)], ids
+            )
+        done = []
+        for i in range(0, len(found), 2):
+            node_id, record = found[i].decode(), found[i + 1]
+            epoch = int(json.loads(record)["epoch"])
+            local = self.nodes.get(node_id)
+            if local is not None and local.epoch == epoch:
+                continue  # our own lapse: the heartbeat loop re-registers
+            if await self._reap(node_id, epoch, record):
+                done.append((node_id, epoch))
+        return done
+
+    async def _reap(self, node_id: NodeId, epoch: int, record: bytes) -> bool:
+        client = self.store.client
+        claim = self.store.key(f"{{nodes}}:reaping:{node_id}:{epoch}")
+        with bus_errors():
+            mine = await client.set(claim, self.address, nx=True, px=5000)
+        if not mine:
+            return False
+        closed = await self.release(node_id, epoch)
+        with bus_errors():
+            await scripts.forget(
+                client, [self.members_key, self.hb_key(node_id)], [node_id, record]
+            )
+        log.warning(
+            "node %s (epoch %d) missed its heartbeat: released %s opens", node_id, epoch, closed
+        )
+        self.reaped.append((node_id, epoch))
+        return True
+
+    # -- introspection ---------------------------------------------------------------------
+
+
+async def read_members(store: RedisStore) -> list[dict[str, Any]]:
+    """Every registered node with its last heartbeat (None once expired)."""
+    client = store.client
+    members_key = store.key("{nodes}:members")
+    with bus_errors():
+        members: dict[Any, Any] = await client.hgetall(members_key)
+        out = []
+        for raw in members.values():
+            rec = json.loads(raw)
+            hb: Any = await client.get(store.key(f"{{nodes}}:hb:{rec['id']}"))
+            beat = None
+            if hb is not None:
+                epoch, _, when = hb.decode().partition(" ")
+                beat = float(when) if int(epoch) == rec["epoch"] else None
+            rec["heartbeat"] = beat
+            rec["alive"] = beat is not None
+            out.append(rec)
+    return sorted(out, key=lambda r: str(r["id"]))

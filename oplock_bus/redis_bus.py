@@ -1,0 +1,77 @@
+"""``RedisBus``: the coordinator on a Redis store, with node liveness."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from .api import STATUS_SUCCESS, BreakHandler, BusUnavailable, NodeId, OpenRequest, OpenResult
+from .coordinator import Coordinator
+from .liveness import DEFAULT_TTL, Liveness
+from .redis_store import RedisStore
+from .redis_url import RedisTarget
+
+log = logging.getLogger("oplock_bus.redis")
+
+
+class RedisBus(Coordinator):
+    """One lock space shared by every node on the same Redis (and namespace).
+
+    ``fence_handler``, when set, is awaited with a node id when that node
+    can no longer prove it is alive (no heartbeat for most of its TTL, or
+    its registration lapsed): its clients' caching grants are about to be
+    released by the other nodes, so the gateway should drop them.
+    """
+
+    def __init__(
+        self,
+        target: RedisTarget,
+        *,
+        node_id: NodeId | None = None,
+        break_timeout: float = 35.0,
+        node_ttl: float = DEFAULT_TTL,
+        node_address: str | None = None,
+        local_delivery: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis_store = RedisStore(target, local_delivery=local_delivery)
+        super().__init__(self.redis_store, break_timeout=break_timeout, clock=clock)
+        self.node_id = node_id
+        self.fence_handler: Callable[[NodeId], Awaitable[None]] | None = None
+        self.liveness = Liveness(
+            self.redis_store,
+            ttl=node_ttl,
+            address=node_address,
+            release=self.drop_node,
+            on_fenced=self._fenced,
+        )
+
+    async def start(self) -> None:
+        await super().start()
+        self.liveness.start()
+
+    async def stop(self) -> None:
+        await self.liveness.stop()
+        await super().stop()
+
+    def register_node(self, node_id: NodeId, handler: BreakHandler) -> None:
+        super().register_node(node_id, handler)
+        self.liveness.register(node_id)
+
+    async def open(self, req: OpenRequest) -> OpenResult:
+        epoch = await self.liveness.admit(req.node_id)
+        req = dataclasses.replace(req, epoch=epoch)
+        result = await super().open(req)
+        if result.status == STATUS_SUCCESS and not self.liveness.current(req.node_id, epoch):
+            # Granted under a registration that lapsed meanwhile: the other
+            # nodes may already have released it. Give it back, refuse.
+            await self.close(req.file, req.open_id)
+            raise BusUnavailable(f"node {req.node_id} lost its registration during the open")
+        return result
+
+    async def _fenced(self, node_id: NodeId) -> None:
+        log.error("node %s is fenced off the bus: its clients must drop their caching", node_id)
+        if self.fence_handler is not None:
+            await self.fence_handler(node_id)

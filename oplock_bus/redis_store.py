@@ -1,0 +1,323 @@
+"""The Redis ``Store``: versioned documents, wake-ups and break delivery.
+
+Data model (every name starts with the URL's namespace, ``smbgw:`` by
+default; ``{...}`` is the Redis Cluster hash tag):
+
+- ``file:{<file>}``: a file's state, the string ``"<token> <json>"``. The
+  token changes on every write and is never reused (random per store plus
+  a counter), so the CAS script can tell the document it read from any
+  later one, deleted-and-recreated included.
+- ``lease:{<client-guid>:<lease-key>}``: which file a lease is bound to.
+- channels ``file:{<file>}`` (a file changed), ``waiter:{<file>}:<id>`` (a
+  blocking lock was decided) and ``node:<node-id>`` (break notices for
+  that node). Payloads of the first two are empty.
+- ``{nodes}:*``: node liveness, see :mod:`oplock_bus.liveness`.
+
+Connection failures surface as :class:`~oplock_bus.api.BusUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ReadOnlyError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from . import redis_scripts as scripts
+from .api import BreakHandler, BreakNotice, BusUnavailable, NodeId
+from .redis_messages import decode_notice, encode_notice
+from .redis_pubsub import PubSubHub
+from .redis_url import Connector, RedisTarget
+from .store import ConflictRetriesExhausted, Doc, Store, Subscription
+
+log = logging.getLogger("oplock_bus.redis")
+
+T = TypeVar("T")
+
+_UNAVAILABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ClusterDownError,
+    TryAgainError,
+    ReadOnlyError,  # a failover demoted the server we still talk to
+    BusyLoadingError,
+    OSError,
+)
+
+
+@contextlib.contextmanager
+def bus_errors() -> Iterator[None]:
+    task = asyncio.current_task()
+    cancels = task.cancelling() if task is not None else 0
+    try:
+        yield
+    except _UNAVAILABLE as e:
+        raise BusUnavailable(f"Redis unreachable: {e}") from e
+    if task is not None and task.cancelling() > cancels:
+        # A cancellation arrived while redis-py was inside asyncio.wait_for,
+        # which (Python 3.11) returns the result and drops the cancellation
+        # when both happen at once. Waiters rely on being cancellable.
+        raise asyncio.CancelledError()
+
+
+def _decode(raw: bytes | None) -> tuple[str | None, Doc | None]:
+    if raw is None:
+        return None, None
+    token, _, text = raw.partition(b" ")
+    doc: Doc = json.loads(text)
+    return token.decode(), doc
+
+
+class RedisStore(Store):
+    lazy_subscribe = True
+    publishes_on_commit = True
+
+    def __init__(self, target: RedisTarget, *, local_delivery: bool = True) -> None:
+        self.target = target
+        self.ns = target.namespace
+        # Deliver to a node living on this store in the caller's task, as
+        # in-process (the gateway learns that the request now waits on a
+        # client); False sends every notice through Redis (tests use it).
+        self.local_delivery = local_delivery
+        self.connector: Connector | None = None
+        self.hub: PubSubHub | None = None
+        self.handlers: dict[NodeId, BreakHandler] = {}
+        self._token_prefix = secrets.token_hex(6)
+        self._tokens = itertools.count(1)
+        self._pubsub_client: Redis | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sync_channel = f"{self.ns}sync:{self._token_prefix}"
+        self._syncs: dict[bytes, asyncio.Future[None]] = {}
+        self.running = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        if self.connector is None:
+            raise BusUnavailable("the bus is not started")
+        return self.connector.client
+
+    async def start(self, *, subscriber: bool = True) -> None:
+        """Connect; ``subscriber=False`` (a read-only tool) skips pub/sub."""
+        self.connector = Connector(self.target)
+        if not subscriber:
+            with bus_errors():
+                await self.client.ping()
+            return
+        self.hub = PubSubHub(
+            self._connect_pubsub,
+            self._on_message,
+            lingers=lambda ch: ch.startswith(self.ns + "file:"),
+            confirm_timeout=self.target.timeout,
+        )
+        for node_id in self.handlers:
+            self.hub.add_permanent(self.node_channel(node_id))
+        self.hub.add_permanent(self._sync_channel)
+        with bus_errors():
+            await self.client.ping()
+        self.hub.start()
+        self.running = True
+
+    async def sync(self) -> None:
+        """Return once every message published before this call has been
+        dispatched here (one subscriber connection delivers in order)."""
+        assert self.hub is not None
+        await self.hub.confirm([self._sync_channel])
+        marker = secrets.token_hex(8).encode()
+        fut = self._syncs[marker] = asyncio.get_running_loop().create_future()
+        try:
+            with bus_errors():
+                await self.client.publish(self._sync_channel, marker)
+            await asyncio.wait_for(fut, self.target.timeout)
+        finally:
+            self._syncs.pop(marker, None)
+
+    async def stop(self) -> None:
+        self.running = False
+        for task in list(self._tasks):
+            task.cancel()
+        if self.hub is not None:
+            await self.hub.stop()
+        if self._pubsub_client is not None:
+            await self._pubsub_client.aclose()
+            self._pubsub_client = None
+        if self.connector is not None:
+            with contextlib.suppress(Exception):
+                await self.connector.aclose()
+
+    async def _connect_pubsub(self) -> AbstractConnection:
+        assert self.connector is not None
+        host, port = await self.connector.pubsub_address()
+        if self._pubsub_client is not None:
+            await self._pubsub_client.aclose()
+        self._pubsub_client = self.connector.pubsub_client(host, port)
+        conn = self._pubsub_client.connection_pool.make_connection()
+        await conn.connect()
+        return conn
+
+    # -- names -----------------------------------------------------------------------
+
+    def key(self, name: str) -> str:
+        return self.ns + name
+
+    def node_channel(self, node_id: NodeId) -> str:
+        return f"{self.ns}node:{node_id}"
+
+    def _encode(self, doc: Doc) -> str:
+        token = f"{self._token_prefix}.{next(self._tokens)}"
+        return f"{token} {json.dumps(doc, separators=(',', ':'))}"
+
+    # -- documents ---------------------------------------------------------------------
+
+    async def load(self, key: str) -> tuple[str | None, Doc | None]:
+        with bus_errors():
+            raw: Any = await self.client.get(self.ns + key)
+        return _decode(raw)
+
+    async def compare_and_set(self, key: str, token: str | None, doc: Doc | None) -> bool:
+        value = "" if doc is None else self._encode(doc)
+        with bus_errors():
+            res = await scripts.cas(self.client, [self.ns + key], [token or "", value])
+        return res == 1
+
+    async def transact(
+        self,
+        key: str,
+        fn: Callable[[Doc | None], tuple[Doc | None, T]],
+        publish: Callable[[T], list[str]] | None = None,
+    ) -> T:
+        # As Store.transact, but a failed CAS returns the current value (a
+        # retry costs one round trip, not two) and the wake-ups go out in
+        # the CAS script itself.
+        rkey = self.ns + key
+        with bus_errors():
+            raw: Any = await self.client.get(rkey)
+            for _ in range(self.max_retries):
+                token, doc = _decode(raw)
+                new_doc, result = fn(doc)
+                channels = [self.ns + c for c in publish(result)] if publish is not None else []
+                if doc == new_doc:
+                    if channels:
+                        await self._publish_raw(channels)
+                    return result
+                value = "" if new_doc is None else self._encode(new_doc)
+                res = await scripts.cas(self.client, [rkey], [token or "", value, *channels])
+                if res == 1:
+                    return result
+                raw = None if res == 0 else res
+        raise ConflictRetriesExhausted(key)
+
+    async def keys(self, prefix: str) -> list[str]:
+        pattern = f"{self.ns}{prefix}*"
+        found: set[bytes] = set()
+        client = self.client
+        with bus_errors():
+            if isinstance(client, RedisCluster):
+                await client.initialize()
+                for node in client.get_primaries():
+                    found.update(await _scan_node(client, node, pattern))
+            else:
+                async for k in client.scan_iter(match=pattern, count=1000):
+                    found.add(k)
+        n = len(self.ns)
+        return sorted(k.decode()[n:] for k in found)
+
+    # -- wake-ups ------------------------------------------------------------------------
+
+    def subscribe(self, channels: Iterable[str]) -> Subscription:
+        if self.hub is None:
+            raise BusUnavailable("the bus is not started")
+        return self.hub.subscription(self.ns + c for c in channels)
+
+    def prepare_subscribe(self, channels: Iterable[str]) -> None:
+        if self.hub is not None:
+            # Subscribed and released at once: the channel lingers, so the
+            # SUBSCRIBE is on its way while the caller sends its notices.
+            self.hub.subscription(self.ns + c for c in channels).close()
+
+    async def publish(self, channels: Iterable[str]) -> None:
+        with bus_errors():
+            await self._publish_raw([self.ns + c for c in channels])
+
+    async def _publish_raw(self, names: list[str]) -> None:
+        client = self.client
+        if len(names) == 1:
+            await client.publish(names[0], b"")
+        elif isinstance(client, RedisCluster):
+            await asyncio.gather(*(client.publish(c, b"") for c in names))
+        elif names:
+            async with client.pipeline(transaction=False) as pipe:
+                for c in names:
+                    pipe.publish(c, b"")
+                await pipe.execute()
+
+    # -- break delivery ------------------------------------------------------------------
+
+    def register_node(self, node_id: NodeId, handler: BreakHandler) -> None:
+        self.handlers[node_id] = handler
+        if self.hub is not None:
+            self.hub.add_permanent(self.node_channel(node_id))
+
+    async def deliver(self, notice: BreakNotice) -> None:
+        handler = self.handlers.get(notice.node_id)
+        if handler is not None and self.local_delivery:
+            await _run_handler(handler, notice)
+            return
+        with bus_errors():
+            await self.client.publish(self.node_channel(notice.node_id), encode_notice(notice))
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        if channel == self._sync_channel:
+            fut = self._syncs.get(data)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        node_id = channel.removeprefix(self.ns + "node:")
+        handler = self.handlers.get(node_id)
+        if handler is None:
+            return
+        notice = decode_notice(data)
+        # Tasks start in arrival order, and a handler returns at once.
+        task = asyncio.get_running_loop().create_task(_run_handler(handler, notice))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _run_handler(handler: BreakHandler, notice: BreakNotice) -> None:
+    try:
+        await handler(notice)
+    except Exception:  # one faulty node must not fail another's request
+        log.exception("break handler of node %s failed", notice.node_id)
+
+
+async def _scan_node(client: RedisCluster, node: Any, pattern: str) -> set[bytes]:
+    found: set[bytes] = set()
+    cursor = 0
+    while True:
+        reply = await client.execute_command(
+            "SCAN", cursor, "MATCH", pattern, "COUNT", 1000, target_nodes=node
+        )
+        raw_cursor, batch = reply[0], reply[1]
+        if isinstance(raw_cursor, dict):  # redis-py keys a cluster cursor by node
+            raw_cursor = next(iter(raw_cursor.values()))
+        cursor = int(raw_cursor)
+        found.update(batch)
+        if cursor == 0:
+            return found
