@@ -11,6 +11,7 @@ import re
 import subprocess
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,13 +29,18 @@ _RESULT = re.compile(r"^(success|failure|error|skip|xfail): (\S+)")
 
 def run_suite(node: GatewayNode, suite: str, outdir: Path) -> dict[str, str]:
     """Run one suite; returns test name -> outcome."""
+    return run_script([str(RUN_TORTURE), node.host, node.share, suite, str(node.port)],
+                      outdir / f"{suite}.log", outdir)  # fmt: skip
+
+
+def run_script(argv: list[str], log_path: Path, outdir: Path) -> dict[str, str]:
+    """Run one of ../shared/torture's scripts; returns test name -> outcome."""
     need("smbtorture")
     env = dict(os.environ, OUTDIR=str(outdir), MAX_RUNTIME="900")
     proc = subprocess.run(
-        ["bash", str(RUN_TORTURE), node.host, node.share, suite, str(node.port)],
-        capture_output=True, text=True, timeout=1200, env=env,
+        ["bash", *argv], capture_output=True, text=True, timeout=1200, env=env,
     )  # fmt: skip
-    log = (outdir / f"{suite}.log").read_text(errors="replace")
+    log = log_path.read_text(errors="replace")
     results: dict[str, str] = {}
     for line in log.splitlines():
         m = _RESULT.match(line)
@@ -52,17 +58,24 @@ def test_suite(suite: str, tmp_path: Path) -> None:
         results = run_suite(node, suite, tmp_path / "out")
     finally:
         rc = node.stop()
-    known = KNOWN.get("known", {})
+    check_results(KNOWN, suite, results, node.log())
+    assert rc == 0, node.log()[-3000:]
+    assert "Traceback" not in node.log(), node.log()[-5000:]
+
+
+def check_results(
+    known_toml: dict[str, Any], suite: str, results: dict[str, str], log: str
+) -> None:
+    """Every failure must be a known one, and the floor must be reached."""
+    known = known_toml.get("known", {})
     failed = sorted(n for n, r in results.items() if r in ("failure", "error"))
     passed = sum(1 for r in results.values() if r == "success")
     unexpected = [n for n in failed if n not in known]
-    target = KNOWN["targets"][suite]
+    target = known_toml["targets"][suite]
     summary = (
         f"{suite}: {passed} passed, {len(failed)} failed (target {target}); "
         f"unexpected: {unexpected}"
     )
     print(summary)
-    assert not unexpected, summary + "\n" + node.log()[-3000:]
-    assert passed >= KNOWN["floors"][suite], summary
-    assert rc == 0, node.log()[-3000:]
-    assert "Traceback" not in node.log(), node.log()[-5000:]
+    assert not unexpected, summary + "\n" + log[-3000:]
+    assert passed >= known_toml["floors"][suite], summary

@@ -1,0 +1,277 @@
+"""Two nodes on one Redis bus behave as one server, seen by smbprotocol.
+
+smbprotocol is an independent client; each test opens one connection per
+node (node 1 on 127.0.0.1, node 2 on 127.0.0.2, the same port) and checks
+what a user of a single server would see.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from smbprotocol.connection import Connection
+from smbprotocol.exceptions import SMBResponseException
+from smbprotocol.open import (
+    CreateDisposition,
+    CreateOptions,
+    FilePipePrinterAccessMask,
+    ImpersonationLevel,
+    LockFlags,
+    Open,
+    RequestedOplockLevel,
+    ShareAccess,
+    SMB2LockElement,
+    SMB2QueryInfoRequest,
+    SMB2QueryInfoResponse,
+    SMB2SetInfoRequest,
+)
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+
+from gateway import acl, sd
+from gateway.cluster import ClusterSpec, LocalCluster
+
+from .conftest import PASSWORD, USER, free_port, write_users
+
+STATUS_SHARING_VIOLATION = 0xC0000043
+STATUS_LOCK_NOT_GRANTED = 0xC0000055
+STATUS_ACCESS_DENIED = 0xC0000022
+NODE_TTL = 3.0
+RW = FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE
+
+
+def _cluster(tmp: Path, *node_args: str) -> LocalCluster:
+    share = tmp / "share"
+    share.mkdir(parents=True, exist_ok=True)
+    spec = ClusterSpec(
+        nodes=2,
+        port=free_port(),
+        shares=[f"share={share}"],
+        users=str(write_users(tmp / "users")),
+        node_args=["--break-timeout", "10", "--node-ttl", str(NODE_TTL), *node_args],
+        log_dir=tmp / "logs",
+    )
+    cluster = LocalCluster(spec)
+    cluster.start()
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    c = _cluster(tmp)
+    yield c
+    c.stop()
+    for node in c.nodes:
+        assert node.proc.returncode == 0, node.log_path
+        assert node.log_path is not None and "Traceback" not in node.log_path.read_text()
+
+
+class Client:
+    """One smbprotocol connection, session and tree to one node."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.conn = Connection(uuid.uuid4(), host, port, require_signing=True)
+        self.conn.connect(timeout=10)
+        self.session = Session(self.conn, USER, PASSWORD, auth_protocol="ntlm")
+        self.session.connect()
+        self.tree = TreeConnect(self.session, rf"\\{host}\share")
+        self.tree.connect()
+
+    def open(
+        self,
+        name: str,
+        share: int = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+        oplock: int = RequestedOplockLevel.SMB2_OPLOCK_LEVEL_NONE,
+        access: int = RW,
+    ) -> Open:
+        handle = Open(self.tree, name)
+        handle.create(
+            ImpersonationLevel.Impersonation,
+            access,
+            0,
+            share,
+            CreateDisposition.FILE_OPEN_IF,
+            CreateOptions.FILE_NON_DIRECTORY_FILE,
+            oplock_level=oplock,
+        )
+        return handle
+
+    def close(self) -> None:
+        try:
+            self.conn.disconnect(True)
+        except Exception:  # noqa: BLE001 - a killed node's socket is already gone
+            pass
+
+
+def _lock(handle: Open, offset: int, length: int, flags: int, wait: bool = True) -> None:
+    element = SMB2LockElement()
+    element["offset"] = offset
+    element["length"] = length
+    element["flags"] = flags
+    handle.lock([element], wait=wait)
+
+
+EXCL_NOW = LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK | LockFlags.SMB2_LOCKFLAG_FAIL_IMMEDIATELY
+
+
+@pytest.fixture
+def clients(cluster: LocalCluster) -> Iterator[tuple[Client, Client]]:
+    (h1, p1), (h2, p2) = cluster.endpoints
+    a, b = Client(h1, p1), Client(h2, p2)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_share_mode_conflict_across_nodes(clients: tuple[Client, Client]) -> None:
+    a, b = clients
+    name = f"share-{uuid.uuid4().hex}.txt"
+    held = a.open(name, share=0)
+    with pytest.raises(SMBResponseException) as err:
+        b.open(name)
+    assert err.value.status == STATUS_SHARING_VIOLATION
+    held.close()
+    b.open(name).close()
+
+
+def test_fail_immediately_lock_conflict_across_nodes(clients: tuple[Client, Client]) -> None:
+    a, b = clients
+    name = f"lock-{uuid.uuid4().hex}.db"
+    fa, fb = a.open(name), b.open(name)
+    _lock(fa, 0x10000000, 1, EXCL_NOW)
+    with pytest.raises(SMBResponseException) as err:
+        _lock(fb, 0x10000000, 1, EXCL_NOW)
+    assert err.value.status == STATUS_LOCK_NOT_GRANTED
+    _lock(fb, 0x10000001, 1, EXCL_NOW)  # the next byte is free
+    fa.close()
+    fb.close()
+
+
+def test_blocking_lock_on_node2_granted_when_node1_unlocks(
+    clients: tuple[Client, Client],
+) -> None:
+    a, b = clients
+    name = f"block-{uuid.uuid4().hex}.db"
+    fa, fb = a.open(name), b.open(name)
+    _lock(fa, 100, 10, LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK)
+    granted = threading.Event()
+    errors: list[BaseException] = []
+
+    def wait_for_lock() -> None:
+        try:
+            _lock(fb, 105, 1, LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK)
+            granted.set()
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    waiter = threading.Thread(target=wait_for_lock, daemon=True)
+    waiter.start()
+    assert not granted.wait(1.0), "node 2 got a lock node 1 holds"
+    started = time.monotonic()
+    _lock(fa, 100, 10, LockFlags.SMB2_LOCKFLAG_UNLOCK)
+    assert granted.wait(5.0), errors
+    assert time.monotonic() - started < 1.0
+    waiter.join(5)
+    with pytest.raises(SMBResponseException) as err:
+        _lock(fa, 105, 1, EXCL_NOW)
+    assert err.value.status == STATUS_LOCK_NOT_GRANTED
+    fa.close()
+    fb.close()
+
+
+def test_write_on_node2_then_read_on_node1(clients: tuple[Client, Client]) -> None:
+    a, b = clients
+    name = f"data-{uuid.uuid4().hex}.bin"
+    payload = os.urandom(200_000)
+    fb = b.open(name)
+    fb.write(payload, 0)
+    fb.close()
+    fa = a.open(name)
+    assert fa.read(0, len(payload)) == payload
+    fa.close()
+
+
+def test_kill9_of_node1_frees_its_oplock_and_lock_for_node2(tmp_path: Path) -> None:
+    cluster = _cluster(tmp_path)
+    try:
+        (h1, p), (h2, _) = cluster.endpoints
+        a, b = Client(h1, p), Client(h2, p)
+        name = "victim.mdb"
+        fa = a.open(name, share=0, oplock=RequestedOplockLevel.SMB2_OPLOCK_LEVEL_BATCH)
+        assert fa.oplock_level == RequestedOplockLevel.SMB2_OPLOCK_LEVEL_BATCH
+        _lock(fa, 0x10000000, 1, EXCL_NOW)
+        os.kill(cluster.nodes[0].proc.pid, signal.SIGKILL)
+        started = time.monotonic()
+        fb = b.open(name, share=0)  # waits for node 1's share mode and oplock to go
+        _lock(fb, 0x10000000, 1, LockFlags.SMB2_LOCKFLAG_EXCLUSIVE_LOCK)
+        elapsed = time.monotonic() - started
+        assert elapsed <= NODE_TTL + 1.0, f"node 2 waited {elapsed:.1f} s"
+        fb.write(b"still serving", 0)
+        assert fb.read(0, 13) == b"still serving"
+        fb.close()
+        b.close()
+        a.close()
+    finally:
+        cluster.stop()
+
+
+INFO_SECURITY = 3
+OWNER_GROUP_DACL = 0x7
+
+
+def _query_sd(handle: Open, additional: int = OWNER_GROUP_DACL) -> bytes:
+    req = SMB2QueryInfoRequest()
+    req["info_type"] = INFO_SECURITY
+    req["file_info_class"] = 0
+    req["output_buffer_length"] = 4096
+    req["additional_information"] = additional
+    req["file_id"] = handle.file_id
+    tree = handle.tree_connect
+    request = tree.session.connection.send(req, tree.session.session_id, tree.tree_connect_id)
+    resp = SMB2QueryInfoResponse()
+    resp.unpack(tree.session.connection.receive(request)["data"].get_value())
+    return bytes(resp["buffer"].get_value())
+
+
+def _set_sd(handle: Open, data: bytes, additional: int) -> None:
+    req = SMB2SetInfoRequest()
+    req["info_type"] = INFO_SECURITY
+    req["file_info_class"] = 0
+    req["additional_information"] = additional
+    req["file_id"] = handle.file_id
+    req["buffer"] = data
+    tree = handle.tree_connect
+    request = tree.session.connection.send(req, tree.session.session_id, tree.tree_connect_id)
+    tree.session.connection.receive(request)
+
+
+def test_a_dacl_set_through_node1_holds_on_node2(clients: tuple[Client, Client]) -> None:
+    a, b = clients
+    name = f"dacl-{uuid.uuid4().hex}.txt"
+    handle = a.open(name, access=FilePipePrinterAccessMask.GENERIC_ALL)
+    read_only = sd.Ace(sd.ACCESS_ALLOWED, 0, 0x00120089, acl.user_sid(USER))  # FILE_GENERIC_READ
+    written = sd.SecurityDescriptor(
+        sd.SE_SELF_RELATIVE | sd.SE_DACL_PRESENT, dacl=sd.acl_of(read_only)
+    )
+    _set_sd(handle, written.encode(), acl.DACL_SECURITY_INFORMATION)
+    mine = _query_sd(handle)
+    handle.close()
+    # Node 2 reads the same descriptor from the volume...
+    other = b.open(name, access=FilePipePrinterAccessMask.READ_CONTROL)
+    assert _query_sd(other) == mine
+    assert sd.parse(mine).dacl == sd.acl_of(read_only)
+    assert sd.parse(mine).owner == acl.user_sid(USER)
+    other.close()
+    # ...and enforces it: reading is allowed, writing is not.
+    b.open(name, access=FilePipePrinterAccessMask.GENERIC_READ).close()
+    with pytest.raises(SMBResponseException) as err:
+        b.open(name, access=FilePipePrinterAccessMask.FILE_WRITE_DATA)
+    assert err.value.status == STATUS_ACCESS_DENIED

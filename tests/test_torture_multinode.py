@@ -1,0 +1,55 @@
+"""smbtorture with its connections spread over two nodes of one cluster.
+
+`../shared/torture/run-torture-multinode.sh` hands smbtorture a list of
+UNC paths; each new connection takes the next, so in the two-connection
+tests the conflicting opens, locks and breaks cross from node 1 to node 2.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gateway.cluster import ClusterSpec, LocalCluster
+
+from .conftest import SHARED, free_port, write_users
+from .test_torture import NODE_ARGS, check_results, run_script
+
+KNOWN = tomllib.loads(
+    (Path(__file__).parent / "torture" / "known_failures_multinode.toml").read_text()
+)
+SUITES = list(KNOWN["floors"])
+RUN_MULTINODE = SHARED / "torture" / "run-torture-multinode.sh"
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("suite", SUITES)
+def test_suite_over_two_nodes(suite: str, tmp_path: Path) -> None:
+    share = tmp_path / "share"
+    share.mkdir()
+    spec = ClusterSpec(
+        nodes=2,
+        port=free_port(),
+        shares=[f"share={share}"],
+        users=str(write_users(tmp_path / "users")),
+        node_args=list(NODE_ARGS),
+        log_dir=tmp_path / "logs",
+    )
+    cluster = LocalCluster(spec)
+    cluster.start()
+    outdir = tmp_path / "out"
+    try:
+        hosts = [host for host, _ in cluster.endpoints]
+        results = run_script(
+            [str(RUN_MULTINODE), "share", suite, str(spec.port), *hosts],
+            outdir / f"{suite}-multinode.log",
+            outdir,
+        )
+    finally:
+        cluster.stop()
+    logs = "".join(n.log_path.read_text(errors="replace") for n in cluster.nodes if n.log_path)
+    check_results(KNOWN, suite, results, logs)
+    assert all(n.proc.returncode == 0 for n in cluster.nodes), logs[-3000:]
+    assert "Traceback" not in logs, logs[-5000:]
