@@ -350,6 +350,11 @@ async def _open_file(
             file_size=info.size,
             created=created,
         )
+        if lease_req is not None:
+            # Known before the bus answers: a break of this lease decided by
+            # another open while ours is in flight must find its holder.
+            op.lease_key = lease_req.key.key
+            op.lease_version = lease_req.version
         node.opens[op.bus_open_id] = op
         result = await run_bus_call(ctx, node.bus.open(bus_req))
     except BaseException:
@@ -369,10 +374,12 @@ async def _open_file(
         await node.close_open(op)
         return await _open_file(ctx, req, ask, retry=False)
     op.oplock_level = result.oplock
+    if result.oplock != OplockLevel.LEASE:
+        op.lease_key = None
     if lease_req is not None and result.oplock == OplockLevel.LEASE:
-        op.lease_key = lease_req.key.key
-        op.lease_version = lease_req.version
-        node.set_lease_state(op.client_guid, op.lease_key, result.lease_state, result.lease_epoch)
+        node.set_lease_state(
+            op.client_guid, lease_req.key.key, result.lease_state, result.lease_epoch
+        )
     action = CreateAction.CREATED if created else CreateAction.OPENED
     try:
         if overwrite:

@@ -1,0 +1,492 @@
+"""An asyncio SMB2/3 client that receives oplock and lease breaks.
+
+    client = await SMB2Client.connect("127.0.0.1", 4450, user="test", password="test")
+    tree = await client.tree_connect("share")
+    f = await tree.create("a.txt", oplock=OplockLevel.BATCH, on_break=handler)
+    await f.write(0, b"data"); data = await f.read(0, 4)
+    await f.close(); await client.close()
+
+NEGOTIATE offers 2.1, 3.0, 3.0.2 and 3.1.1 (with the preauth integrity hash);
+SESSION_SETUP is NTLM inside SPNEGO through pyspnego; signing and encryption
+use `gateway.protocol.crypto`. A break is routed to the open it names (an
+oplock break by FileId, a lease break by LeaseKey) and handed to that open's
+``on_break``; an open without one acknowledges at once with the level the
+server offered, as a client that caches nothing would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+
+import spnego
+
+from gateway.protocol import crypto
+from gateway.protocol.constants import (
+    AccessMask,
+    Capabilities,
+    Command,
+    CreateDisposition,
+    CreateOptions,
+    Dialect,
+    OplockLevel,
+    SecurityMode,
+    SessionFlags,
+    ShareAccess,
+    ShareFlags,
+    Status,
+)
+from gateway.protocol.header import Header
+
+from . import messages as m
+from .messages import BreakNotice, FileId, LeaseRequest, LockElement, SmbProtocolError
+from .transport import Response, SessionChannel, SmbError, Transport
+
+log = logging.getLogger("clients.smb2")
+
+__all__ = ["BreakHandler", "Open", "SMB2Client", "SmbError", "Tree"]
+
+DEFAULT_DIALECTS = (Dialect.SMB2_1, Dialect.SMB3_0, Dialect.SMB3_0_2, Dialect.SMB3_1_1)
+READ_WRITE = int(AccessMask.GENERIC_READ | AccessMask.GENERIC_WRITE)
+SHARE_ALL = int(ShareAccess.READ | ShareAccess.WRITE | ShareAccess.DELETE)
+_MAX_IO = 1024 * 1024
+
+BreakHandler = Callable[["Open", BreakNotice], Awaitable[None] | None]
+
+
+class SMB2Client:
+    """One connection with one authenticated session."""
+
+    def __init__(self, transport: Transport, host: str) -> None:
+        self.transport = transport
+        self.host = host
+        self.client_guid = os.urandom(16)
+        self.dialect = 0
+        self.server_capabilities = 0
+        self.max_read = 65536
+        self.max_write = 65536
+        self.channel: SessionChannel | None = None
+        self.session_id = 0
+        self.encrypt = False
+        self.breaks_received = 0
+        self._opens: dict[FileId, Open] = {}
+        self._parked: list[BreakNotice] = []
+        self._tasks: set[asyncio.Future[None]] = set()
+        transport.on_notification = self._on_notification
+
+    @classmethod
+    async def connect(
+        cls,
+        host: str,
+        port: int = 445,
+        *,
+        user: str,
+        password: str,
+        domain: str = "",
+        dialects: tuple[int, ...] = DEFAULT_DIALECTS,
+        require_signing: bool = False,
+        encrypt: bool = False,
+        timeout: float = 10.0,
+    ) -> SMB2Client:
+        transport = await Transport.open(host, port, timeout)
+        client = cls(transport, host)
+        try:
+            await asyncio.wait_for(
+                client._login(user, password, domain, dialects, require_signing, encrypt), timeout
+            )
+        except BaseException:
+            await transport.close()
+            raise
+        return client
+
+    # -- NEGOTIATE and SESSION_SETUP ---------------------------------------------------
+
+    async def _login(
+        self,
+        user: str,
+        password: str,
+        domain: str,
+        dialects: tuple[int, ...],
+        require_signing: bool,
+        encrypt: bool,
+    ) -> None:
+        sec_mode = SecurityMode.SIGNING_ENABLED
+        if require_signing:
+            sec_mode |= SecurityMode.SIGNING_REQUIRED
+        caps = Capabilities.LEASING | Capabilities.LARGE_MTU
+        if encrypt:
+            caps |= Capabilities.ENCRYPTION
+        body = m.negotiate_request(tuple(dialects), int(sec_mode), int(caps), self.client_guid)
+        resp = await self.transport.request(Command.NEGOTIATE, body)
+        neg = m.parse_negotiate_response(resp.body)
+        if neg.dialect not in dialects:
+            raise SmbProtocolError(f"server chose dialect {neg.dialect:#06x}, not offered")
+        self.dialect = neg.dialect
+        self.server_capabilities = neg.capabilities
+        self.max_read = min(neg.max_read, _MAX_IO)
+        self.max_write = min(neg.max_write, _MAX_IO)
+        self.transport.multi_credit = bool(
+            neg.dialect >= Dialect.SMB2_1 and neg.capabilities & Capabilities.LARGE_MTU
+        )
+        if not self.transport.multi_credit:
+            self.max_read = min(self.max_read, 65536)
+            self.max_write = min(self.max_write, 65536)
+        preauth = crypto.PREAUTH_HASH_INITIAL
+        if neg.dialect == Dialect.SMB3_1_1:
+            preauth = crypto.preauth_update(preauth, resp.request_raw)
+            preauth = crypto.preauth_update(preauth, resp.raw)
+        cipher: int | None = None
+        if neg.dialect == Dialect.SMB3_1_1:
+            cipher = neg.cipher
+        elif neg.dialect >= Dialect.SMB3_0 and neg.capabilities & Capabilities.ENCRYPTION:
+            cipher = 0x0001  # 3.0 and 3.0.2 only know AES-128-CCM
+        if encrypt and cipher is None:
+            raise SmbProtocolError("encryption asked for, but the server offers no cipher")
+        principal = f"{domain}\\{user}" if domain else user
+        ctx = spnego.client(
+            principal, password, hostname=self.host, service="cifs", protocol="negotiate"
+        )
+        token = ctx.step()
+        session_id = 0
+        while True:
+            assert token is not None
+            body = m.session_setup_request(int(sec_mode), token)
+            resp = await self.transport.request(
+                Command.SESSION_SETUP,
+                body,
+                session_id=session_id,
+                expect=(Status.SUCCESS, Status.MORE_PROCESSING_REQUIRED),
+            )
+            session_id = resp.header.session_id
+            flags, out_token = m.parse_session_setup_response(resp.body)
+            if neg.dialect == Dialect.SMB3_1_1:
+                preauth = crypto.preauth_update(preauth, resp.request_raw)
+            if resp.status == Status.SUCCESS:
+                break
+            if neg.dialect == Dialect.SMB3_1_1:
+                preauth = crypto.preauth_update(preauth, resp.raw)
+            token = ctx.step(out_token)
+        if out_token:
+            ctx.step(out_token)  # checks the server's mechListMIC
+        if flags & (SessionFlags.IS_GUEST | SessionFlags.IS_NULL):
+            raise SmbError(Status.LOGON_FAILURE, Command.SESSION_SETUP, "logged on as guest")
+        keys = crypto.derive_session_keys(
+            ctx.session_key,
+            neg.dialect,
+            preauth if neg.dialect == Dialect.SMB3_1_1 else None,
+            cipher,
+        )
+        algorithm = crypto.signing_algorithm(neg.dialect, neg.signing_algorithm)
+        signer = crypto.Signer(keys.signing_key, algorithm)
+        if resp.header.is_signed and not signer.verify(resp.raw, from_server=True):
+            raise SmbProtocolError("bad signature on the final SESSION_SETUP response")
+        sign_all = bool(require_signing or neg.security_mode & SecurityMode.SIGNING_REQUIRED)
+        self.channel = SessionChannel(session_id, signer, sign_all)
+        self.session_id = session_id
+        if (encrypt or flags & SessionFlags.ENCRYPT_DATA) and cipher is not None:
+            self._start_encryption(keys, cipher)
+        self.transport.sessions[session_id] = self.channel
+
+    def _start_encryption(self, keys: crypto.SessionKeys, cipher: int) -> None:
+        # derive_session_keys names keys from the server's side: what it
+        # decrypts ("ServerIn") is what we encrypt with.
+        assert self.channel is not None
+        self.channel.encryptor = crypto.TransformCipher(keys.decryption_key, cipher)
+        self.channel.decryptor = crypto.TransformCipher(keys.encryption_key, cipher)
+        self.encrypt = True
+
+    # -- trees ----------------------------------------------------------------------------
+
+    async def tree_connect(self, share: str) -> Tree:
+        unc = f"\\\\{self.host}\\{share}"
+        resp = await self.request(
+            Command.TREE_CONNECT,
+            m.tree_connect_request(unc),
+            # 3.1.1 clients sign TREE_CONNECT so the server can check the
+            # negotiation was not tampered with (MS-SMB2 3.2.4.1.1).
+            sign=True if self.dialect == Dialect.SMB3_1_1 else None,
+        )
+        info = m.parse_tree_connect_response(resp.body)
+        if info.share_flags & ShareFlags.ENCRYPT_DATA and not self.encrypt:
+            raise SmbProtocolError("the share demands encryption; connect with encrypt=True")
+        return Tree(self, resp.header.tree_id, share, info)
+
+    async def request(
+        self,
+        command: int,
+        body: bytes,
+        *,
+        tree_id: int = 0,
+        payload: int = 0,
+        sign: bool | None = None,
+        expect: tuple[int, ...] = (Status.SUCCESS,),
+    ) -> Response:
+        if self.channel is None:
+            raise SmbProtocolError("not logged on")
+        return await self.transport.request(
+            command,
+            body,
+            session=self.channel,
+            tree_id=tree_id,
+            payload=payload,
+            sign=sign,
+            expect=expect,
+        )
+
+    async def echo(self) -> None:
+        # Sessionless: ECHO proves the connection, not the session, and
+        # servers differ on whether they sign its response.
+        await self.transport.request(Command.ECHO, m.small_request())
+
+    async def close(self) -> None:
+        """Log off and drop the connection; open handles are closed by the server."""
+        if not self.transport.closed and self.channel is not None:
+            try:
+                await asyncio.wait_for(self.request(Command.LOGOFF, m.small_request()), 5)
+            except (TimeoutError, SmbError, ConnectionError, SmbProtocolError):
+                pass
+        for task in list(self._tasks):
+            task.cancel()
+        await self.transport.close()
+
+    # -- breaks ---------------------------------------------------------------------------
+
+    def register(self, op: Open) -> None:
+        self._opens[op.file_id] = op
+        # A break can be read before the CREATE response's waiter resumes.
+        parked, self._parked = self._parked, []
+        for notice in parked:
+            self._route(notice)
+
+    def unregister(self, op: Open) -> None:
+        self._opens.pop(op.file_id, None)
+
+    def _on_notification(self, hdr: Header, body: bytes) -> None:
+        self.breaks_received += 1
+        self._route(m.parse_break_notification(body))
+
+    def _route(self, notice: BreakNotice) -> None:
+        targets: list[Open]
+        if notice.lease_key is not None:
+            targets = [o for o in self._opens.values() if o.lease_key == notice.lease_key]
+        else:
+            op = self._opens.get(notice.file_id) if notice.file_id else None
+            targets = [op] if op is not None else []
+        if not targets:
+            if len(self._parked) < 64:
+                self._parked.append(notice)
+            return
+        if notice.lease_key is None:
+            # Only an Exclusive or Batch oplock is acknowledged; II to none is not.
+            held = targets[0].oplock_level
+            exclusive = held in (OplockLevel.EXCLUSIVE, OplockLevel.BATCH)
+            notice = replace(notice, ack_required=exclusive)
+        for op in targets:
+            op.note_break(notice)
+        # One lease, one acknowledgement: only the first open's handler answers.
+        self._run_handler(targets[0], notice)
+
+    def _run_handler(self, op: Open, notice: BreakNotice) -> None:
+        handler = op.on_break or _acknowledge
+        result = handler(op, notice)
+        if inspect.isawaitable(result):
+            self.track(asyncio.ensure_future(result))
+
+    def track(self, task: asyncio.Future[None]) -> None:
+        """Keep a break handler's task alive and log its failure."""
+        self._tasks.add(task)
+        task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Future[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("break handler failed", exc_info=task.exception())
+
+
+async def _acknowledge(op: Open, notice: BreakNotice) -> None:
+    if notice.ack_required:
+        await op.acknowledge(notice)
+
+
+class Tree:
+    def __init__(
+        self, client: SMB2Client, tree_id: int, share: str, info: m.TreeConnectResponse
+    ) -> None:
+        self.client = client
+        self.tree_id = tree_id
+        self.share = share
+        self.info = info
+
+    async def create(
+        self,
+        path: str,
+        *,
+        access: int = READ_WRITE,
+        share_access: int = SHARE_ALL,
+        disposition: int = CreateDisposition.OPEN_IF,
+        options: int = CreateOptions.NON_DIRECTORY_FILE,
+        oplock: int = OplockLevel.NONE,
+        lease_state: int | None = None,
+        lease_key: bytes | None = None,
+        on_break: BreakHandler | None = None,
+    ) -> Open:
+        """Open or create a file; ``lease_state`` asks for a lease instead of ``oplock``."""
+        lease: LeaseRequest | None = None
+        if lease_state is not None:
+            version = 2 if self.client.dialect >= Dialect.SMB3_0 else 1
+            lease = LeaseRequest(lease_key or os.urandom(16), lease_state, version)
+        body = m.create_request(
+            path,
+            access=access,
+            share=share_access,
+            disposition=disposition,
+            options=options,
+            oplock=oplock,
+            lease=lease,
+        )
+        resp = await self.client.request(Command.CREATE, body, tree_id=self.tree_id)
+        info = m.parse_create_response(resp.body)
+        op = Open(self, path, info, lease.key if lease is not None else None, on_break)
+        self.client.register(op)
+        return op
+
+    async def disconnect(self) -> None:
+        await self.client.request(Command.TREE_DISCONNECT, m.small_request(), tree_id=self.tree_id)
+
+
+class Open:
+    """An open handle; its oplock level or lease state follows the breaks it receives."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        path: str,
+        info: m.CreateResponse,
+        lease_key: bytes | None,
+        on_break: BreakHandler | None,
+    ) -> None:
+        self.tree = tree
+        self.client = tree.client
+        self.path = path
+        self.file_id: FileId = info.file_id
+        self.size = info.size
+        self.created = info.action == 2
+        self.lease_key = lease_key if info.oplock == OplockLevel.LEASE else None
+        self.lease_state = (info.lease_state or 0) if self.lease_key else 0
+        self.lease_epoch = info.lease_epoch
+        self.oplock_level = info.oplock
+        self.on_break = on_break
+        self.breaks: list[BreakNotice] = []
+        self.closed = False
+
+    @property
+    def caching(self) -> int:
+        """The caching this open holds as lease bits (R 1, H 2, W 4), oplocks mapped."""
+        if self.lease_key is not None:
+            return self.lease_state
+        return {
+            OplockLevel.II: 0x1,
+            OplockLevel.EXCLUSIVE: 0x5,
+            OplockLevel.BATCH: 0x7,
+        }.get(OplockLevel(self.oplock_level), 0)
+
+    def note_break(self, notice: BreakNotice) -> None:
+        self.breaks.append(notice)
+        if not notice.ack_required:
+            # Nothing to acknowledge: the server has already lowered us.
+            if notice.is_lease:
+                self.lease_state = notice.new_state
+            else:
+                self.oplock_level = notice.new_oplock
+
+    async def _request(self, command: int, body: bytes, payload: int = 0) -> Response:
+        return await self.client.request(command, body, tree_id=self.tree.tree_id, payload=payload)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes; short at end of file, b"" past it."""
+        out = bytearray()
+        while len(out) < length:
+            n = min(length - len(out), self.client.max_read)
+            try:
+                resp = await self.client.request(
+                    Command.READ,
+                    m.read_request(self.file_id, offset + len(out), n),
+                    tree_id=self.tree.tree_id,
+                    payload=n,
+                )
+            except SmbError as e:
+                if e.status == Status.END_OF_FILE:
+                    break
+                raise
+            data = m.parse_read_response(resp.body)
+            out += data
+            if len(data) < n:
+                break
+        return bytes(out)
+
+    async def write(self, offset: int, data: bytes) -> int:
+        done = 0
+        while done < len(data) or not data:
+            chunk = data[done : done + self.client.max_write]
+            resp = await self._request(
+                Command.WRITE, m.write_request(self.file_id, offset + done, chunk), len(chunk)
+            )
+            written = m.parse_write_response(resp.body)
+            done += written
+            if not data or written < len(chunk):
+                break
+        return done
+
+    async def flush(self) -> None:
+        await self._request(Command.FLUSH, m.flush_request(self.file_id))
+
+    async def lock(
+        self, offset: int, length: int, *, exclusive: bool = True, wait: bool = True
+    ) -> None:
+        """A byte-range lock; with ``wait`` the server may answer STATUS_PENDING first."""
+        if exclusive:
+            element = LockElement.exclusive(offset, length, wait)
+        else:
+            element = LockElement.shared(offset, length, wait)
+        await self.lock_elements([element])
+
+    async def unlock(self, offset: int, length: int) -> None:
+        await self.lock_elements([LockElement.unlock(offset, length)])
+
+    async def lock_elements(self, elements: list[LockElement]) -> None:
+        await self._request(Command.LOCK, m.lock_request(self.file_id, elements))
+
+    async def acknowledge(self, notice: BreakNotice, level: int | None = None) -> int:
+        """Acknowledge a break with ``level`` (default: what the server offered)."""
+        if notice.is_lease:
+            assert notice.lease_key is not None
+            state = notice.new_state if level is None else level
+            resp = await self._request(
+                Command.OPLOCK_BREAK, m.lease_ack_request(notice.lease_key, state)
+            )
+            granted = m.parse_lease_ack_response(resp.body)
+            for op in list(self.client._opens.values()):
+                if op.lease_key == notice.lease_key:
+                    op.lease_state = granted
+            return granted
+        new = notice.new_oplock if level is None else level
+        resp = await self._request(Command.OPLOCK_BREAK, m.oplock_ack_request(self.file_id, new))
+        self.oplock_level = m.parse_oplock_ack_response(resp.body)
+        return self.oplock_level
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            await self._request(Command.CLOSE, m.close_request(self.file_id))
+        finally:
+            self.client.unregister(self)
+
+
+def lease_state_name(state: int) -> str:
+    return "".join(c for bit, c in ((1, "R"), (2, "H"), (4, "W")) if state & bit) or "none"
