@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -97,9 +98,17 @@ def demo_cluster(
         users = workdir / "users"
         users.write_text(f"{USER}:{PASSWORD}\n")
         users.chmod(0o600)
+        if port is None:
+            port = free_cluster_port(nodes)
+        else:
+            # LocalCluster takes anything that accepts a connection for a node
+            # that is up, so a foreign listener on the port would pass for one.
+            busy = [node_address(i) for i in range(nodes) if not _bindable(node_address(i), port)]
+            if busy:
+                raise ConfigError(f"--port {port}: in use on {', '.join(busy)}")
         spec = ClusterSpec(
             nodes=nodes,
-            port=port if port is not None else free_cluster_port(nodes),
+            port=port,
             shares=[f"{SHARE}={share_dir}"],
             users=str(users),
             uncoordinated=uncoordinated,
@@ -155,7 +164,7 @@ class Ui:
 
     def say(self, message: str) -> None:
         if self.enabled:
-            self.err.print(f"[dim]{message}[/dim]")
+            self.err.print(f"[dim]{escape(message)}[/dim]")
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int, int], None]]:

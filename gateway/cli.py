@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_cluster(sub)
     _add_status(sub)
+    from clients.demo_cli import add_parser as add_demo
+
+    add_demo(sub)
     return parser
 
 
@@ -190,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
             from oplock_bus.status import main as status_main
 
             return status_main(args.bus, args.json)
+        if args.command == "demo":
+            from clients.demo_cli import run as run_demo
+
+            return run_demo(args)
     except ConfigError as e:
         print(f"smbgw: {e}", file=sys.stderr)
         return 2

@@ -93,6 +93,8 @@ class LocalCluster:
                 self.bus_url = self.redis.url
                 say(f"redis-server on {self.redis.host}:{self.redis.port}")
             for i in range(self.spec.nodes):
+                _check_free(node_address(i), self.spec.port)
+            for i in range(self.spec.nodes):
                 self.nodes.append(self._start_node(i))
             for node in self.nodes:
                 self._wait_listening(node, timeout)
@@ -175,6 +177,16 @@ class LocalCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _check_free(host: str, port: int) -> None:
+    # Otherwise another program listening there would pass for the node.
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
 def _prefix(stream: IO[bytes], name: str) -> None:

@@ -114,3 +114,19 @@ def test_a_dead_node_stops_the_cluster_with_an_error(tmp_path: Path) -> None:
     assert proc.wait(timeout=30) == 1
     assert proc.stderr is not None and "stopped unexpectedly" in proc.stderr.read()
     assert not _node_pids(port)
+
+
+def test_a_port_taken_on_a_node_address_is_refused(tmp_path: Path) -> None:
+    import socket
+
+    port = free_port("127.0.0.2")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.2", port))
+        busy.listen()
+        proc = subprocess.run(
+            _cluster_cmd(tmp_path, "--nodes", "2", "--port", str(port), "--uncoordinated"),
+            capture_output=True, text=True, timeout=30, cwd=REPO,
+        )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot listen on 127.0.0.2:{port}" in proc.stderr
+    assert not _node_pids(port)

@@ -1,0 +1,192 @@
+"""The Access workload's committed updates per second, gateway against Samba.
+
+Four servers in the same run, each given the same seeded Jet workload
+(`clients.jet.run_jet`, 4 caching clients spread round-robin over the
+nodes):
+
+* one gateway node and a coordinated 2-node gateway cluster (Redis bus,
+  started by `gateway.cluster.LocalCluster`);
+* one Samba smbd (``../shared/torture/start-smbd.sh``) and a 2-node
+  clustered Samba (``start-ctdb-cluster.sh``: ctdbd + smbd per node).
+
+The runs are interleaved (run 1 on every server, then run 2, ...) so a burst
+of load on this shared machine lands on all of them; each figure is the
+median over the runs. Lost updates and bad pages are counted too: a fast
+server that loses updates is not a result.
+
+    sudo .venv/bin/python bench/access_workload.py [--runs 5] [--updates 1000] [--json]
+
+Needs root (smbd switches to the test user; ctdb adds loopback aliases).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from clients.demo_common import free_cluster_port  # noqa: E402
+from clients.jet import JetConfig, JetReport, run_jet  # noqa: E402
+from gateway.cluster import ClusterSpec, LocalCluster  # noqa: E402
+
+TORTURE = REPO.parent / "shared" / "torture"
+Endpoint = tuple[str, int]
+
+
+@dataclass
+class Target:
+    name: str
+    nodes: int
+    endpoints: list[Endpoint]
+    rates: list[float] = field(default_factory=list)
+    lost: int = 0
+    corrupt: int = 0
+    breaks: list[int] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates) if self.rates else 0.0
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 180) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
+
+
+def _smbd_env() -> dict[str, str]:
+    """start-smbd.sh's default VFS modules are not installed everywhere; the workload needs none."""
+    env = dict(os.environ)
+    out = subprocess.run(["smbd", "-b"], capture_output=True, text=True).stdout
+    modules = next(
+        (Path(line.split(":", 1)[1].strip()) for line in out.splitlines() if "MODULESDIR:" in line),
+        None,
+    )
+    if modules is None or not (modules / "vfs" / "streams_xattr.so").exists():
+        env["SMBD_VFS_OBJECTS"] = " "
+    return env
+
+
+@contextmanager
+def gateway(work: Path, nodes: int) -> Iterator[list[Endpoint]]:
+    share = work / f"gw{nodes}" / "share"
+    share.mkdir(parents=True)
+    users = work / f"gw{nodes}" / "users"
+    users.write_text("test:test\n")
+    spec = ClusterSpec(
+        nodes=nodes,
+        port=free_cluster_port(nodes),
+        shares=[f"share={share}"],
+        users=str(users),
+        node_args=["--log-level", "WARNING"],
+        log_dir=work / f"gw{nodes}" / "logs",
+    )
+    with LocalCluster(spec) as cluster:
+        yield cluster.endpoints
+
+
+@contextmanager
+def smbd(work: Path) -> Iterator[list[Endpoint]]:
+    port = free_cluster_port(1)
+    d = work / "smbd"
+    _run(["bash", str(TORTURE / "start-smbd.sh"), str(d), str(port)], env=_smbd_env())
+    try:
+        yield [("127.0.0.1", port)]
+    finally:
+        subprocess.run(["bash", str(TORTURE / "stop-smbd.sh"), str(d)], capture_output=True)
+
+
+@contextmanager
+def ctdb(work: Path) -> Iterator[list[Endpoint]]:
+    if shutil.which("ctdbd") is None:
+        _run(["apt-get", "install", "-y", "-q", "ctdb"], timeout=600)
+    port = free_cluster_port(2)
+    d = work / "ctdb"
+    _run(["bash", str(TORTURE / "start-ctdb-cluster.sh"), str(d), "2", str(port)])
+    try:
+        yield [("127.0.0.1", port), ("127.0.0.2", port)]
+    finally:
+        subprocess.run(["bash", str(TORTURE / "stop-ctdb-cluster.sh"), str(d)], capture_output=True)
+
+
+def once(target: Target, cfg: JetConfig) -> JetReport:
+    report = asyncio.run(asyncio.wait_for(run_jet(target.endpoints, cfg), 300))
+    target.rates.append(report.updates_per_second)
+    target.lost += report.lost
+    target.corrupt += report.corrupt_pages
+    target.breaks.append(report.breaks)
+    return report
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=5, help="runs per server (default 5)")
+    ap.add_argument("--updates", type=int, default=1000, help="updates per run (default 1000)")
+    ap.add_argument("--clients", type=int, default=4, help="clients per run (default 4)")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        print("access_workload.py: needs root (smbd, ctdbd)", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="smbgw-abench-"))
+    work.chmod(0o755)  # smbd serves its share as user test, who must reach it
+    started = time.monotonic()
+    with ExitStack() as stack:
+        targets = [
+            Target("gateway, 1 node (Redis bus)", 1, stack.enter_context(gateway(work, 1))),
+            Target("gateway, 2 nodes (Redis bus)", 2, stack.enter_context(gateway(work, 2))),
+            Target("Samba smbd", 1, stack.enter_context(smbd(work))),
+            Target("Samba + CTDB, 2 nodes", 2, stack.enter_context(ctdb(work))),
+        ]
+        for run in range(args.runs):
+            for target in targets:
+                cfg = JetConfig(clients=args.clients, updates=args.updates, seed=100 + run)
+                r = once(target, cfg)
+                print(
+                    f"run {run + 1}/{args.runs} {target.name:30} {r.updates_per_second:8.0f}/s "
+                    f"lost {r.lost} corrupt {r.corrupt_pages} breaks {r.breaks}",
+                    file=sys.stderr,
+                )
+    shutil.rmtree(work, ignore_errors=True)
+    gw1, gw2, sm1, sm2 = targets
+    if args.json:
+        out = {
+            t.name: {"median_updates_per_second": round(t.median, 1), "runs": t.rates,
+                     "lost": t.lost, "corrupt_pages": t.corrupt}
+            for t in targets
+        }  # fmt: skip
+        print(json.dumps(out, indent=2))
+        return 0
+    print(
+        f"\nAccess workload: {args.clients} clients, {args.updates} updates per run, "
+        f"median of {args.runs} runs ({time.monotonic() - started:.0f} s in all)\n"
+    )
+    print("| server | nodes | committed updates/s (median) | runs | lost | bad pages |")
+    print("|---|---|---|---|---|---|")
+    for t in targets:
+        runs = ", ".join(f"{r:.0f}" for r in t.rates)
+        print(f"| {t.name} | {t.nodes} | {t.median:.0f} | {runs} | {t.lost} | {t.corrupt} |")
+    print("\n| comparison | ratio |")
+    print("|---|---|")
+    for a, b in ((gw1, sm1), (gw2, sm2), (gw2, gw1), (sm2, sm1)):
+        ratio = a.median / b.median if b.median else 0.0
+        print(f"| {a.name} / {b.name} | {ratio:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

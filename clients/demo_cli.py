@@ -1,0 +1,152 @@
+"""The ``smbgw demo`` subcommands: their options, and dispatch to the demos.
+
+Kept apart from ``gateway/cli.py`` so that file only registers the parser
+and calls `run`; nothing heavy is imported until a demo actually runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from gateway.cluster import MAX_NODES
+
+ACCESS_EXIT = """exit status:
+  0    no committed update lost, every page checksum verifies
+  1    damage: committed updates lost or pages with a bad checksum
+  2    bad options, or the cluster or the workload could not run
+  130  interrupted (Ctrl-C); every node and redis-server it started is stopped"""
+
+BREAK_EXIT = """exit status:
+  0    the break reached A before B's CREATE completed and B read A's writes
+  1    it did not (wrong order, or B read other data)
+  2    bad options, or the cluster or the demo could not run
+  130  interrupted (Ctrl-C); every node and redis-server it started is stopped"""
+
+ACCESS_HELP = """\
+Start a local cluster on 127.0.0.1.. (a private redis-server and one
+`smbgw serve` per node, over a fresh temporary share), run the Jet-like
+Access workload with the clients spread round-robin over the nodes, print
+the figures, and stop everything again.
+
+With --uncoordinated every node runs with its own in-process bus over the
+same directory, the naive multi-mount: each node grants its own client
+Write caching and committed updates are lost. Coordinated, none are."""
+
+BREAK_HELP = """\
+Start a 2-node cluster; client A on node 1 opens a file with a Batch oplock
+(or an RWH lease with --lease), writes a record and takes a page lock, all
+in its cache; client B opens the same file through node 2. Prints the
+timeline (milliseconds since A's open): B's CREATE sent, break received by
+A, A flushed, A acknowledged, B's CREATE completed, B read A's data."""
+
+
+def _bounded(name: str, low: int, high: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"{name} must be {span}, not {value}")
+        return value
+
+    return parse
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, not {value:g}")
+    return value
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("demo", help="show the Access corruption and its prevention")
+    dsub = p.add_subparsers(dest="demo_command", required=True, metavar="{access,break}")
+    port = _bounded("a port", 1, 65535)
+
+    a = dsub.add_parser(
+        "access",
+        help="the multi-user Access workload on a local cluster",
+        description=ACCESS_HELP,
+        epilog=ACCESS_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    a.add_argument(
+        "--nodes", type=_bounded("nodes", 1, MAX_NODES), default=2,
+        help="gateway nodes (default 2)",
+    )  # fmt: skip
+    a.add_argument(
+        "--clients", type=_bounded("clients", 1, 64), default=4,
+        help="clients, spread round-robin over the nodes (default 4)",
+    )  # fmt: skip
+    a.add_argument(
+        "--updates", type=_bounded("updates", 1), default=1000,
+        help="record updates in total, split over the clients (default 1000)",
+    )  # fmt: skip
+    a.add_argument("--seed", type=int, default=0, help="which pages the clients pick (default 0)")
+    a.add_argument(
+        "--uncoordinated", action="store_true",
+        help="no shared bus: every node decides alone (shows the damage)",
+    )  # fmt: skip
+    a.add_argument(
+        "--oplock", action="store_true",
+        help="clients ask for a Batch oplock instead of an RWH lease",
+    )  # fmt: skip
+    a.add_argument("--json", action="store_true", help="print one JSON object, no progress")
+    a.add_argument("--port", type=port, help="port every node listens on (default: a free one)")
+    a.add_argument(
+        "--timeout", type=_positive_seconds, default=300.0,
+        help="give up on the workload after this many seconds (default 300)",
+    )  # fmt: skip
+
+    b = dsub.add_parser(
+        "break",
+        help="one cross-node oplock break, step by step",
+        description=BREAK_HELP,
+        epilog=BREAK_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("--json", action="store_true", help="print the events as one JSON object")
+    b.add_argument("--lease", action="store_true", help="A and B ask for RWH leases")
+    b.add_argument(
+        "--uncoordinated", action="store_true",
+        help="no shared bus: node 2 does not know A's oplock (shows the failure)",
+    )  # fmt: skip
+    b.add_argument("--port", type=port, help="port both nodes listen on (default: a free one)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo ``args`` names; Ctrl-C stops it (and everything it started) with 130."""
+    from .demo_common import INTERRUPTED
+
+    try:
+        if args.demo_command == "access":
+            from .demo_access import AccessOptions, run_access
+
+            opts = AccessOptions(
+                nodes=args.nodes,
+                clients=args.clients,
+                updates=args.updates,
+                seed=args.seed,
+                uncoordinated=args.uncoordinated,
+                mode="oplock" if args.oplock else "lease",
+                port=args.port,
+                timeout=args.timeout,
+            )
+            return run_access(opts, args.json)
+        from .demo_break import run_break_demo
+
+        return run_break_demo(
+            "lease" if args.lease else "oplock", args.uncoordinated, args.json, args.port
+        )
+    except KeyboardInterrupt:
+        import sys
+
+        print("smbgw: interrupted; everything the demo started is stopped", file=sys.stderr)
+        return INTERRUPTED
