@@ -142,6 +142,7 @@ def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check everything that would otherwise fail later, with a one-line reason."""
+    from .acl import check_rid_collisions
     from .auth import ConfigError as UsersError
     from .auth import load_users
 
@@ -163,13 +164,17 @@ def validate(cfg: Config) -> None:
             cfg.users = load_users(cfg.users_file)
         except UsersError as e:
             raise ConfigError(str(e)) from None
+        clashes = check_rid_collisions(cfg.users)
+        if clashes:
+            a, b = clashes[0]
+            raise ConfigError(f"users {a!r} and {b!r} would share a SID (see docs); rename one")
     elif not any(s.guest_ok for s in cfg.shares):
         raise ConfigError("no users file (--users FILE) and no guest share: nobody could log on")
     if cfg.break_timeout <= 0:
         raise ConfigError("break_timeout must be positive")
+    if cfg.node_ttl <= 0:
+        raise ConfigError("node_ttl must be positive")
     if not 65536 <= cfg.max_io_size <= 8 * 1024 * 1024:
         raise ConfigError("max_io_size must be between 65536 and 8388608")
     if not cfg.node_id:
         cfg.node_id = f"{socket.gethostname()}-{cfg.listen_host}-{cfg.listen_port}"
-    if cfg.node_ttl <= 0:
-        raise ConfigError("node_ttl must be positive")

@@ -7,7 +7,7 @@ import itertools
 import logging
 import struct
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from oplock_bus.api import BreakNotice, LockBus
 
@@ -15,7 +15,7 @@ from .config import Config
 from .connection import SmbConnection
 from .durable import DurableTable
 from .handlers.breaks import request_is_waiting_on_break
-from .notify import NotifyHub
+from .notify import ChangeEvent, NotifyHub, end_watch, local_event
 from .protocol.constants import Command
 from .state import Open, Session, TreeConnect
 from .vfs import ShareFS
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("smbgw.node")
 
+NOTIFY_TOPIC = "notify"
 _OPLOCK_BREAK = struct.Struct("<HBBIQQ")
 _LEASE_BREAK = struct.Struct("<HHI16sIIIII")
 LEASE_BREAK_ACK_REQUIRED = 0x01
@@ -43,7 +44,9 @@ class Node:
         self._ids = itertools.count(1)
         self.handlers: dict[int, Handler] = _handler_table()
         self._server: asyncio.base_events.Server | None = None
-        self.notify_hub = NotifyHub()
+        # Directory changes made here also go to the other nodes' watches.
+        self.notify_hub = NotifyHub(publish=self._publish_change)
+        self._broadcasts: set[asyncio.Task[None]] = set()
         self.durable = DurableTable(self.close_open)
 
     def next_id(self) -> int:
@@ -52,8 +55,10 @@ class Node:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> asyncio.base_events.Server:
-        await self.bus.start()
+        # Registered before the bus starts, so it listens before we serve.
         self.bus.register_node(self.node_id, self.deliver_break)
+        self.bus.on_broadcast(NOTIFY_TOPIC, self._remote_change)
+        await self.bus.start()
         self._server = await asyncio.start_server(
             self._accept,
             self.config.listen_host,
@@ -62,6 +67,25 @@ class Node:
             limit=1024 * 1024,
         )
         return self._server
+
+    def _publish_change(self, event: ChangeEvent) -> None:
+        task = asyncio.get_running_loop().create_task(self._broadcast_change(event))
+        self._broadcasts.add(task)
+        task.add_done_callback(self._broadcasts.discard)
+
+    async def _broadcast_change(self, event: ChangeEvent) -> None:
+        try:
+            await self.bus.broadcast(NOTIFY_TOPIC, event.to_dict())
+        except Exception as e:  # noqa: BLE001 - a watch elsewhere misses one change
+            log.warning("change %s not sent to the other nodes: %s", event, e)
+
+    def _remote_change(self, payload: dict[str, Any]) -> None:
+        try:
+            event = ChangeEvent.from_dict(payload)
+        except ValueError as e:
+            log.warning("malformed change from the bus: %s", e)
+            return
+        self.notify_hub.deliver(event)
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -102,6 +126,9 @@ class Node:
     ) -> None:
         for op in [o for o in conn.opens.values() if o.tree is tree]:
             if lost and self.durable.keeps(op):
+                # A parked handle has no connection to answer a pending notify on.
+                end_watch(op.notify)
+                op.notify = None
                 conn.opens.pop(op.volatile_id, None)
                 self.durable.park(op)
             else:
@@ -139,8 +166,20 @@ class Node:
                 if epoch is not None:
                     op.lease_epoch = epoch
 
-    def notify_change(self, tree: TreeConnect, host_path: str, action: str, is_dir: bool) -> None:
-        self.notify_hub.changed(host_path, action, is_dir)
+    def notify_change(
+        self, tree: TreeConnect, host_path: str, action: str, is_dir: bool, mask: int = 0
+    ) -> None:
+        """Report a change made through ``tree``; ``mask`` 0 takes the action's usual bits."""
+        event = local_event(tree, host_path, action, is_dir, origin=self.node_id, mask=mask)
+        if event is not None:
+            self.notify_hub.report(event)
+
+    def notify_rename(self, tree: TreeConnect, old_path: str, new_path: str, is_dir: bool) -> None:
+        event = local_event(
+            tree, new_path, "renamed", is_dir, origin=self.node_id, old_host_path=old_path
+        )
+        if event is not None:
+            self.notify_hub.report(event)
 
     # -- breaks ----------------------------------------------------------------
 

@@ -185,6 +185,8 @@ class Operation(enum.Enum):
 
 
 BreakHandler = Callable[[BreakNotice], Awaitable[None]]
+# Receives another node's broadcast payload (plain JSON-able data).
+BroadcastHandler = Callable[[dict[str, Any]], None]
 
 
 class LockBus(abc.ABC):
@@ -251,3 +253,16 @@ class LockBus(abc.ABC):
     @abc.abstractmethod
     async def snapshot(self) -> dict[str, Any]:
         """The whole lock space as plain data (for ``smbgw status``)."""
+
+    # -- broadcasts: small best-effort messages to the other nodes -----------------
+    # For what is not lock state but must still cross nodes (e.g. the
+    # gateway's directory-change events). One node alone has nobody to tell,
+    # so these are no-ops unless a backend shares the bus between nodes.
+
+    async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
+        """Send ``payload`` to every other node listening on ``topic``; never to itself."""
+        return None
+
+    def on_broadcast(self, topic: str, handler: BroadcastHandler) -> None:
+        """Call ``handler`` with each payload another node broadcasts on ``topic``."""
+        return None

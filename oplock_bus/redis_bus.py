@@ -6,8 +6,17 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
-from .api import STATUS_SUCCESS, BreakHandler, BusUnavailable, NodeId, OpenRequest, OpenResult
+from .api import (
+    STATUS_SUCCESS,
+    BreakHandler,
+    BroadcastHandler,
+    BusUnavailable,
+    NodeId,
+    OpenRequest,
+    OpenResult,
+)
 from .coordinator import Coordinator
 from .liveness import DEFAULT_TTL, Liveness
 from .redis_store import RedisStore
@@ -70,6 +79,12 @@ class RedisBus(Coordinator):
             await self.close(req.file, req.open_id)
             raise BusUnavailable(f"node {req.node_id} lost its registration during the open")
         return result
+
+    async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
+        await self.redis_store.broadcast(topic, payload)
+
+    def on_broadcast(self, topic: str, handler: BroadcastHandler) -> None:
+        self.redis_store.on_broadcast(topic, handler)
 
     async def _fenced(self, node_id: NodeId) -> None:
         log.error("node %s is fenced off the bus: its clients must drop their caching", node_id)

@@ -40,7 +40,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redis_scripts as scripts
-from .api import BreakHandler, BreakNotice, BusUnavailable, NodeId
+from .api import BreakHandler, BreakNotice, BroadcastHandler, BusUnavailable, NodeId
 from .redis_messages import decode_notice, encode_notice
 from .redis_pubsub import PubSubHub
 from .redis_url import Connector, RedisTarget
@@ -98,6 +98,7 @@ class RedisStore(Store):
         self.connector: Connector | None = None
         self.hub: PubSubHub | None = None
         self.handlers: dict[NodeId, BreakHandler] = {}
+        self.broadcast_handlers: dict[str, list[BroadcastHandler]] = {}
         self._token_prefix = secrets.token_hex(6)
         self._tokens = itertools.count(1)
         self._pubsub_client: Redis | None = None
@@ -129,10 +130,18 @@ class RedisStore(Store):
         )
         for node_id in self.handlers:
             self.hub.add_permanent(self.node_channel(node_id))
+        for topic in self.broadcast_handlers:
+            self.hub.add_permanent(self.broadcast_channel(topic))
         self.hub.add_permanent(self._sync_channel)
         with bus_errors():
             await self.client.ping()
         self.hub.start()
+        # Listening before serving: a break notice or broadcast published to
+        # a channel not yet subscribed would be lost.
+        await self.hub.confirm(
+            [self.node_channel(n) for n in self.handlers]
+            + [self.broadcast_channel(t) for t in self.broadcast_handlers]
+        )
         self.running = True
 
     async def sync(self) -> None:
@@ -179,6 +188,9 @@ class RedisStore(Store):
 
     def node_channel(self, node_id: NodeId) -> str:
         return f"{self.ns}node:{node_id}"
+
+    def broadcast_channel(self, topic: str) -> str:
+        return f"{self.ns}bcast:{topic}"
 
     def _encode(self, doc: Doc) -> str:
         token = f"{self._token_prefix}.{next(self._tokens)}"
@@ -283,7 +295,38 @@ class RedisStore(Store):
         with bus_errors():
             await self.client.publish(self.node_channel(notice.node_id), encode_notice(notice))
 
+    # -- broadcasts ----------------------------------------------------------------------
+
+    def on_broadcast(self, topic: str, handler: BroadcastHandler) -> None:
+        first = topic not in self.broadcast_handlers
+        self.broadcast_handlers.setdefault(topic, []).append(handler)
+        if first and self.hub is not None:
+            self.hub.add_permanent(self.broadcast_channel(topic))
+
+    async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
+        # The origin lets this store skip its own message when it comes back.
+        message = json.dumps({"origin": self._token_prefix, "data": payload})
+        with bus_errors():
+            await self.client.publish(self.broadcast_channel(topic), message)
+
+    def _on_broadcast(self, topic: str, data: bytes) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            log.warning("malformed broadcast on %s", topic)
+            return
+        if message.get("origin") == self._token_prefix:
+            return
+        for handler in self.broadcast_handlers.get(topic, []):
+            try:
+                handler(message.get("data", {}))
+            except Exception:  # one faulty listener must not stop the others
+                log.exception("broadcast handler for %s failed", topic)
+
     def _on_message(self, channel: str, data: bytes) -> None:
+        if channel.startswith(self.ns + "bcast:"):
+            self._on_broadcast(channel.removeprefix(self.ns + "bcast:"), data)
+            return
         if channel == self._sync_channel:
             fut = self._syncs.get(data)
             if fut is not None and not fut.done():

@@ -28,16 +28,21 @@ from smbprotocol.open import (
     RequestedOplockLevel,
     ShareAccess,
     SMB2LockElement,
+    SMB2QueryInfoRequest,
+    SMB2QueryInfoResponse,
+    SMB2SetInfoRequest,
 )
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
+from gateway import acl, sd
 from gateway.cluster import ClusterSpec, LocalCluster
 
 from .conftest import PASSWORD, USER, free_port, write_users
 
 STATUS_SHARING_VIOLATION = 0xC0000043
 STATUS_LOCK_NOT_GRANTED = 0xC0000055
+STATUS_ACCESS_DENIED = 0xC0000022
 NODE_TTL = 3.0
 RW = FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE
 
@@ -216,3 +221,104 @@ def test_kill9_of_node1_frees_its_oplock_and_lock_for_node2(tmp_path: Path) -> N
         a.close()
     finally:
         cluster.stop()
+
+
+INFO_SECURITY = 3
+OWNER_GROUP_DACL = 0x7
+
+
+def _query_sd(handle: Open, additional: int = OWNER_GROUP_DACL) -> bytes:
+    req = SMB2QueryInfoRequest()
+    req["info_type"] = INFO_SECURITY
+    req["file_info_class"] = 0
+    req["output_buffer_length"] = 4096
+    req["additional_information"] = additional
+    req["file_id"] = handle.file_id
+    tree = handle.tree_connect
+    request = tree.session.connection.send(req, tree.session.session_id, tree.tree_connect_id)
+    resp = SMB2QueryInfoResponse()
+    resp.unpack(tree.session.connection.receive(request)["data"].get_value())
+    return bytes(resp["buffer"].get_value())
+
+
+def _set_sd(handle: Open, data: bytes, additional: int) -> None:
+    req = SMB2SetInfoRequest()
+    req["info_type"] = INFO_SECURITY
+    req["file_info_class"] = 0
+    req["additional_information"] = additional
+    req["file_id"] = handle.file_id
+    req["buffer"] = data
+    tree = handle.tree_connect
+    request = tree.session.connection.send(req, tree.session.session_id, tree.tree_connect_id)
+    tree.session.connection.receive(request)
+
+
+def test_a_dacl_set_through_node1_holds_on_node2(clients: tuple[Client, Client]) -> None:
+    a, b = clients
+    name = f"dacl-{uuid.uuid4().hex}.txt"
+    handle = a.open(name, access=FilePipePrinterAccessMask.GENERIC_ALL)
+    read_only = sd.Ace(sd.ACCESS_ALLOWED, 0, 0x00120089, acl.user_sid(USER))  # FILE_GENERIC_READ
+    written = sd.SecurityDescriptor(
+        sd.SE_SELF_RELATIVE | sd.SE_DACL_PRESENT, dacl=sd.acl_of(read_only)
+    )
+    _set_sd(handle, written.encode(), acl.DACL_SECURITY_INFORMATION)
+    mine = _query_sd(handle)
+    handle.close()
+    # Node 2 reads the same descriptor from the volume...
+    other = b.open(name, access=FilePipePrinterAccessMask.READ_CONTROL)
+    assert _query_sd(other) == mine
+    assert sd.parse(mine).dacl == sd.acl_of(read_only)
+    assert sd.parse(mine).owner == acl.user_sid(USER)
+    other.close()
+    # ...and enforces it: reading is allowed, writing is not.
+    b.open(name, access=FilePipePrinterAccessMask.GENERIC_READ).close()
+    with pytest.raises(SMBResponseException) as err:
+        b.open(name, access=FilePipePrinterAccessMask.FILE_WRITE_DATA)
+    assert err.value.status == STATUS_ACCESS_DENIED
+
+
+def test_a_change_through_node1_completes_a_watch_held_on_node2(
+    cluster: LocalCluster,
+) -> None:
+    import smbclient
+    from smbprotocol.change_notify import (
+        ChangeNotifyFlags,
+        CompletionFilter,
+        FileAction,
+        FileSystemWatcher,
+    )
+
+    (h1, port), (h2, _) = cluster.endpoints
+    caches: list[dict[str, object]] = [{}, {}]
+    for host, cache in zip((h1, h2), caches, strict=True):
+        smbclient.register_session(
+            host, username=USER, password=PASSWORD, port=port, connection_cache=cache,
+            auth_protocol="ntlm",
+        )  # fmt: skip
+    on1 = {"port": port, "connection_cache": caches[0]}
+    on2 = {"port": port, "connection_cache": caches[1]}
+    name = f"watched-{uuid.uuid4().hex[:8]}"
+    try:
+        smbclient.mkdir(rf"\\{h1}\share\{name}", **on1)
+        with smbclient.open_file(
+            rf"\\{h2}\share\{name}", mode="rb", buffering=0, file_type="dir", **on2
+        ) as d:
+            watcher = FileSystemWatcher(d.fd)
+            watcher.start(
+                CompletionFilter.FILE_NOTIFY_CHANGE_FILE_NAME,
+                flags=ChangeNotifyFlags.SMB2_WATCH_TREE,
+            )
+            time.sleep(0.2)
+            assert not watcher.response_event.is_set()
+            with smbclient.open_file(rf"\\{h1}\share\{name}\from-node1.txt", "wb", **on1) as f:
+                f.write(b"hello")
+            assert watcher.response_event.wait(timeout=10), "node 2's watch never completed"
+            changes = [
+                (c["action"].get_value(), c["file_name"].get_value()) for c in watcher.result
+            ]
+            assert changes == [(FileAction.FILE_ACTION_ADDED, "from-node1.txt")]
+        smbclient.remove(rf"\\{h1}\share\{name}\from-node1.txt", **on1)
+        smbclient.rmdir(rf"\\{h1}\share\{name}", **on1)
+    finally:
+        for cache in caches:
+            smbclient.reset_connection_cache(connection_cache=cache)

@@ -505,7 +505,7 @@ def test_default_descriptor_for_a_file() -> None:
              a["Ace"]["Sid"].formatCanonical()) for a in aces] == [
         (0, 0, 0x001F01FF, "S-1-22-1-1000"),
         (0, 0, 0x001F01FF, "S-1-5-18"),
-        (0, 0, 0x001200A9, "S-1-1-0"),
+        (0, 0, 0x001F01FF, "S-1-1-0"),
     ]  # fmt: skip
     assert d["Dacl"]["AclRevision"] == 2
     # Every offset points inside the buffer and the parts do not overlap.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from oplock_bus import api as bus_api
 from oplock_bus.api import Operation
 
-from .. import durable
+from .. import durable, security
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
     FILE_ALL_ACCESS,
@@ -229,7 +229,11 @@ def _granted_access(req: CreateRequest, maximal: int, info: FileInfo | None) -> 
     if info is not None and info.attributes & FileAttributes.READONLY:
         maximal_here &= ~(AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA)
     if req.access & AccessMask.MAXIMUM_ALLOWED:
-        return maximal_here | map_generic(req.access & ~AccessMask.MAXIMUM_ALLOWED)
+        # Rights named beside MAXIMUM_ALLOWED must still be granted (smb2.acls.MXAC-NOT-GRANTED).
+        wanted = map_generic(req.access & ~AccessMask.MAXIMUM_ALLOWED)
+        if wanted & ~maximal_here & ~AccessMask.SYNCHRONIZE:
+            raise NtStatusError(Status.ACCESS_DENIED)
+        return maximal_here | wanted
     wanted = map_generic(req.access)
     if wanted & ~maximal_here & ~AccessMask.SYNCHRONIZE:
         raise NtStatusError(Status.ACCESS_DENIED)
@@ -279,7 +283,13 @@ async def _open_file(
             CreateDisposition.OPEN_IF,
         ):
             raise NtStatusError(Status.INVALID_PARAMETER, "overwrite of a directory")
-    access = _granted_access(req, tree.maximal_access, info)
+    maximal, new_sd = security.check_open(
+        fs, tree.session, path, None if info is None else info.is_dir, req.access,
+        bool(opts & CreateOptions.DIRECTORY_FILE), req.contexts.get(b"SecD"), tree.maximal_access,
+        overwrite=disp in (CreateDisposition.SUPERSEDE, CreateDisposition.OVERWRITE,
+                           CreateDisposition.OVERWRITE_IF),
+    )  # fmt: skip
+    access = _granted_access(req, maximal, info)
     if tree.share.read_only and (disp != CreateDisposition.OPEN or info is None):
         if info is None or disp != CreateDisposition.OPEN_IF:
             raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
@@ -295,10 +305,18 @@ async def _open_file(
         except FileExistsError:
             if disp == CreateDisposition.CREATE:
                 raise NtStatusError(Status.OBJECT_NAME_COLLISION) from None
+            # Someone created it meanwhile: open it as existing, checked against its descriptor.
+            return await _open_file(ctx, req, ask, retry)
         except OSError as e:
             if e.errno == errno.ENOENT:
                 raise NtStatusError(Status.OBJECT_PATH_NOT_FOUND) from None
             raise NtStatusError(status_from_oserror(e)) from None
+        if created and new_sd is not None:
+            try:
+                security.store_new(fs, path, new_sd)
+            except OSError:
+                _remove_created(path, is_dir)
+                raise
     try:
         fd = _open_fd(path, _open_flags(access, bool(opts & CreateOptions.DIRECTORY_FILE)))
     except IsADirectoryError:
@@ -407,6 +425,8 @@ async def _open_file(
     ctx.conn.opens[op.volatile_id] = op
     if created:
         node.notify_change(tree, path, "added", info.is_dir)
+    elif overwrite:
+        node.notify_change(tree, path, "modified", False)
     contexts = _response_contexts(ctx, req, op, info, result, lease_req)
     contexts += durable.grant(ask, op, result.lease_state)
     oplock = result.oplock if result.oplock != OplockLevel.LEASE or lease_req else 0
@@ -554,7 +574,7 @@ def _response_contexts(
 ) -> list[tuple[bytes, bytes]]:
     out: list[tuple[bytes, bytes]] = []
     if b"MxAc" in req.contexts:
-        maximal = ctx.require_tree().maximal_access
+        maximal = security.handle_maximal_access(op)
         if info.attributes & FileAttributes.READONLY:
             maximal &= ~(AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA)
         out.append((b"MxAc", struct.pack("<II", 0, maximal)))

@@ -9,9 +9,11 @@ from oplock_bus.api import Operation
 
 from .. import security
 from ..context import Reply, RequestContext
+from ..notify import basic_info_mask
 from ..protocol import infoclass
 from ..protocol.constants import (
     AccessMask,
+    CompletionFilter,
     FileAttributes,
     FileInfoClass,
     FsInfoClass,
@@ -56,8 +58,8 @@ async def handle_query_info(ctx: RequestContext) -> Reply:
     elif info_type == InfoType.FILESYSTEM:
         data = _fs_info(ctx, op, info_class)
     elif info_type == InfoType.SECURITY:
-        if not op.access & AccessMask.READ_CONTROL:
-            raise NtStatusError(Status.ACCESS_DENIED)
+        if op.pipe is not None:
+            raise NtStatusError(Status.INVALID_PARAMETER)
         data = security.query_security(op, additional)
         if len(data) > out_len:
             return Reply(Status.BUFFER_TOO_SMALL, _QUERY_RESP.pack(9, 64 + 8, 4) +
@@ -123,7 +125,7 @@ def _fs_info(ctx: RequestContext, op: Open, info_class: int) -> bytes:
 async def handle_set_info(ctx: RequestContext) -> Reply:
     body = ctx.body
     check_size(body, 32, 33)
-    _s, info_type, info_class, buf_len, buf_off, _r, _additional, _p, _v = _SET.unpack_from(body)
+    _s, info_type, info_class, buf_len, buf_off, _r, additional, _p, _v = _SET.unpack_from(body)
     start = buf_off - 64
     if buf_len and (start < 32 or start + buf_len > len(body)):
         raise NtStatusError(Status.INVALID_PARAMETER)
@@ -136,7 +138,9 @@ async def handle_set_info(ctx: RequestContext) -> Reply:
     if info_type == InfoType.FILE:
         await _set_file_info(ctx, op, info_class, buf)
     elif info_type == InfoType.SECURITY:
-        raise NtStatusError(Status.NOT_SUPPORTED)
+        security.set_security(op, additional, buf)
+        ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir,
+                               CompletionFilter.SECURITY)  # fmt: skip
     elif info_type == InfoType.FILESYSTEM:
         raise NtStatusError(Status.NOT_SUPPORTED)
     else:
@@ -160,7 +164,8 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             if op.is_dir and basic.file_attributes & FileAttributes.TEMPORARY:
                 raise NtStatusError(Status.INVALID_PARAMETER)  # as NTFS refuses it
             fs.set_basic(op.host_path, basic, fd=op.fd, is_dir=op.is_dir)
-            ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir)
+            mask = basic_info_mask(basic)
+            ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir, mask)
         elif info_class == FileInfoClass.RENAME:
             await _rename(ctx, op, buf)
         elif info_class in (FileInfoClass.DISPOSITION, FileInfoClass.DISPOSITION_EX):
@@ -190,6 +195,7 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE))
             if size < os.fstat(op.fd).st_size:
                 os.ftruncate(op.fd, size)
+                ctx.node.notify_change(op.tree, op.host_path, "modified", False)
         elif info_class == FileInfoClass.POSITION:
             op.position = infoclass.parse_position(buf)
         elif info_class == FileInfoClass.MODE:
@@ -209,11 +215,15 @@ async def _rename(ctx: RequestContext, op: Open, buf: bytes) -> None:
     replace, target = infoclass.parse_rename(buf)
     target = target.lstrip("\\")
     new_path, existing = fs.lookup(target)
-    if existing is not None and os.path.realpath(new_path) != os.path.realpath(op.host_path):
+    replacing = existing is not None and os.path.realpath(new_path) != os.path.realpath(
+        op.host_path
+    )
+    if replacing:
         if not replace:
             raise NtStatusError(Status.OBJECT_NAME_COLLISION)
-        if existing.is_dir:
+        if existing is not None and existing.is_dir:
             raise NtStatusError(Status.ACCESS_DENIED)
+    security.check_rename(op, new_path, replacing)
     node = ctx.node
     parent = os.path.dirname(op.host_path)
     if any(o.is_dir and o.host_path == parent and o.access & AccessMask.DELETE
@@ -233,5 +243,4 @@ async def _rename(ctx: RequestContext, op: Open, buf: bytes) -> None:
             other.smb_name = target
     op.host_path = new_path
     op.smb_name = target
-    node.notify_change(op.tree, old, "renamed_old", op.is_dir)
-    node.notify_change(op.tree, new_path, "renamed_new", op.is_dir)
+    node.notify_rename(op.tree, old, new_path, op.is_dir)

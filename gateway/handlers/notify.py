@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import struct
 
 from ..context import Reply, RequestContext
-from ..notify import Watch
+from ..notify import Watch, share_path
 from ..protocol.constants import AccessMask, NtStatusError, Status
 from ..protocol.wire import check_size
+from ..state import Open
 
 _REQ = struct.Struct("<HHIQQII")
 _RESP = struct.Struct("<HHI")
@@ -18,29 +18,41 @@ WATCH_TREE = 0x0001
 async def handle_change_notify(ctx: RequestContext) -> Reply:
     check_size(ctx.body, 32, 32)
     _s, flags, out_len, _p, _v, completion_filter, _r = _REQ.unpack_from(ctx.body)
-    op = ctx.open_at(8)
-    if not op.is_dir:
-        raise NtStatusError(Status.INVALID_PARAMETER)
-    if not op.access & AccessMask.FILE_READ_DATA:
-        raise NtStatusError(Status.ACCESS_DENIED)
     if out_len > ctx.node.config.max_io_size:
         raise NtStatusError(Status.INVALID_PARAMETER)
+    op = ctx.open_at(8)
     watch = op.notify
     if watch is None:
-        watch = Watch(op.host_path, bool(flags & WATCH_TREE), completion_filter, out_len)
-        op.notify = watch
-        ctx.node.notify_hub.add(watch)
+        watch = _new_watch(ctx, op, bool(flags & WATCH_TREE), completion_filter, out_len)
+    if watch.ready():
+        status, data = watch.take(out_len)
+    elif not ctx.allow_async:
+        # Only the last request of a compound may go async; Samba cancels the others.
+        raise NtStatusError(Status.CANCELLED)
     else:
-        watch.max_output = out_len
-    if watch.changes or watch.overflowed:
-        status, data = watch.take()
-    else:
-        watch.waiter = asyncio.get_running_loop().create_future()
+        waiter = watch.wait(out_len)
         ctx.go_async()
         try:
-            status, data = await watch.waiter
+            status, data = await waiter
         finally:
-            watch.waiter = None
+            watch.forget(waiter)
     if status != Status.SUCCESS:
         return Reply(status)  # the error body has this response's shape, with no data
     return Reply(Status.SUCCESS, _RESP.pack(9, 64 + 8, len(data)) + data)
+
+
+def _new_watch(
+    ctx: RequestContext, op: Open, recursive: bool, completion_filter: int, out_len: int
+) -> Watch:
+    fs = op.tree.fs
+    if not op.is_dir or fs is None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    if not op.access & AccessMask.FILE_READ_DATA:  # FILE_LIST_DIRECTORY
+        raise NtStatusError(Status.ACCESS_DENIED)
+    directory = share_path(fs.root, op.host_path)
+    if directory is None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    share = op.tree.share.name
+    watch = ctx.node.notify_hub.watch(share, directory, recursive, completion_filter, out_len)
+    op.notify = watch
+    return watch

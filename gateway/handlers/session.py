@@ -71,8 +71,11 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
     except AuthError as e:
         log.info("%s: logon failed: %s", conn.peer, e)
         session.authenticator = None
-        if session.state == "in_progress":
-            conn.sessions.pop(session.session_id, None)
+        if session.state != "in_progress":
+            # MS-SMB2 3.3.5.5.3: a failed re-authentication ends the session and
+            # closes its opens (smbtorture smb2.notify.invalid-reauth).
+            await conn.node.logoff(conn, session)
+        conn.sessions.pop(session.session_id, None)
         raise NtStatusError(Status.LOGON_FAILURE) from None
     if not done:
         return Reply(Status.MORE_PROCESSING_REQUIRED, _response(0, out))
