@@ -129,17 +129,16 @@ class Coordinator(LockBus):
         """Await a transaction; if the caller is cancelled meanwhile, let it
         finish and undo its effect in the background (a shared store may
         commit after the cancellation arrived)."""
+        if self.store.commits_without_yielding:
+            return await transaction
         task = asyncio.ensure_future(transaction)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
 
             def cleanup(done: asyncio.Future[T]) -> None:
-                if done.cancelled() or done.exception() is not None:
-                    return
-                undo_task = asyncio.ensure_future(undo(done.result()))
-                self._background.add(undo_task)
-                undo_task.add_done_callback(self._background.discard)
+                if not done.cancelled() and done.exception() is None:
+                    self._in_background(undo(done.result()))
 
             task.add_done_callback(cleanup)
             raise
@@ -148,6 +147,10 @@ class Coordinator(LockBus):
         if out.result is not None and out.result.status == STATUS_SUCCESS:
             await self.close(req.file, req.open_id)
 
+    async def _unbind(self, lid: str, file: FileKey, bound: bool) -> None:
+        if bound:
+            await self.leases.release(lid, file)
+
     async def _load(self, file: FileKey) -> FileState | None:
         _, doc = await self.store.load(file_doc_key(file))
         return FileState.from_dict(doc) if doc is not None else None
@@ -155,8 +158,32 @@ class Coordinator(LockBus):
     # -- opens -----------------------------------------------------------------------
 
     async def open(self, req: OpenRequest) -> OpenResult:
+        granted: list[bool] = []
+        try:
+            return await self._open(req, granted)
+        except BaseException:
+            # Committed, but the caller will never learn of it (cancelled by
+            # a CANCEL or a disconnect, or a later step failed): an open
+            # nobody can close would block the file for good.
+            if granted:
+                self._in_background(self.close(req.file, req.open_id))
+            raise
+
+    def _in_background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("bus clean-up failed: %r", task.exception())
+
+    async def _open(self, req: OpenRequest, granted: list[bool]) -> OpenResult:
         lid = lease_id(req.lease.key) if req.lease is not None else None
-        if lid is not None and not await self.leases.bind(lid, req.file):
+        if lid is not None and not await self._committed(
+            self.leases.bind(lid, req.file), lambda bound: self._unbind(lid, req.file, bound)
+        ):
             return OpenResult(STATUS_INVALID_PARAMETER)
         try:
             first = True
@@ -170,6 +197,8 @@ class Coordinator(LockBus):
                         self._apply(req.file, rule, lambda o: _channels(req.file, file_too=o.wake)),
                         lambda o: self._undo_open(req, o),
                     )
+                    if out.result is not None and out.result.status == STATUS_SUCCESS:
+                        granted.append(True)
                     if out.result is None and not listening:
                         self.store.prepare_subscribe([file_channel(req.file)])
                     await self._send(out.notices)

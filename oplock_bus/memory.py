@@ -50,6 +50,8 @@ class _MemorySubscription(Subscription):
 
 
 class MemoryStore(Store):
+    commits_without_yielding = True
+
     def __init__(self) -> None:
         self._docs: dict[str, tuple[str, str]] = {}
         self._tokens = itertools.count(1)

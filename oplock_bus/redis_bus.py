@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -76,7 +77,7 @@ class RedisBus(Coordinator):
         if result.status == STATUS_SUCCESS and not self.liveness.current(req.node_id, epoch):
             # Granted under a registration that lapsed meanwhile: the other
             # nodes may already have released it. Give it back, refuse.
-            await self.close(req.file, req.open_id)
+            await asyncio.shield(self.close(req.file, req.open_id))
             raise BusUnavailable(f"node {req.node_id} lost its registration during the open")
         return result
 

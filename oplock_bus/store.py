@@ -76,6 +76,9 @@ class Store(abc.ABC):
     lazy_subscribe = False
     # True where transact(publish=...) publishes in the commit's round trip.
     publishes_on_commit = False
+    # True where a transaction never yields to the event loop: a
+    # cancellation cannot then land between its commit and its caller.
+    commits_without_yielding = False
 
     async def start(self) -> None:
         return None

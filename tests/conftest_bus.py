@@ -160,11 +160,20 @@ async def settle() -> None:
     """Let queued break deliveries and client answers run."""
     for _ in range(10):
         await asyncio.sleep(0)
-    buses = [b for b in _redis_buses if b.redis_store.running]
+    # Only this event loop's buses: a failed test may leave its buses
+    # unstopped, bound to a loop that no longer runs.
+    loop = asyncio.get_running_loop()
+    buses = [b for b in _redis_buses if b.redis_store.running and _loop_of(b) is loop]
     if buses:
         await asyncio.gather(*(b.redis_store.sync() for b in buses))
         for _ in range(10):
             await asyncio.sleep(0)
+
+
+def _loop_of(bus: RedisBus) -> asyncio.AbstractEventLoop | None:
+    hub = bus.redis_store.hub
+    task = hub._task if hub is not None else None
+    return task.get_loop() if task is not None else None
 
 
 async def started(backend: str, break_timeout: float = BREAK_TIMEOUT) -> LockBus:

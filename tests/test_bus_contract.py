@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -440,6 +441,75 @@ def test_cancelled_open_leaves_no_trace(backend: str) -> None:
     run(body())
 
 
+async def _eventually(bus: LockBus, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+    """The snapshot once ``done`` holds (clean-up runs in the background), or after 3 s."""
+    deadline = time.monotonic() + 3.0
+    while True:
+        snap = await _quiet(bus)
+        if done(snap) or time.monotonic() > deadline:
+            return snap
+        await asyncio.sleep(0.01)
+
+
+def test_open_cancelled_after_its_grant_is_closed(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway cancels a CREATE on CANCEL or disconnect; a grant already
+    committed must not outlive it, or nobody could ever close that open."""
+
+    async def body() -> None:
+        bus = await started(backend)
+        assert isinstance(bus, Coordinator)
+        a = Client(bus, "A")
+        granted = asyncio.Event()
+        release = bus.leases.release
+
+        async def late_release(lid: str, file: str) -> None:
+            granted.set()  # the grant is committed; only lease bookkeeping is left
+            await asyncio.sleep(0.05)
+            await release(lid, file)
+
+        monkeypatch.setattr(bus.leases, "release", late_release)
+        opening = asyncio.create_task(a.open("h", lease=a.lease(1, R | W | H)))
+        await granted.wait()
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        snap = await _eventually(bus, lambda s: F not in s["files"] and not s["leases"])
+        assert F not in snap["files"] and snap["leases"] == {}, snap
+        await bus.stop()
+
+    run(body())
+
+
+def test_open_cancelled_anywhere_is_granted_or_gone(backend: str) -> None:
+    async def body() -> None:
+        bus = await started(backend)
+        a, b = Client(bus, "A"), Client(bus, "B")
+        for steps in range(0, 90, 3):
+            h = f"h{steps}"
+            assert (await a.open(h, oplock=OPLOCK_BATCH)).status == STATUS_SUCCESS
+            # Breaking A's batch oplock makes the open take every path: lease
+            # binding, a commit that waits, break delivery, the grant, release.
+            opening = asyncio.create_task(b.open(h, lease=b.lease(steps + 1, R)))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            opening.cancel()
+            try:
+                got = await opening
+            except asyncio.CancelledError:
+                pass
+            else:
+                assert got.status == STATUS_SUCCESS
+                await bus.close(F, b.oid(h))
+            await bus.close(F, a.oid(h))
+            snap = await _eventually(bus, lambda s: F not in s["files"] and not s["leases"])
+            assert F not in snap["files"] and snap["leases"] == {}, (steps, snap)
+        await bus.stop()
+
+    run(body(), 60)
+
+
 def test_delete_pending(backend: str) -> None:
     async def body() -> None:
         bus = await started(backend)
@@ -663,6 +733,7 @@ class _SlowStore(MemoryStore):
     """Commits take a while, as over a network: cancellation can land mid-way."""
 
     slow = False
+    commits_without_yielding = False
 
     async def compare_and_set(self, key: str, token: str | None, doc: Doc | None) -> bool:
         if self.slow and key.startswith("file:"):

@@ -133,24 +133,35 @@ class Harness:
         ]
         self.buses = buses
         self.open: set[str] = set()
+        # Opens in flight: a client cannot use a handle before its CREATE
+        # returned, so an operation on one waits for it.
+        self.opening: dict[str, asyncio.Future[None]] = {}
         self.waiters: list[asyncio.Task[int]] = []
 
     def oid(self, node: int, handle: int) -> str:
         return self.clients[node].oid(str(handle))
 
+    async def handle(self, node: int, handle: int) -> str | None:
+        """The handle's open id once no open of it is in flight; None if not open."""
+        oid = self.oid(node, handle)
+        pending = self.opening.get(oid)
+        if pending is not None:
+            await asyncio.shield(pending)
+        return oid if oid in self.open else None
+
     async def run_op(self, op: object, ref: Reference | None) -> None:
         if isinstance(op, Open):
             await self._open(op, ref)
         elif isinstance(op, Close):
-            oid = self.oid(op.node, op.handle)
-            if oid in self.open:
+            oid = await self.handle(op.node, op.handle)
+            if oid is not None:
                 self.open.discard(oid)
                 await self.buses[op.node].close(F, oid)
         elif isinstance(op, Lock):
             await self._lock(op, ref)
         elif isinstance(op, Unlock):
-            oid = self.oid(op.node, op.handle)
-            if oid in self.open:
+            oid = await self.handle(op.node, op.handle)
+            if oid is not None:
                 rng = [LockRange(op.offset, op.length, True)]
                 status = await self.buses[op.node].unlock(F, oid, rng)
                 if ref is not None:
@@ -163,20 +174,25 @@ class Harness:
         if oid in self.open:
             return
         self.open.add(oid)  # claimed now: a concurrent step must not reuse the handle
-        bits = _bits(op.caching)
-        lease = c.lease(op.node * 2 + op.handle, bits) if op.caching[:1] == "R" else None
-        got = await c.open(
-            str(op.handle), F, access=op.access, share=op.share,
-            oplock=OPLOCK_OF.get(op.caching, OPLOCK_NONE), lease=lease,
-        )  # fmt: skip
-        if ref is not None:
-            assert (got.status == STATUS_SUCCESS) == ref.share_ok(op.access, op.share), op
-        if got.status != STATUS_SUCCESS:
-            self.open.discard(oid)
+        done = self.opening[oid] = asyncio.get_running_loop().create_future()
+        try:
+            bits = _bits(op.caching)
+            lease = c.lease(op.node * 2 + op.handle, bits) if op.caching[:1] == "R" else None
+            got = await c.open(
+                str(op.handle), F, access=op.access, share=op.share,
+                oplock=OPLOCK_OF.get(op.caching, OPLOCK_NONE), lease=lease,
+            )  # fmt: skip
+            if ref is not None:
+                assert (got.status == STATUS_SUCCESS) == ref.share_ok(op.access, op.share), op
+            if got.status != STATUS_SUCCESS:
+                self.open.discard(oid)
+        finally:
+            del self.opening[oid]
+            done.set_result(None)
 
     async def _lock(self, op: Lock, ref: Reference | None) -> None:
-        oid = self.oid(op.node, op.handle)
-        if oid not in self.open:
+        oid = await self.handle(op.node, op.handle)
+        if oid is None:
             return
         rng = [LockRange(op.offset, op.length, op.exclusive)]
         bus = self.buses[op.node]
@@ -206,6 +222,13 @@ def test_nodes_on_one_redis_match_the_reference(
         buses = [make_test_bus("redis", BREAK_TIMEOUT, url=url) for _ in range(NODES)]
         for bus in buses:
             await bus.start()
+        try:
+            await check(buses)
+        finally:
+            # Also when failing: hypothesis replays the example in a new loop.
+            await asyncio.gather(*(bus.stop() for bus in buses), return_exceptions=True)
+
+    async def check(buses: list[LockBus]) -> None:
         h = Harness(buses, silent)
         for batch in batches:
             ref = reference_of(await buses[0].snapshot()) if len(batch) == 1 else None
@@ -231,7 +254,5 @@ def test_nodes_on_one_redis_match_the_reference(
         assert F not in snap["files"], snap["files"].get(F)
         for c in h.clients:
             assert all(s == STATUS_SUCCESS for s in c.acks), c.acks
-        for bus in buses:
-            await bus.stop()
 
     run(body(), 60)

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Awaitable
+import functools
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
+
+from oplock_bus.api import STATUS_SUCCESS, LockBus, OpenRequest, OpenResult
 
 from ..context import RequestContext
 
@@ -26,20 +29,53 @@ current_request: contextvars.ContextVar[RequestContext | None] = contextvars.Con
 GRACE_SECONDS = 0.05
 
 
-async def run_bus_call(ctx: RequestContext, call: Awaitable[T]) -> T:
+async def run_bus_call(
+    ctx: RequestContext,
+    call: Awaitable[T],
+    undo: Callable[[T], Awaitable[None]] | None = None,
+) -> T:
+    """Run ``call``, going async after the grace period.
+
+    If this request is cancelled (CANCEL, disconnect), the call is cancelled
+    too; the bus undoes what it committed meanwhile. ``undo`` covers the one
+    case the bus cannot see: the call had already returned its result.
+    """
     token = current_request.set(ctx)
+    task = asyncio.ensure_future(call)
     try:
-        task = asyncio.ensure_future(call)
         done, _ = await asyncio.wait({task}, timeout=GRACE_SECONDS)
         if not done:
             ctx.go_async()
-        try:
-            return await asyncio.shield(task) if not done else task.result()
-        except asyncio.CancelledError:
-            task.cancel()
-            raise
+        return await asyncio.shield(task) if not done else task.result()
+    except asyncio.CancelledError:
+        task.cancel()
+        if undo is not None:
+            task.add_done_callback(functools.partial(_undo_result, undo))
+        raise
     finally:
         current_request.reset(token)
+
+
+async def run_bus_open(ctx: RequestContext, bus: LockBus, req: OpenRequest) -> OpenResult:
+    """``bus.open`` as a CREATE runs it: cancelled with the request, and a
+    grant that arrives just as the request is cancelled is given back."""
+
+    async def give_back(result: OpenResult) -> None:
+        if result.status == STATUS_SUCCESS:
+            await bus.close(req.file, req.open_id)
+
+    return await run_bus_call(ctx, bus.open(req), give_back)
+
+
+def _undo_result(undo: Callable[[T], Awaitable[None]], task: asyncio.Future[T]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    cleanup = asyncio.ensure_future(undo(task.result()))
+    _cleanups.add(cleanup)
+    cleanup.add_done_callback(_cleanups.discard)
+
+
+_cleanups: set[asyncio.Future[None]] = set()
 
 
 def request_is_waiting_on_break() -> None:

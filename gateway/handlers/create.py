@@ -35,7 +35,7 @@ from ..protocol.wire import check_size
 from ..rpc.srvsvc import SrvsvcPipe
 from ..state import Open
 from ..vfs import FileInfo, status_from_oserror
-from .breaks import run_bus_call
+from .breaks import run_bus_open
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -374,7 +374,7 @@ async def _open_file(
             op.lease_key = lease_req.key.key
             op.lease_version = lease_req.version
         node.opens[op.bus_open_id] = op
-        result = await run_bus_call(ctx, node.bus.open(bus_req))
+        result = await run_bus_open(ctx, node.bus, bus_req)
     except BaseException:
         if op is not None:
             node.opens.pop(op.bus_open_id, None)
