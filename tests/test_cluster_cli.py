@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -94,17 +95,25 @@ def _stop(proc: subprocess.Popen[str], port: int) -> None:
 
 
 def test_cluster_up_prints_how_to_connect_and_stops_everything(tmp_path: Path) -> None:
-    proc, port, banner = _up(tmp_path, 3, "--uncoordinated")
+    proc, port, banner = _up(tmp_path, 3)
     try:
         for i in (1, 2, 3):
             assert f"node{i}: smbclient //127.0.0.{i}/share -p {port} -U {USER}" in banner
+        assert "bus: redis://127.0.0.1:" in banner
         assert len(_node_pids(port)) == 3
-        (tmp_path / "a.txt").write_text("from node 1\n")
-        _smbclient("127.0.0.1", port, tmp_path, f"put {tmp_path / 'a.txt'} a.txt")
-        listing = _smbclient("127.0.0.3", port, tmp_path, "ls")
-        assert "a.txt" in listing
+        for i in (1, 2, 3):
+            (tmp_path / f"n{i}.txt").write_text(f"from node {i}\n")
+            _smbclient(f"127.0.0.{i}", port, tmp_path, f"put {tmp_path / f'n{i}.txt'} n{i}.txt")
+        for i in (1, 2, 3):
+            got = tmp_path / f"got{i}.txt"
+            other = i % 3 + 1
+            _smbclient(f"127.0.0.{i}", port, tmp_path, f"get n{other}.txt {got}")
+            assert got.read_text() == f"from node {other}\n"
     finally:
         _stop(proc, port)
+    redis_port = int(banner.split("bus: redis://127.0.0.1:")[1].split("/")[0])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", redis_port)) != 0, "Redis outlived the cluster"
 
 
 def test_a_dead_node_stops_the_cluster_with_an_error(tmp_path: Path) -> None:
@@ -117,8 +126,6 @@ def test_a_dead_node_stops_the_cluster_with_an_error(tmp_path: Path) -> None:
 
 
 def test_a_port_taken_on_a_node_address_is_refused(tmp_path: Path) -> None:
-    import socket
-
     port = free_port("127.0.0.2")
     with socket.socket() as busy:
         busy.bind(("127.0.0.2", port))

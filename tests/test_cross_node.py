@@ -322,3 +322,40 @@ def test_a_change_through_node1_completes_a_watch_held_on_node2(
     finally:
         for cache in caches:
             smbclient.reset_connection_cache(connection_cache=cache)
+
+
+def test_a_write_through_node2_breaks_a_level2_oplock_held_through_node1(
+    cluster: LocalCluster, clients: tuple[Client, Client]
+) -> None:
+    """The holder uses the project's break-aware client; the writer is smbprotocol."""
+    import asyncio
+
+    from clients.smb2client import SMB2Client
+
+    (h1, port), _ = cluster.endpoints
+    _, writer = clients
+    name = f"levelii-{uuid.uuid4().hex}.dat"
+    writer.open(name).close()
+
+    async def body() -> None:
+        holder = await SMB2Client.connect(h1, port, user=USER, password=PASSWORD)
+        tree = await holder.tree_connect("share")
+        broken = asyncio.Event()
+        levels: list[int] = []
+
+        def on_break(_op: object, notice: object) -> None:
+            levels.append(getattr(notice, "new_oplock", -1))
+            broken.set()
+
+        held = await tree.create(name, oplock=0x01, on_break=on_break)  # Level II
+        assert held.oplock_level == 0x01
+        loop = asyncio.get_running_loop()
+        handle = await loop.run_in_executor(None, writer.open, name)
+        await loop.run_in_executor(None, handle.write, b"written via node 2", 0)
+        await asyncio.wait_for(broken.wait(), 5)
+        assert levels == [0x00]  # Level II breaks to none, no ack needed
+        await loop.run_in_executor(None, handle.close)
+        await held.close()
+        await holder.close()
+
+    asyncio.run(body())
