@@ -58,6 +58,8 @@ class Node:
         # Registered before the bus starts, so it listens before we serve.
         self.bus.register_node(self.node_id, self.deliver_break)
         self.bus.on_broadcast(NOTIFY_TOPIC, self._remote_change)
+        if hasattr(self.bus, "fence_handler"):
+            self.bus.fence_handler = self._fenced
         await self.bus.start()
         self._server = await asyncio.start_server(
             self._accept,
@@ -86,6 +88,15 @@ class Node:
             log.warning("malformed change from the bus: %s", e)
             return
         self.notify_hub.deliver(event)
+
+    async def _fenced(self, node_id: str) -> None:
+        """The bus can no longer vouch for us: the other nodes are about to
+        release our grants, so no client may keep caching under them."""
+        log.error("node %s lost the bus: dropping every client connection", node_id)
+        for conn in list(self.connections):
+            await conn.teardown()
+        # Durable handles parked by that teardown cannot be trusted either.
+        await self.durable.close_all()
 
     async def stop(self) -> None:
         if self._server is not None:

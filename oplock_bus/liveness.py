@@ -214,12 +214,18 @@ class Liveness:
     async def _renew(self, reg: Registration) -> None:
         try:
             with bus_errors():
-                ok = await scripts.renew(
-                    self.store.client,
-                    [self.hb_key(reg.node_id)],
-                    [reg.epoch, int(self.ttl * 1000)],
+                # Bounded by the heartbeat interval, not the command timeout:
+                # a Redis that hangs must not keep us from fencing ourselves
+                # before the other nodes release our grants at the TTL.
+                ok = await asyncio.wait_for(
+                    scripts.renew(
+                        self.store.client,
+                        [self.hb_key(reg.node_id)],
+                        [reg.epoch, int(self.ttl * 1000)],
+                    ),
+                    self.ttl / 3,
                 )
-        except BusUnavailable as e:
+        except (BusUnavailable, TimeoutError) as e:
             age = time.monotonic() - reg.last_renewed
             log.warning("node %s: heartbeat not renewed for %.1fs: %s", reg.node_id, age, e)
             if age > self.ttl * 0.6:

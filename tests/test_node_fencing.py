@@ -1,0 +1,54 @@
+"""A node cut off from Redis drops its clients before the others release their grants."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from smbprotocol.connection import Connection
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+
+from gateway.localredis import LocalRedis
+
+from .conftest import PASSWORD, USER, start_gateway
+
+
+def _connected(host: str, port: int) -> tuple[Connection, TreeConnect]:
+    conn = Connection(uuid.uuid4(), host, port, require_signing=True)
+    conn.connect(timeout=10)
+    session = Session(conn, USER, PASSWORD, auth_protocol="ntlm")
+    session.connect()
+    tree = TreeConnect(session, rf"\\{host}\share")
+    tree.connect()
+    return conn, tree
+
+
+def test_a_node_that_loses_redis_drops_its_clients(tmp_path: Path) -> None:
+    with LocalRedis() as redis:
+        assert redis.proc is not None
+        node = start_gateway(tmp_path / "gw", extra=["--bus", redis.url, "--node-ttl", "1.5"])
+        try:
+            conn, tree = _connected(node.host, node.port)
+            tree.disconnect()  # the connection answers while the bus is there
+            tree.connect()
+            os.kill(redis.proc.pid, signal.SIGSTOP)  # Redis hangs: no heartbeat gets through
+            try:
+                time.sleep(3.0)
+                with pytest.raises(Exception):  # noqa: B017 - any transport error will do
+                    tree.disconnect()
+            finally:
+                os.kill(redis.proc.pid, signal.SIGCONT)
+            assert "lost the bus: dropping every client connection" in node.log()
+            # Back on the bus, the node serves new connections again.
+            time.sleep(1.0)
+            conn2, tree2 = _connected(node.host, node.port)
+            tree2.disconnect()
+            conn2.disconnect(True)
+        finally:
+            rc = node.stop()
+        assert rc == 0, node.log()[-3000:]
