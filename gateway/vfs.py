@@ -254,6 +254,19 @@ _RX = {
 _MAX_REGEX_STARS = 2
 
 
+def _case_match(directory: str, name: str) -> str | None:
+    """The entry of ``directory`` equal to ``name`` but for case, if any."""
+    folded = name.lower()
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if entry.name.lower() == folded:
+                    return entry.name
+    except OSError:
+        return None
+    return None
+
+
 def _match_dp(pattern: str, name: str) -> bool:
     """Samba's ms_fnmatch_core as a dynamic programme: O(len(pattern) * len(name))."""
     n = len(name)
@@ -522,6 +535,22 @@ class ShareFS:
             raise NtStatusError(Status.ACCESS_DENIED, "path leads outside the share")
         return real
 
+    def _stored_case(self, parts: list[str]) -> list[str]:
+        """Each component as the volume spells it, when it differs only in case.
+
+        Windows names ignore case. The exact spelling costs one lstat per
+        component; only a miss scans the directory, so every node finds
+        the same file without a name cache to keep coherent.
+        """
+        out: list[str] = []
+        here = self.root
+        for part in parts:
+            if not os.path.lexists(os.path.join(here, part)):
+                part = _case_match(here, part) or part
+            out.append(part)
+            here = os.path.join(here, part)
+        return out
+
     def lookup(self, smb_name: str) -> tuple[str, FileInfo | None]:
         """(canonical host path, info, or None when only the last component is missing).
 
@@ -532,6 +561,7 @@ class ShareFS:
         parts = split_name(smb_name)
         if not parts:
             return self.root, self.stat_path(self.root)
+        parts = self._stored_case(parts)
         parent = self._canonical_dir(os.path.join(self.root, *parts[:-1]))
         path = os.path.join(parent, parts[-1])
         try:

@@ -359,3 +359,35 @@ def test_a_write_through_node2_breaks_a_level2_oplock_held_through_node1(
         await holder.close()
 
     asyncio.run(body())
+
+
+def test_names_ignore_case_across_nodes(clients: tuple[Client, Client]) -> None:
+    a, b = clients
+    stem = uuid.uuid4().hex[:8]
+    stored = f"Data-{stem}.MDB"
+    fa = a.open(stored)
+    fa.write(b"records", 0)
+    fa.close()
+    # Another spelling through the other node finds the same file at once.
+    fb = b.open(stored.lower())
+    assert fb.read(0, 7) == b"records"
+    fb.close()
+    # Creating it anew under a third spelling collides, as on Windows.
+    again = Open(b.tree, stored.upper())
+    with pytest.raises(SMBResponseException) as err:
+        again.create(
+            ImpersonationLevel.Impersonation, RW, 0, ShareAccess.FILE_SHARE_READ,
+            CreateDisposition.FILE_CREATE, CreateOptions.FILE_NON_DIRECTORY_FILE,
+        )  # fmt: skip
+    assert err.value.status == 0xC0000035  # STATUS_OBJECT_NAME_COLLISION
+    # The directory keeps the case it was created with.
+    listing = Open(a.tree, "")
+    listing.create(
+        ImpersonationLevel.Impersonation, FilePipePrinterAccessMask.GENERIC_READ, 0,
+        ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE, CreateDisposition.FILE_OPEN,
+        CreateOptions.FILE_DIRECTORY_FILE,
+    )  # fmt: skip
+    names = [e["file_name"].get_value().decode("utf-16-le") for e in listing.query_directory(
+        f"*{stem}*", 1)]  # fmt: skip
+    listing.close()
+    assert names == [stored]

@@ -88,3 +88,19 @@ def test_unknown_share_is_refused(module_gateway: GatewayNode) -> None:
     )  # fmt: skip
     assert result.returncode != 0
     assert "NT_STATUS_BAD_NETWORK_NAME" in result.stdout + result.stderr
+
+
+def test_names_ignore_case_and_keep_it(module_gateway: GatewayNode, tmp_path: Path) -> None:
+    src = tmp_path / "report.txt"
+    src.write_text("quarterly\n")
+    _ok(smbclient(module_gateway, f"mkdir CaseDir; put {src} CaseDir\\Report.TXT"))
+    got = tmp_path / "got.txt"
+    _ok(smbclient(module_gateway, f"get casedir\\REPORT.txt {got}"))
+    assert got.read_text() == "quarterly\n"
+    # A change of case only is a rename, and the listing shows the new case.
+    _ok(smbclient(module_gateway, "rename CASEDIR\\report.txt CaseDir\\REPORT.txt"))
+    assert sorted(p.name for p in (module_gateway.share_dir / "CaseDir").iterdir()) == [
+        "REPORT.txt"
+    ]
+    _ok(smbclient(module_gateway, "del casedir\\report.txt; rmdir casedir"))
+    assert not (module_gateway.share_dir / "CaseDir").exists()

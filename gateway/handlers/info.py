@@ -218,6 +218,11 @@ async def _rename(ctx: RequestContext, op: Open, buf: bytes) -> None:
     replacing = existing is not None and os.path.realpath(new_path) != os.path.realpath(
         op.host_path
     )
+    if existing is not None and not replacing:
+        # A change of case only: the lookup found this very file under its
+        # old spelling; the new spelling is what the client asked for.
+        asked = target.replace("/", "\\").split("\\")[-1]
+        new_path = os.path.join(os.path.dirname(new_path), asked)
     if replacing:
         if not replace:
             raise NtStatusError(Status.OBJECT_NAME_COLLISION)
