@@ -27,23 +27,19 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from clients.demo_common import free_cluster_port  # noqa: E402
+from bench.servers import ctdb, gateway, smbd  # noqa: E402
 from clients.jet import JetConfig, JetReport, run_jet  # noqa: E402
-from gateway.cluster import ClusterSpec, LocalCluster  # noqa: E402
 
-TORTURE = REPO.parent / "shared" / "torture"
 Endpoint = tuple[str, int]
 
 
@@ -60,67 +56,6 @@ class Target:
     @property
     def median(self) -> float:
         return statistics.median(self.rates) if self.rates else 0.0
-
-
-def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 180) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
-
-
-def _smbd_env() -> dict[str, str]:
-    """start-smbd.sh's default VFS modules are not installed everywhere; the workload needs none."""
-    env = dict(os.environ)
-    out = subprocess.run(["smbd", "-b"], capture_output=True, text=True).stdout
-    modules = next(
-        (Path(line.split(":", 1)[1].strip()) for line in out.splitlines() if "MODULESDIR:" in line),
-        None,
-    )
-    if modules is None or not (modules / "vfs" / "streams_xattr.so").exists():
-        env["SMBD_VFS_OBJECTS"] = " "
-    return env
-
-
-@contextmanager
-def gateway(work: Path, nodes: int) -> Iterator[list[Endpoint]]:
-    share = work / f"gw{nodes}" / "share"
-    share.mkdir(parents=True)
-    users = work / f"gw{nodes}" / "users"
-    users.write_text("test:test\n")
-    spec = ClusterSpec(
-        nodes=nodes,
-        port=free_cluster_port(nodes),
-        shares=[f"share={share}"],
-        users=str(users),
-        node_args=["--log-level", "WARNING"],
-        log_dir=work / f"gw{nodes}" / "logs",
-    )
-    with LocalCluster(spec) as cluster:
-        yield cluster.endpoints
-
-
-@contextmanager
-def smbd(work: Path) -> Iterator[list[Endpoint]]:
-    port = free_cluster_port(1)
-    d = work / "smbd"
-    _run(["bash", str(TORTURE / "start-smbd.sh"), str(d), str(port)], env=_smbd_env())
-    try:
-        yield [("127.0.0.1", port)]
-    finally:
-        subprocess.run(["bash", str(TORTURE / "stop-smbd.sh"), str(d)], capture_output=True)
-
-
-@contextmanager
-def ctdb(work: Path) -> Iterator[list[Endpoint]]:
-    if shutil.which("ctdbd") is None:
-        _run(["apt-get", "install", "-y", "-q", "ctdb"], timeout=600)
-    port = free_cluster_port(2)
-    d = work / "ctdb"
-    _run(["bash", str(TORTURE / "start-ctdb-cluster.sh"), str(d), "2", str(port)])
-    try:
-        yield [("127.0.0.1", port), ("127.0.0.2", port)]
-    finally:
-        subprocess.run(["bash", str(TORTURE / "stop-ctdb-cluster.sh"), str(d)], capture_output=True)
 
 
 def once(target: Target, cfg: JetConfig) -> JetReport:

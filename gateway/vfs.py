@@ -56,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .caseindex import CaseIndex
 from .protocol.constants import FileAttributes, NtStatusError, Status
 
 if TYPE_CHECKING:
@@ -254,19 +255,6 @@ _RX = {
 _MAX_REGEX_STARS = 2
 
 
-def _case_match(directory: str, name: str) -> str | None:
-    """The entry of ``directory`` equal to ``name`` but for case, if any."""
-    folded = name.lower()
-    try:
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                if entry.name.lower() == folded:
-                    return entry.name
-    except OSError:
-        return None
-    return None
-
-
 def _match_dp(pattern: str, name: str) -> bool:
     """Samba's ms_fnmatch_core as a dynamic programme: O(len(pattern) * len(name))."""
     n = len(name)
@@ -445,6 +433,7 @@ class ShareFS:
         self._root_slash = self.root if self.root.endswith("/") else self.root + "/"
         st = os.stat(self.root)
         self._xattrs = _supports_xattrs(self.root)
+        self._case_index = CaseIndex()
         self.volume_created = 0
         if volume_id is not None:
             self.volume_id = volume_id & 0xFFFFFFFFFFFFFFFF
@@ -539,14 +528,14 @@ class ShareFS:
         """Each component as the volume spells it, when it differs only in case.
 
         Windows names ignore case. The exact spelling costs one lstat per
-        component; only a miss scans the directory, so every node finds
-        the same file without a name cache to keep coherent.
+        component; only a miss asks the case index (a scan, or for a large
+        directory a map that the directory's ctime keeps coherent across nodes).
         """
         out: list[str] = []
         here = self.root
         for part in parts:
             if not os.path.lexists(os.path.join(here, part)):
-                part = _case_match(here, part) or part
+                part = self._case_index.find(here, part) or part
             out.append(part)
             here = os.path.join(here, part)
         return out

@@ -15,10 +15,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff() -> None:
-    result = _run("ruff", "check", "gateway", "oplock_bus", "clients", "tests")
+    result = _run("ruff", "check", "gateway", "oplock_bus", "clients", "tests", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy() -> None:
-    result = _run("mypy", "gateway", "oplock_bus", "clients")
+    result = _run("mypy", "gateway", "oplock_bus", "clients", "bench")
     assert result.returncode == 0, result.stdout + result.stderr

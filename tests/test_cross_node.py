@@ -391,3 +391,34 @@ def test_names_ignore_case_across_nodes(clients: tuple[Client, Client]) -> None:
         f"*{stem}*", 1)]  # fmt: skip
     listing.close()
     assert names == [stored]
+
+
+def _open_existing(client: Client, name: str, options: int = 0) -> Open:
+    handle = Open(client.tree, name)
+    handle.create(
+        ImpersonationLevel.Impersonation, RW | FilePipePrinterAccessMask.DELETE, 0,
+        ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE,
+        CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE | options,
+    )  # fmt: skip
+    return handle
+
+
+def test_a_large_directory_sees_names_made_and_removed_through_the_other_node(
+    cluster: LocalCluster, clients: tuple[Client, Client]
+) -> None:
+    """Node 1 keeps a name map of a large directory; node 2's changes must show at once."""
+    a, b = clients
+    share = Path(cluster.spec.shares[0].split("=", 1)[1])
+    big = f"big-{uuid.uuid4().hex[:8]}"
+    (share / big).mkdir()
+    for i in range(800):
+        (share / big / f"file-{i:05d}.dat").touch()
+    time.sleep(2.5)  # past the racy window: node 1 may now keep a map of the directory
+    _open_existing(a, rf"{big.upper()}\FILE-00007.DAT").close()
+    b.open(rf"{big}\NewName.TXT").close()
+    _open_existing(a, rf"{big}\NEWNAME.txt").close()
+    _open_existing(b, rf"{big}\newname.TXT", CreateOptions.FILE_DELETE_ON_CLOSE).close()
+    with pytest.raises(SMBResponseException) as err:
+        _open_existing(a, rf"{big}\NEWNAME.txt")
+    assert err.value.status == 0xC0000034  # STATUS_OBJECT_NAME_NOT_FOUND
+    assert sorted(os.listdir(share / big))[-1] == "file-00799.dat"
