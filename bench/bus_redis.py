@@ -22,10 +22,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from redis.asyncio import Redis  # noqa: E402
 
 from oplock_bus import make_bus  # noqa: E402
 from oplock_bus.api import (  # noqa: E402
@@ -33,6 +36,7 @@ from oplock_bus.api import (  # noqa: E402
     OPLOCK_II,
     STATUS_SUCCESS,
     BreakNotice,
+    LockBus,
     LockRange,
     OpenRequest,
 )
@@ -148,6 +152,7 @@ async def bench(url: str, n: int, concurrency: int) -> None:
 
     await timed(50, break_round_trip)
     report("cross-node break round trip", await timed(max(200, n // 5), break_round_trip))
+    print(f"{'  Redis commands per round trip':<34} {await commands_per_break(url, two, one)}")
 
     async def spread(op: Callable[[int], Awaitable[float]], total: int) -> float:
         t0 = time.perf_counter()
@@ -164,6 +169,29 @@ async def bench(url: str, n: int, concurrency: int) -> None:
     print(f"{'open+close pairs, concurrent':<34} {rate:8.0f} pairs/s ({concurrency} tasks)")
     await one.stop()
     await two.stop()
+
+
+async def commands_per_break(url: str, opener: LockBus, holder: LockBus, n: int = 50) -> str:
+    """Redis's own count of the commands one break round trip costs (averaged)."""
+    stats = Redis.from_url(url.split("?")[0])
+
+    async def calls() -> Counter[str]:
+        info = await stats.info("commandstats")
+        return Counter({k.removeprefix("cmdstat_"): v["calls"] for k, v in info.items()})
+
+    total: Counter[str] = Counter()
+    for i in range(n):
+        file = f"bench:cnt:{i}"
+        await holder.open(req("A", f"c{i}", file, OPLOCK_BATCH))
+        before = await calls()
+        await opener.open(req("B", f"c{i}", file, OPLOCK_BATCH))
+        after = await calls()
+        total += after - before
+        total["info"] -= 1  # the count's own INFO
+        await holder.close(file, f"A/c{i}")
+        await opener.close(file, f"B/c{i}")
+    await stats.aclose()
+    return ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(total.items()) if v > 0)
 
 
 def main() -> int:

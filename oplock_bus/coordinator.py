@@ -93,10 +93,15 @@ class Coordinator(LockBus):
         file: FileKey,
         rule: Callable[[FileState | None], tuple[FileState | None, T]],
         wake: Callable[[T], list[str]] | None = None,
+        notices: Callable[[T], list[BreakNotice]] | None = None,
     ) -> T:
         """Run ``rule`` atomically. ``wake`` names the channels to publish
         once it committed; a store that ``publishes_on_commit`` does that in
-        the same round trip, otherwise the caller calls ``_wake`` itself."""
+        the same round trip, otherwise the caller calls ``_wake`` itself.
+        ``notices``: the outcome's break notices, which a store that
+        ``sends_on_commit`` sends to other nodes in that round trip too;
+        the caller then hands the outcome's notices to ``_send``."""
+
         def fn(doc: Doc | None) -> tuple[Doc | None, T]:
             old = FileState.from_dict(doc) if doc is not None else None
             new, result = rule(old)
@@ -108,13 +113,16 @@ class Coordinator(LockBus):
             new_doc["version"] = (old.version if old is not None else 0) + 1
             return new_doc, result
 
-        if wake is not None and self.store.publishes_on_commit:
-            return await self.store.transact(file_doc_key(file), fn, publish=wake)
-        return await self.store.transact(file_doc_key(file), fn)
+        publish = wake if self.store.publishes_on_commit else None
+        send = notices if self.store.sends_on_commit else None
+        return await self.store.transact(file_doc_key(file), fn, publish=publish, send=send)
 
     async def _send(self, notices: Iterable[BreakNotice]) -> None:
+        """Deliver what ``_apply(notices=...)`` did not already send."""
         for notice in notices:
-            await self.store.deliver(notice)
+            if self.store.sends_on_commit and not self.store.is_local(notice.node_id):
+                continue
+            await self.store.deliver(notice, file_doc_key(notice.file))
 
     async def _wake(self, file: FileKey, waiters: Iterable[str] = (), *, file_too: bool) -> None:
         if self.store.publishes_on_commit:
@@ -194,7 +202,9 @@ class Coordinator(LockBus):
                     now = self.clock()
                     rule = _open_rule(req, now, self.break_timeout, first)
                     out = await self._committed(
-                        self._apply(req.file, rule, lambda o: _channels(req.file, file_too=o.wake)),
+                        self._apply(
+                            req.file, rule, lambda o: _channels(req.file, file_too=o.wake), _notices
+                        ),
                         lambda o: self._undo_open(req, o),
                     )
                     if out.result is not None and out.result.status == STATUS_SUCCESS:
@@ -239,7 +249,7 @@ class Coordinator(LockBus):
             out = rules.ack_oplock(st, open_id, level, now=now)
             return out.state, out
 
-        out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake))
+        out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake), _notices)
         await self._send(out.notices)
         if out.wake:
             await self._wake(file, file_too=True)
@@ -256,7 +266,7 @@ class Coordinator(LockBus):
             out = rules.ack_lease(st, lid, state, now=now, break_timeout=self.break_timeout)
             return out.state, out
 
-        out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake))
+        out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake), _notices)
         await self._send(out.notices)
         if out.wake:
             await self._wake(file, file_too=True)
@@ -274,7 +284,9 @@ class Coordinator(LockBus):
                 await sub.ready()
                 now = self.clock()
                 rule = _operation_rule(open_id, op, now, self.break_timeout)
-                out = await self._apply(file, rule, lambda o: _channels(file, file_too=o.wake))
+                out = await self._apply(
+                    file, rule, lambda o: _channels(file, file_too=o.wake), _notices
+                )
                 if out.wait_until is not None and not listening:
                     self.store.prepare_subscribe([file_channel(file)])
                 await self._send(out.notices)
@@ -433,6 +445,11 @@ def _operation_rule(
 def _collected(st: FileState | None, waiter_id: str) -> tuple[FileState | None, rules.LockOutcome]:
     out = rules.collect_waiter(st, waiter_id)
     return out.state, out
+
+
+def _notices(outcome: Any) -> list[BreakNotice]:
+    notices: list[BreakNotice] = outcome.notices
+    return notices
 
 
 def _channels(file: FileKey, waiters: Iterable[str] = (), *, file_too: bool) -> list[str]:

@@ -24,6 +24,27 @@ def encode_notice(n: BreakNotice) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
+def encode_message(n: BreakNotice, key: str | None, value: bytes | None) -> bytes:
+    """A notice, then the key and value of the document it came from, if known."""
+    if key is None:
+        return encode_notice(n)
+    return message_prefix(n, key) + (value or b"")
+
+
+def message_prefix(n: BreakNotice, key: str) -> bytes:
+    """A message without its value, which the CAS script appends once it wrote it."""
+    return encode_notice(n) + b"\n" + key.encode() + b"\n"
+
+
+def decode_message(data: bytes) -> tuple[BreakNotice, str | None, bytes | None]:
+    # Neither compact JSON nor a stored "<token> <json>" holds a raw newline.
+    head, sep, rest = data.partition(b"\n")
+    if not sep:
+        return decode_notice(head), None, None
+    key, _, value = rest.partition(b"\n")
+    return decode_notice(head), key.decode(), value or None  # empty: deleted or unknown
+
+
 def decode_notice(data: bytes) -> BreakNotice:
     d = json.loads(data)
     lease = d["lease"]

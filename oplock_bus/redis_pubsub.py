@@ -29,6 +29,7 @@ log = logging.getLogger("oplock_bus.redis")
 
 Connect = Callable[[], Awaitable[AbstractConnection]]
 OnMessage = Callable[[str, bytes], None]
+OnValue = Callable[[str, bytes], None]
 
 
 class RedisSubscription(Subscription):
@@ -67,6 +68,7 @@ class PubSubHub:
         on_message: OnMessage,
         *,
         lingers: Callable[[str], bool],
+        on_value: OnValue | None = None,
         linger_seconds: float = 30.0,
         linger_max: int = 4096,
         confirm_timeout: float = 2.0,
@@ -74,6 +76,7 @@ class PubSubHub:
         self.confirm_timeout = confirm_timeout
         self._connect = connect
         self._on_message = on_message
+        self._on_value = on_value
         self._lingers = lingers
         self._linger_seconds = linger_seconds
         self._linger_max = linger_max
@@ -324,6 +327,9 @@ class PubSubHub:
                 self._ack(channel)
 
     def _deliver(self, channel: str, data: bytes) -> None:
+        if data and self._on_value is not None and channel not in self._permanent:
+            # A wake-up carrying the new value: known before the waiter runs.
+            self._on_value(channel, data)
         for sub in self._local.get(channel, ()):
             sub.notify()
         if channel in self._permanent:

@@ -14,7 +14,12 @@ from redis.exceptions import NoScriptError
 # A stored document is "<token> <json>". Write (ARGV[2]) or delete (ARGV[2]
 # empty) only if the stored token is ARGV[1] (empty: the key must be absent).
 # On a mismatch the current value comes back (0 when absent), so a retry
-# needs no second GET. ARGV[3..]: channels to publish to once written.
+# needs no second GET. Once written: ARGV[3] is a count n, ARGV[4..3+n] are
+# channels to publish to, the key's own channel (a file's channel is named
+# as its key) getting the new value ('-' once deleted) so a subscriber's
+# next CAS needs no read; the rest are (channel, message) pairs, each
+# message sent with the new value appended (break notices, see
+# redis_messages.encode_message).
 CAS = """
 local cur = redis.call('GET', KEYS[1])
 local expected = ARGV[1]
@@ -33,8 +38,20 @@ if ARGV[2] == '' then
 else
   redis.call('SET', KEYS[1], ARGV[2])
 end
-for i = 3, #ARGV do
-  redis.call('PUBLISH', ARGV[i], '')
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n do
+  if ARGV[i] == KEYS[1] then
+    if ARGV[2] == '' then
+      redis.call('PUBLISH', ARGV[i], '-')
+    else
+      redis.call('PUBLISH', ARGV[i], ARGV[2])
+    end
+  else
+    redis.call('PUBLISH', ARGV[i], '')
+  end
+end
+for i = 4 + n, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1] .. ARGV[2])
 end
 return 1
 """

@@ -25,7 +25,7 @@ import json
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -43,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redis_scripts as scripts
 from .api import BreakHandler, BreakNotice, BroadcastHandler, BusUnavailable, NodeId
-from .redis_messages import decode_notice, encode_notice
+from .redis_messages import decode_message, encode_message, message_prefix
 from .redis_pubsub import PubSubHub
 from .redis_url import Connector, RedisTarget
 from .store import ConflictRetriesExhausted, Doc, Store, Subscription
@@ -96,6 +96,7 @@ CACHED_KEYS = 4096
 class _Pending:
     fn: Callable[[Doc | None], tuple[Doc | None, Any]]
     publish: Callable[[Any], list[str]] | None
+    send: Callable[[Any], list[BreakNotice]] | None
     future: asyncio.Future[Any]
 
 
@@ -108,6 +109,7 @@ def _resolve(results: list[tuple[_Pending, Any]]) -> None:
 class RedisStore(Store):
     lazy_subscribe = True
     publishes_on_commit = True
+    sends_on_commit = True
 
     def __init__(self, target: RedisTarget, *, local_delivery: bool = True) -> None:
         self.target = target
@@ -150,6 +152,7 @@ class RedisStore(Store):
             self._connect_pubsub,
             self._on_message,
             lingers=lambda ch: ch.startswith(self.ns + "file:"),
+            on_value=self._on_value,
             confirm_timeout=self.target.timeout,
         )
         for node_id in self.handlers:
@@ -233,7 +236,7 @@ class RedisStore(Store):
         value = "" if doc is None else self._encode(doc)
         rkey = self.ns + key
         with bus_errors():
-            res = await scripts.cas(self.client, [rkey], [token or "", value])
+            res = await scripts.cas(self.client, [rkey], [token or "", value, 0])
         if res == 1:
             self._remember(rkey, value.encode() if value else None)
         else:
@@ -245,8 +248,9 @@ class RedisStore(Store):
         key: str,
         fn: Callable[[Doc | None], tuple[Doc | None, T]],
         publish: Callable[[T], list[str]] | None = None,
+        send: Callable[[T], list[BreakNotice]] | None = None,
     ) -> T:
-        # As Store.transact, with three savings in round trips, the unit of
+        # As Store.transact, with four savings in round trips, the unit of
         # cost here (see docs/benchmarks.md):
         # - the last value seen of a key is cached, so a CAS is tried on it
         #   straight away (a stale one fails and returns the current value);
@@ -254,9 +258,11 @@ class RedisStore(Store):
         #   is committed as one CAS: the gateway's connections no longer
         #   race each other's CAS, and a busy file costs one round trip per
         #   batch, not several per operation;
-        # - the wake-ups go out in the CAS script itself.
+        # - the wake-ups, and the break notices for other nodes, go out in
+        #   the CAS script itself, each carrying the value just written so
+        #   that the woken or notified node's next CAS needs no read.
         rkey = self.ns + key
-        pending = _Pending(fn, publish, asyncio.get_running_loop().create_future())
+        pending = _Pending(fn, publish, send, asyncio.get_running_loop().create_future())
         queue = self._queues.get(rkey)
         if queue is not None:
             queue.append(pending)  # the key's committer takes it with its next batch
@@ -303,6 +309,7 @@ class RedisStore(Store):
                 cur = doc
                 results: list[tuple[_Pending, Any]] = []
                 channels: list[str] = []
+                messages: list[str | bytes] = []
                 for p in batch:
                     if p.future.done():
                         continue  # its caller gave up (or its fn failed): never committed
@@ -314,6 +321,8 @@ class RedisStore(Store):
                         continue
                     if p.publish is not None:
                         channels += (self.ns + c for c in p.publish(result))
+                    if p.send is not None:
+                        messages += self._messages(rkey, p.send(result))
                     results.append((p, result))
                     cur = new
                 if cur == doc:
@@ -325,13 +334,14 @@ class RedisStore(Store):
                         if current != raw:
                             raw = current
                             continue
-                    if channels:
-                        await self._publish_raw(list(dict.fromkeys(channels)))
+                    if channels or messages:
+                        await self._publish_raw(list(dict.fromkeys(channels)), messages, raw)
                     _resolve(results)
                     return
                 value = "" if cur is None else self._encode(cur)
+                wake = list(dict.fromkeys(channels))
                 res = await scripts.cas(
-                    self.client, [rkey], [token or "", value, *dict.fromkeys(channels)]
+                    self.client, [rkey], [token or "", value, len(wake), *wake, *messages]
                 )
                 if res == 1:
                     self._remember(rkey, value.encode() if value else None)
@@ -386,17 +396,33 @@ class RedisStore(Store):
         with bus_errors():
             await self._publish_raw([self.ns + c for c in channels])
 
-    async def _publish_raw(self, names: list[str]) -> None:
+    async def _publish_raw(
+        self, names: list[str], messages: Sequence[str | bytes] = (), value: bytes | None = None
+    ) -> None:
+        """Empty wake-ups to ``names``; ``messages`` (channel, prefix pairs) get ``value``."""
+        pairs: list[tuple[str | bytes, bytes]] = [(c, b"") for c in names]
+        pairs += (
+            (messages[i], _bytes(messages[i + 1]) + (value or b""))
+            for i in range(0, len(messages), 2)
+        )
         client = self.client
-        if len(names) == 1:
-            await client.publish(names[0], b"")
+        if len(pairs) == 1:
+            await client.publish(*pairs[0])
         elif isinstance(client, RedisCluster):
-            await asyncio.gather(*(client.publish(c, b"") for c in names))
-        elif names:
+            await asyncio.gather(*(client.publish(c, m) for c, m in pairs))
+        elif pairs:
             async with client.pipeline(transaction=False) as pipe:
-                for c in names:
-                    pipe.publish(c, b"")
+                for c, m in pairs:
+                    pipe.publish(c, m)
                 await pipe.execute()
+
+    def _messages(self, rkey: str, notices: list[BreakNotice]) -> list[str | bytes]:
+        """(channel, message prefix) pairs, flat, for the notices other nodes must get."""
+        out: list[str | bytes] = []
+        for n in notices:
+            if not self.is_local(n.node_id):
+                out += (self.node_channel(n.node_id), message_prefix(n, rkey[len(self.ns) :]))
+        return out
 
     # -- break delivery ------------------------------------------------------------------
 
@@ -405,13 +431,18 @@ class RedisStore(Store):
         if self.hub is not None:
             self.hub.add_permanent(self.node_channel(node_id))
 
-    async def deliver(self, notice: BreakNotice) -> None:
+    def is_local(self, node_id: NodeId) -> bool:
+        return self.local_delivery and node_id in self.handlers
+
+    async def deliver(self, notice: BreakNotice, key: str | None = None) -> None:
         handler = self.handlers.get(notice.node_id)
         if handler is not None and self.local_delivery:
             await _run_handler(handler, notice)
             return
+        value = self._cache.get(self.ns + key) if key is not None else None
+        message = encode_message(notice, key, value)
         with bus_errors():
-            await self.client.publish(self.node_channel(notice.node_id), encode_notice(notice))
+            await self.client.publish(self.node_channel(notice.node_id), message)
 
     # -- broadcasts ----------------------------------------------------------------------
 
@@ -441,6 +472,11 @@ class RedisStore(Store):
             except Exception:  # one faulty listener must not stop the others
                 log.exception("broadcast handler for %s failed", topic)
 
+    def _on_value(self, channel: str, data: bytes) -> None:
+        # A file's channel is named as its document (see the CAS script).
+        if channel.startswith(self.ns + "file:"):
+            self._remember(channel, None if data == b"-" else data)
+
     def _on_message(self, channel: str, data: bytes) -> None:
         if channel.startswith(self.ns + "bcast:"):
             self._on_broadcast(channel.removeprefix(self.ns + "bcast:"), data)
@@ -454,11 +490,17 @@ class RedisStore(Store):
         handler = self.handlers.get(node_id)
         if handler is None:
             return
-        notice = decode_notice(data)
+        notice, key, value = decode_message(data)
+        if key is not None and value is not None:
+            self._remember(self.ns + key, value)  # the ack's CAS goes straight on it
         # Tasks start in arrival order, and a handler returns at once.
         task = asyncio.get_running_loop().create_task(_run_handler(handler, notice))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _bytes(data: str | bytes) -> bytes:
+    return data if isinstance(data, bytes) else data.encode()
 
 
 async def _run_handler(handler: BreakHandler, notice: BreakNotice) -> None:

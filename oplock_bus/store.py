@@ -76,6 +76,9 @@ class Store(abc.ABC):
     lazy_subscribe = False
     # True where transact(publish=...) publishes in the commit's round trip.
     publishes_on_commit = False
+    # True where transact(send=...) sends the notices for other nodes in the
+    # commit's round trip; the caller then delivers only those is_local().
+    sends_on_commit = False
     # True where a transaction never yields to the event loop: a
     # cancellation cannot then land between its commit and its caller.
     commits_without_yielding = False
@@ -108,12 +111,14 @@ class Store(abc.ABC):
         key: str,
         fn: Callable[[Doc | None], tuple[Doc | None, T]],
         publish: Callable[[T], list[str]] | None = None,
+        send: Callable[[T], list[BreakNotice]] | None = None,
     ) -> T:
         """Read, apply the pure ``fn``, write back if the version held; retry otherwise.
 
         ``fn`` may run several times and must not have side effects. A
         result that leaves the document unchanged writes nothing.
-        ``publish`` is only honoured by stores that set ``publishes_on_commit``.
+        ``publish`` is only honoured by stores that set ``publishes_on_commit``,
+        ``send`` by those that set ``sends_on_commit``.
         """
         for _ in range(self.max_retries):
             token, doc = await self.load(key)
@@ -142,9 +147,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def register_node(self, node_id: NodeId, handler: BreakHandler) -> None: ...
 
+    def is_local(self, node_id: NodeId) -> bool:
+        """Whether deliver() runs this node's handler in the caller's task."""
+        return True
+
     @abc.abstractmethod
-    async def deliver(self, notice: BreakNotice) -> None:
+    async def deliver(self, notice: BreakNotice, key: str | None = None) -> None:
         """Hand the notice to its node (whose handler returns at once).
+
+        ``key`` names the document whose commit produced the notice: a
+        shared store may send its value along, so that the receiving node's
+        acknowledgement writes without reading it first.
 
         In-process this runs the handler in the calling task; a shared
         store sends a message to the node, which runs its handler there.

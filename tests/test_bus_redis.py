@@ -14,9 +14,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from oplock_bus import make_bus
 from oplock_bus.api import (
@@ -266,3 +268,42 @@ def test_status_json_shows_nodes_opens_locks_and_breaks() -> None:
         capture_output=True, text=True, cwd=REPO, timeout=30,
     )  # fmt: skip
     assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1, down.stderr
+
+
+def test_a_break_round_trip_reads_nothing_the_messages_carried(private_redis: RedisProc) -> None:
+    """The notice carries the value the opener wrote and the ack's wake-up the
+    value the ack wrote, so neither the holder's ack nor the opener's grant
+    reads the file first, and no CAS of theirs fails (Redis's own counts)."""
+
+    async def body() -> None:
+        url = f"redis://{HOST}:{private_redis.port}"
+        one, two = await _bus(url), await _bus(url)
+        a, b = Client(one, "A"), Client(two, "B")
+        stats = Redis(host=HOST, port=private_redis.port)
+
+        async def calls() -> Counter[str]:
+            info = await stats.info("commandstats")
+            return Counter({k.removeprefix("cmdstat_"): v["calls"] for k, v in info.items()})
+
+        costs = []
+        for i in range(5):  # the least of five: a heartbeat may fall in one
+            file = f"vol:{100 + i}"  # one B's node has not seen yet
+            assert (await a.open("h", file, oplock=OPLOCK_BATCH)).oplock == OPLOCK_BATCH
+            before = await calls()
+            got = await b.open("h", file, oplock=OPLOCK_BATCH)
+            assert (got.status, got.oplock) == (STATUS_SUCCESS, OPLOCK_II)
+            spent = await calls() - before
+            # Every CAS script runs one GET inside; the rest are reads of their own.
+            costs.append((spent["evalsha"], spent["get"] - spent["evalsha"]))
+            await one.close(file, a.oid("h"))
+            await two.close(file, b.oid("h"))
+        # B's open, A's ack, B's grant: three CAS, none failing. B reads the
+        # file it has not seen, and may read once more after subscribing
+        # (see Coordinator._open); A and B read nothing else.
+        cas, reads = min(costs)
+        assert cas == 3 and reads <= 2, costs
+        await stats.aclose()
+        await one.stop()
+        await two.stop()
+
+    run(body())
