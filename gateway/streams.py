@@ -439,7 +439,7 @@ async def bus_open(ctx: RequestContext, op: Open, req: bus_api.OpenRequest) -> b
         (guard_key(st.base_key), f"{op.bus_open_id}+guard", AccessMask.FILE_READ_DATA,
          0x3 | req.share & _SHARE_DELETE),
     ]  # fmt: skip
-    result: bus_api.OpenResult | None = None
+    granted = False
     try:
         for key, open_id, access, share in companions:
             result = await run_bus_open(ctx, node.bus, _request(node, open_id, key, access, share))
@@ -447,10 +447,11 @@ async def bus_open(ctx: RequestContext, op: Open, req: bus_api.OpenRequest) -> b
                 return result
             st.companions.append((key, open_id))
         result = await run_bus_open(ctx, node.bus, req)
+        granted = result.status == Status.SUCCESS
     finally:
-        if result is None or result.status != Status.SUCCESS:
+        if not granted:  # refused, or the CREATE was cancelled meanwhile
             await _close_companions(node, st)
-    if result.status == Status.SUCCESS:
+    if granted:
         _clear_stale_mark(st.base_path)
     return result
 
