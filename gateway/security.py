@@ -155,7 +155,8 @@ def store_new(fs: ShareFS, path: str, data: bytes) -> None:
 
 
 def _target(op: Open) -> str | int:
-    return op.fd if op.fd >= 0 else op.host_path
+    # A stream's descriptor is its file's (host_path); its fd is the stream data.
+    return op.fd if op.fd >= 0 and op.stream is None else op.host_path
 
 
 def query_security(op: Open, additional: int) -> bytes:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import ShareConfig
     from .rpc.srvsvc import SrvsvcPipe
+    from .streams import Stream
     from .vfs import ShareFS
 
 
@@ -97,6 +98,8 @@ class Open:
     client_guid: bytes = b""
     lease_state: int = 0
     lease_epoch: int = 0
+    # A named stream's handle: fd is the stream's, host_path its file's.
+    stream: Stream | None = None
 
     @property
     def file_id(self) -> tuple[int, int]:

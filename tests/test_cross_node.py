@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import threading
 import time
 import uuid
@@ -91,6 +92,7 @@ class Client:
         share: int = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
         oplock: int = RequestedOplockLevel.SMB2_OPLOCK_LEVEL_NONE,
         access: int = RW,
+        options: int = 0,
     ) -> Open:
         handle = Open(self.tree, name)
         handle.create(
@@ -99,7 +101,7 @@ class Client:
             0,
             share,
             CreateDisposition.FILE_OPEN_IF,
-            CreateOptions.FILE_NON_DIRECTORY_FILE,
+            CreateOptions.FILE_NON_DIRECTORY_FILE | options,
             oplock_level=oplock,
         )
         return handle
@@ -228,9 +230,13 @@ OWNER_GROUP_DACL = 0x7
 
 
 def _query_sd(handle: Open, additional: int = OWNER_GROUP_DACL) -> bytes:
+    return _query(handle, INFO_SECURITY, 0, additional)
+
+
+def _query(handle: Open, info_type: int, info_class: int, additional: int = 0) -> bytes:
     req = SMB2QueryInfoRequest()
-    req["info_type"] = INFO_SECURITY
-    req["file_info_class"] = 0
+    req["info_type"] = info_type
+    req["file_info_class"] = info_class
     req["output_buffer_length"] = 4096
     req["additional_information"] = additional
     req["file_id"] = handle.file_id
@@ -422,3 +428,68 @@ def test_a_large_directory_sees_names_made_and_removed_through_the_other_node(
         _open_existing(a, rf"{big}\NEWNAME.txt")
     assert err.value.status == 0xC0000034  # STATUS_OBJECT_NAME_NOT_FOUND
     assert sorted(os.listdir(share / big))[-1] == "file-00799.dat"
+
+
+FILE_STREAM_INFORMATION = 22
+STATUS_DELETE_PENDING = 0xC0000056
+STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
+
+
+def _stream_names(handle: Open) -> list[str]:
+    buf, names, pos = _query(handle, 1, FILE_STREAM_INFORMATION), [], 0  # SMB2_0_INFO_FILE
+    while buf:
+        nxt, length = struct.unpack_from("<II", buf, pos)
+        names.append(buf[pos + 24 : pos + 24 + length].decode("utf-16-le"))
+        if not nxt:
+            return names
+        pos += nxt
+    return names
+
+
+def test_a_stream_written_through_node1_reads_back_through_node2(
+    clients: tuple[Client, Client],
+) -> None:
+    a, b = clients
+    name = f"ads-{uuid.uuid4().hex}.txt"
+    payload = os.urandom(100_000)
+    fa = a.open(f"{name}:Zone.Identifier")
+    fa.write(payload, 0)
+    fa.close()
+    fb = b.open(f"{name}:zone.identifier:$DATA")
+    assert fb.read(0, len(payload)) == payload
+    fb.close()
+    base = b.open(name)
+    assert _stream_names(base) == ["::$DATA", ":Zone.Identifier:$DATA"]
+    base.close()
+
+
+def test_a_file_deleted_through_node2_waits_for_its_stream_open_on_node1(
+    clients: tuple[Client, Client],
+) -> None:
+    a, b = clients
+    name = f"ads-del-{uuid.uuid4().hex}.txt"
+    delete = FilePipePrinterAccessMask.DELETE
+    rw_share = ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE
+    # A stream open on node 1 that does not share delete stops node 2 deleting the file...
+    held = a.open(f"{name}:s", share=rw_share)
+    held.write(b"stream data", 0)
+    with pytest.raises(SMBResponseException) as err:
+        b.open(name, share=rw_share | ShareAccess.FILE_SHARE_DELETE, access=delete)
+    assert err.value.status == STATUS_SHARING_VIOLATION
+    held.close()
+    # ...one that does lets it, and keeps the file (delete-pending) until it closes.
+    held = a.open(f"{name}:s", share=rw_share | ShareAccess.FILE_SHARE_DELETE)
+    b.open(name, share=0x7, access=delete, options=CreateOptions.FILE_DELETE_ON_CLOSE).close()
+    for node, target in ((b, name), (a, f"{name}:s")):
+        with pytest.raises(SMBResponseException) as err:
+            node.open(target, share=0x7)
+        assert err.value.status == STATUS_DELETE_PENDING
+    assert held.read(0, 11) == b"stream data"
+    held.close()
+    gone = Open(b.tree, name)
+    with pytest.raises(SMBResponseException) as err:
+        gone.create(
+            ImpersonationLevel.Impersonation, RW, 0, 0x7, CreateDisposition.FILE_OPEN,
+            CreateOptions.FILE_NON_DIRECTORY_FILE,
+        )  # fmt: skip
+    assert err.value.status == STATUS_OBJECT_NAME_NOT_FOUND

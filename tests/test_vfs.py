@@ -180,7 +180,7 @@ NAMES_REFUSED = [
     ("a\x00b", Status.OBJECT_NAME_INVALID),
     ("a\x1fb", Status.OBJECT_NAME_INVALID),
     ("d\\x\ty", Status.OBJECT_NAME_INVALID),
-    ("file:stream", Status.OBJECT_NAME_INVALID),  # named streams: not kept
+    ("file:stream", Status.OBJECT_NAME_INVALID),  # streams: gateway.streams parses them first
     ("dir\\a.txt:secret", Status.OBJECT_NAME_INVALID),
     ("file:stream:$DATA", Status.OBJECT_NAME_INVALID),
     ("file::$INDEX_ALLOCATION", Status.OBJECT_NAME_INVALID),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from oplock_bus import api as bus_api
 from oplock_bus.api import Operation
 
-from .. import durable, security
+from .. import durable, security, streams
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
     FILE_ALL_ACCESS,
@@ -35,7 +35,6 @@ from ..protocol.wire import check_size
 from ..rpc.srvsvc import SrvsvcPipe
 from ..state import Open
 from ..vfs import FileInfo, status_from_oserror
-from .breaks import run_bus_open
 
 if TYPE_CHECKING:
     from ..node import Node
@@ -266,7 +265,10 @@ async def _open_file(
     tree = ctx.require_tree()
     fs = tree.fs
     assert fs is not None
-    path, info = fs.lookup(req.name)
+    stream = streams.parse(fs, req.name, req.options)
+    path, info = fs.lookup(req.name) if stream is None else (stream.path, stream.info)
+    # A stream is checked against its file's descriptor and attributes.
+    acl_path, acl_info = (path, info) if stream is None else (stream.base_path, stream.base_info)
     disp = req.disposition
     opts = req.options
     if info is None and disp in (CreateDisposition.OPEN, CreateDisposition.OVERWRITE):
@@ -284,12 +286,12 @@ async def _open_file(
         ):
             raise NtStatusError(Status.INVALID_PARAMETER, "overwrite of a directory")
     maximal, new_sd = security.check_open(
-        fs, tree.session, path, None if info is None else info.is_dir, req.access,
+        fs, tree.session, acl_path, None if acl_info is None else acl_info.is_dir, req.access,
         bool(opts & CreateOptions.DIRECTORY_FILE), req.contexts.get(b"SecD"), tree.maximal_access,
         overwrite=disp in (CreateDisposition.SUPERSEDE, CreateDisposition.OVERWRITE,
                            CreateDisposition.OVERWRITE_IF),
     )  # fmt: skip
-    access = _granted_access(req, maximal, info)
+    access = _granted_access(req, maximal, acl_info)
     if tree.share.read_only and (disp != CreateDisposition.OPEN or info is None):
         if info is None or disp != CreateDisposition.OPEN_IF:
             raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
@@ -297,7 +299,9 @@ async def _open_file(
     if info is None:
         is_dir = bool(opts & CreateOptions.DIRECTORY_FILE)
         try:
-            if is_dir:
+            if stream is not None:
+                path = stream.create(req.attributes, new_sd)
+            elif is_dir:
                 os.mkdir(path, 0o777)
             else:
                 os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o666))
@@ -311,7 +315,7 @@ async def _open_file(
             if e.errno == errno.ENOENT:
                 raise NtStatusError(Status.OBJECT_PATH_NOT_FOUND) from None
             raise NtStatusError(status_from_oserror(e)) from None
-        if created and new_sd is not None:
+        if created and new_sd is not None and stream is None:
             try:
                 security.store_new(fs, path, new_sd)
             except OSError:
@@ -327,7 +331,7 @@ async def _open_file(
         raise NtStatusError(status_from_oserror(e)) from None
     op: Open | None = None
     try:
-        info = fs.stat_fd(fd)
+        info = fs.stat_fd(fd) if stream is None else stream.stat(fs, fd)
         op = Open(
             persistent_id=node.next_id(),
             volatile_id=node.next_id(),
@@ -344,6 +348,8 @@ async def _open_file(
             client_guid=ctx.conn.client_guid,
         )
         op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
+        if stream is not None:
+            stream.attach(op, info)
         # Directories still pass their lease key: the bus checks it is not bound
         # to another file, and grants directories nothing.
         lease_req = _lease_request(ctx, req)
@@ -374,7 +380,7 @@ async def _open_file(
             op.lease_key = lease_req.key.key
             op.lease_version = lease_req.version
         node.opens[op.bus_open_id] = op
-        result = await run_bus_open(ctx, node.bus, bus_req)
+        result = await streams.bus_open(ctx, op, bus_req)
     except BaseException:
         if op is not None:
             node.opens.pop(op.bus_open_id, None)
@@ -403,17 +409,19 @@ async def _open_file(
         if overwrite:
             # By path: an attributes-only open may overwrite (its fd is read-only).
             os.truncate(path, 0)
+            if stream is None:
+                streams.remove_all(fs, path, fd)  # the file's named streams go with its data
             action = (
                 CreateAction.SUPERSEDED
                 if disp == CreateDisposition.SUPERSEDE
                 else CreateAction.OVERWRITTEN
             )
-        if created or overwrite:
+        if (created or overwrite) and stream is None:
             attrs = req.attributes & ~FileAttributes.NORMAL
             if not info.is_dir:
                 attrs |= FileAttributes.ARCHIVE  # NTFS marks new and rewritten files
             fs.set_attributes(path, attrs, is_dir=info.is_dir)
-        info = fs.stat_fd(fd)
+        info = fs.stat_fd(fd) if stream is None else stream.stat(fs, fd)
     except OSError as e:
         await node.close_open(op)
         raise NtStatusError(status_from_oserror(e)) from None
@@ -423,10 +431,10 @@ async def _open_file(
             raise NtStatusError(Status.CANNOT_DELETE)
         op.delete_on_close = True
     ctx.conn.opens[op.volatile_id] = op
-    if created:
-        node.notify_change(tree, path, "added", info.is_dir)
+    if created and (stream is None or stream.base_created):
+        node.notify_change(tree, op.host_path, "added", info.is_dir)
     elif overwrite:
-        node.notify_change(tree, path, "modified", False)
+        node.notify_change(tree, op.host_path, "modified", False)
     contexts = _response_contexts(ctx, req, op, info, result, lease_req)
     contexts += durable.grant(ask, op, result.lease_state)
     oplock = result.oplock if result.oplock != OplockLevel.LEASE or lease_req else 0
@@ -471,7 +479,7 @@ async def _reconnect(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
     op.volatile_id = node.next_id()
     ctx.conn.opens[op.volatile_id] = op
     try:
-        info = tree.fs.stat_fd(op.fd)
+        info = streams.stat_open(tree.fs, op)
     except OSError as e:
         await node.close_open(op)
         raise NtStatusError(status_from_oserror(e)) from None
@@ -611,7 +619,7 @@ async def handle_close(ctx: RequestContext) -> Reply:
     info: FileInfo | None = None
     if flags & CloseFlags.POSTQUERY_ATTRIB and op.fd >= 0 and op.tree.fs is not None:
         try:
-            info = op.tree.fs.stat_fd(op.fd)
+            info = streams.stat_open(op.tree.fs, op)
         except OSError:
             info = None
     await node.close_open(op)
@@ -631,6 +639,8 @@ async def finish_close(node: Node, op: Open) -> None:
     if op.notify is not None:
         op.notify.cleanup()
     delete = op.delete_on_close
+    if delete and await streams.defer_delete(node, op):
+        delete = False  # the file's open streams keep it, delete-pending (MS-FSA)
     if op.file_key and op.bus_open_id:
         # The handle must close whatever the bus says, so bus errors are logged.
         try:
@@ -642,6 +652,8 @@ async def finish_close(node: Node, op: Open) -> None:
         except Exception:  # noqa: BLE001
             log.exception("bus close of %s failed", op.bus_open_id)
     op.close_fd()
+    if await streams.closed(node, op, delete):
+        return
     if delete and op.host_path:
         try:
             if op.is_dir:

@@ -7,7 +7,7 @@ import struct
 
 from oplock_bus.api import Operation
 
-from .. import security
+from .. import security, streams
 from ..context import Reply, RequestContext
 from ..notify import basic_info_mask
 from ..protocol import infoclass
@@ -82,7 +82,7 @@ def _stat(op: Open) -> FileInfo:
     if fs is None:
         raise NtStatusError(Status.INVALID_PARAMETER)
     try:
-        return fs.stat_fd(op.fd) if op.fd >= 0 else fs.stat_path(op.host_path)
+        return streams.stat_open(fs, op)
     except OSError as e:
         raise NtStatusError(status_from_oserror(e)) from None
 
@@ -99,6 +99,11 @@ def _file_info(op: Open, info_class: int) -> bytes:
     )  # fmt: skip
     if needs_attrs and not op.access & AccessMask.FILE_READ_ATTRIBUTES:
         raise NtStatusError(Status.ACCESS_DENIED)
+    if info_class == FileInfoClass.STREAM:
+        try:
+            return streams.stream_information(op)
+        except OSError as e:
+            raise NtStatusError(status_from_oserror(e)) from None
     info = _stat(op)
     name = "\\" + op.smb_name if op.smb_name else "\\"
     return infoclass.query_file_info(
@@ -213,6 +218,9 @@ async def _rename(ctx: RequestContext, op: Open, buf: bytes) -> None:
     fs = op.tree.fs
     assert fs is not None
     replace, target = infoclass.parse_rename(buf)
+    if op.stream is not None or target.startswith(":"):
+        await streams.rename(ctx, op, target, replace)
+        return
     target = target.lstrip("\\")
     new_path, existing = fs.lookup(target)
     replacing = existing is not None and os.path.realpath(new_path) != os.path.realpath(
@@ -239,9 +247,13 @@ async def _rename(ctx: RequestContext, op: Open, buf: bytes) -> None:
         prefix = op.host_path.rstrip("/") + "/"
         if any(o.host_path.startswith(prefix) for o in node.opens.values()):
             raise NtStatusError(Status.ACCESS_DENIED)  # a directory with open children
+    drop_replaced_streams = await streams.before_base_rename(
+        ctx, op, new_path if replacing else None
+    )
     await run_bus_call(ctx, node.bus.break_for(op.file_key, op.bus_open_id, Operation.RENAME))
     old = op.host_path
     fs.rename(old, new_path, replace=replace)
+    drop_replaced_streams()
     for other in node.opens.values():
         if other.file_key == op.file_key and other.host_path == old:
             other.host_path = new_path

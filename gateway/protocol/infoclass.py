@@ -8,9 +8,10 @@ answers (it checks the minimum size of each class; longer buffers are accepted).
 File-system answers: the name is "NTFS", as Samba's default ``fstype`` and what
 Windows applications test for before using features (Office and Access among
 them); the attributes are what a POSIX tree behind the gateway really does:
-case-sensitive lookups, preserved case, Unicode names. No persistent ACLs (the
-security descriptor is synthesised), no named streams, no sparse files, no
-object ids, no 8.3 names (directory entries carry an empty ShortName).
+case-sensitive lookups, preserved case, Unicode names, named streams
+(``gateway.streams``). No persistent ACLs (the security descriptor is
+synthesised), no sparse files, no object ids, no 8.3 names (directory
+entries carry an empty ShortName).
 """
 
 from __future__ import annotations
@@ -54,7 +55,11 @@ FILE_DEVICE_IS_MOUNTED = 0x00000020
 FILE_CASE_SENSITIVE_SEARCH = 0x00000001
 FILE_CASE_PRESERVED_NAMES = 0x00000002
 FILE_UNICODE_ON_DISK = 0x00000004
-FS_ATTRIBUTES = FILE_CASE_SENSITIVE_SEARCH | FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK
+FILE_NAMED_STREAMS = 0x00040000
+FS_ATTRIBUTES = (
+    FILE_CASE_SENSITIVE_SEARCH | FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK
+    | FILE_NAMED_STREAMS
+)  # fmt: skip
 FS_NAME = "NTFS"
 FS_NAME_UTF16 = FS_NAME.encode("utf-16-le")
 MAX_COMPONENT_LENGTH = 255
@@ -153,14 +158,24 @@ def file_all(
 
 
 def file_stream(info: FileInfo) -> bytes:
-    """FileStreamInformation (2.4.43): one ``::$DATA`` entry for a file, none for a
-    directory (no named streams are kept)."""
+    """FileStreamInformation (2.4.43) of a file without named streams: one
+    ``::$DATA`` entry for a file, none for a directory."""
     if info.is_dir:
         return b""
-    return (
-        _STREAM.pack(0, len(DEFAULT_STREAM_NAME), info.size, info.allocation_size)
-        + DEFAULT_STREAM_NAME
-    )
+    return file_streams([("::$DATA", info.size, info.allocation_size)])
+
+
+def file_streams(entries: Iterable[tuple[str, int, int]]) -> bytes:
+    """FileStreamInformation (2.4.43): (``:name:$DATA``, size, allocation) per
+    stream, each entry but the last padded to 8 bytes."""
+    out = bytearray()
+    items = list(entries)
+    for i, (name, size, alloc) in enumerate(items):
+        raw = _u16(name)
+        length = _STREAM.size + len(raw)
+        nxt = (length + 7) & ~7 if i != len(items) - 1 else 0
+        out += _STREAM.pack(nxt, len(raw), size, alloc) + raw + _PAD[(nxt - length) if nxt else 0]
+    return bytes(out)
 
 
 def file_compression(info: FileInfo) -> bytes:
