@@ -103,7 +103,6 @@ def create_session(conn: SmbConnection) -> Session:
         dialect=conn.codec.dialect,
         signing_algorithm=algorithm,
         cipher=conn.codec.cipher,
-        client_guid=conn.client_guid,
     )
     session.preauth_hash = conn.preauth_hash
     session.channels[conn] = Channel(session, conn, primary=True, signing_algorithm=algorithm)

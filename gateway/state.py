@@ -37,7 +37,6 @@ class Session:
     owner: str = ""  # the user who first logged on; a re-authentication may only return to it
     signing_algorithm: int | None = None  # the algorithm signing_key signs with
     cipher: int | None = None
-    client_guid: bytes = b""
     channels: dict[Any, Any] = field(default_factory=dict)  # connection -> channels.Channel
     _tree_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 

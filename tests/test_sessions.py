@@ -29,9 +29,12 @@ from smbprotocol.open import (
     ImpersonationLevel,
     Open,
     ShareAccess,
+    SMB2QueryInfoRequest,
+    SMB2QueryInfoResponse,
     SMB2ReadRequest,
     SMB2ReadResponse,
 )
+from smbprotocol.security_descriptor import SMB2CreateSDBuffer
 from smbprotocol.session import Session, SMB2SessionSetupRequest, SMB2SessionSetupResponse
 from smbprotocol.tree import TreeConnect
 
@@ -170,6 +173,33 @@ def _stand_in(conn: Connection, client: Client, signing_key: bytes) -> Session:
     return stub
 
 
+def _owner_of_new_file(c: Client, name: str) -> str:
+    """Create ``name`` through ``c``'s session and read back the owner it got."""
+    op = Open(c.tree, name)
+    op.create(
+        ImpersonationLevel.Impersonation,
+        _GENERIC_ALL,
+        FileAttributes.FILE_ATTRIBUTE_NORMAL,
+        ShareAccess.FILE_SHARE_READ,
+        CreateDisposition.FILE_OVERWRITE_IF,
+        CreateOptions.FILE_NON_DIRECTORY_FILE,
+    )
+    try:
+        query = SMB2QueryInfoRequest()
+        query["info_type"] = 3  # SMB2_0_INFO_SECURITY
+        query["output_buffer_length"] = 4096
+        query["additional_information"] = 1  # OWNER_SECURITY_INFORMATION
+        query["file_id"] = op.file_id
+        sent = c.conn.send(query, sid=c.session.session_id, tid=c.tree.tree_connect_id)
+        body = SMB2QueryInfoResponse()
+        body.unpack(c.conn.receive(sent)["data"].get_value())
+        sd = SMB2CreateSDBuffer()
+        sd.unpack(body["buffer"].get_value())
+        return str(sd.get_owner())
+    finally:
+        op.close()
+
+
 def _read_through(conn: Connection, client: Client) -> bytes:
     read = SMB2ReadRequest()
     read["length"] = 64
@@ -194,9 +224,14 @@ def test_reauthentication_keeps_opens_keys_and_owner(node: GatewayNode) -> None:
         c.conn.verify_signature(same.last, sid, force=True)
         assert c.read() == b"multichannel payload"
 
+        user_sid = _owner_of_new_file(c, "made-by-user.txt")
+        assert user_sid.startswith("S-1-5-21-")
+
         anonymous = _session_setup(c.conn, sid, "", "")
         assert anonymous.status == NtStatus.STATUS_SUCCESS
         assert c.read() == b"multichannel payload"  # the open keeps what it was granted
+        # What the session does next, it does as ANONYMOUS LOGON.
+        assert _owner_of_new_file(c, "made-by-anonymous.txt") == "S-1-5-7"
 
         # Back to the user who logged on, but never to another one.
         other = _session_setup(c.conn, sid, OTHER, OTHER_PASSWORD)
@@ -204,6 +239,7 @@ def test_reauthentication_keeps_opens_keys_and_owner(node: GatewayNode) -> None:
         back = _session_setup(c.conn, sid, USER, PASSWORD)
         assert back.status == NtStatus.STATUS_SUCCESS
         assert c.read() == b"multichannel payload"
+        assert _owner_of_new_file(c, "made-by-user-again.txt") == user_sid
 
         # A failed re-authentication ends the session (MS-SMB2 3.3.5.5.3).
         wrong = _session_setup(c.conn, sid, USER, "not-the-password")
