@@ -74,6 +74,7 @@ __all__ = [
     "AuthError",
     "Authenticator",
     "ConfigError",
+    "MalformedResponseError",
     "load_users",
     "spnego_init_token",
 ]
@@ -88,6 +89,15 @@ class AuthError(NtStatusError):
 
     def __init__(self, message: str) -> None:
         super().__init__(Status.LOGON_FAILURE, message)
+
+
+class MalformedResponseError(AuthError):
+    """An NTLMv2 response whose client challenge does not parse: answered with
+    STATUS_INVALID_PARAMETER, as Windows and Samba do (Samba bug 14932)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.status = int(Status.INVALID_PARAMETER)
 
 
 # ---------------------------------------------------------------------------
@@ -354,13 +364,13 @@ def _av_pairs(data: bytes) -> dict[int, bytes]:
     pos = 0
     while True:
         if pos + 4 > len(data):
-            raise AuthError("AV_PAIR list without MsvAvEOL")
+            raise MalformedResponseError("AV_PAIR list without MsvAvEOL")
         av_id, length = struct.unpack_from("<HH", data, pos)
         pos += 4
         if av_id == _MSV_AV_EOL:
             return out
         if pos + length > len(data):
-            raise AuthError("AV_PAIR overruns the NTLMv2 response")
+            raise MalformedResponseError("AV_PAIR overruns the NTLMv2 response")
         out.setdefault(av_id, data[pos : pos + length])
         pos += length
 

@@ -43,6 +43,8 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.node_ttl = args.node_ttl
     if args.signing_required:
         cfg.signing_required = True
+    if args.no_multichannel:
+        cfg.multichannel = False
     if args.log_level:
         cfg.log_level = args.log_level.upper()
     if args.torture_hooks:
@@ -109,6 +111,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--node-ttl", type=float, help="Redis bus: seconds before a silent node counts as dead (5)"
     )
     p.add_argument("--signing-required", action="store_true", help="require SMB signing")
+    p.add_argument(
+        "--no-multichannel", action="store_true", help="refuse binding sessions to more connections"
+    )
     p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     p.add_argument(
         "--torture-hooks",

@@ -37,6 +37,9 @@ class Config:
     server_name: str = "SMBGW"
     signing_required: bool = False
     encrypt_required: bool = False
+    # Offer SMB2_GLOBAL_CAP_MULTI_CHANNEL (3.x): a client may bind a session to
+    # more connections to this node (gateway/channels.py).
+    multichannel: bool = True
     break_timeout: float = 35.0
     # Redis bus: seconds without a heartbeat before other nodes release this
     # node's opens, oplocks, leases and locks.
@@ -97,6 +100,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("server_name", "server_name", str),
     ("signing_required", "signing_required", bool),
     ("encrypt_required", "encrypt_required", bool),
+    ("multichannel", "multichannel", bool),
     ("break_timeout", "break_timeout", float),
     ("node_ttl", "node_ttl", float),
     ("max_io_size", "max_io_size", int),

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from .channels import drop_connection, foreign_session, key_for, observe_reply
 from .context import Reply, RequestContext
 from .protocol import crypto, wire
 from .protocol.constants import (
@@ -26,6 +27,7 @@ from .protocol.constants import (
 )
 from .protocol.framing import FrameDecoder, FramingError
 from .protocol.header import Header, error_body
+from .protocol.wire import KeyedSession
 from .state import Open, Session, TreeConnect
 
 if TYPE_CHECKING:
@@ -109,9 +111,7 @@ class SmbConnection:
         self.closed = True
         for _ctx, task in list(self.pending.values()):
             task.cancel()
-        for session in list(self.sessions.values()):
-            await self.node.logoff(self, session, lost=True)
-        self.sessions.clear()
+        await drop_connection(self)
         try:
             self.writer.close()
         except Exception:  # noqa: BLE001 - the socket may already be gone
@@ -121,7 +121,7 @@ class SmbConnection:
     # -- sending -----------------------------------------------------------
 
     def send_messages(
-        self, messages: list[tuple[Header, bytes, Session | None]], encrypt_for: Session | None
+        self, messages: list[tuple[Header, bytes, KeyedSession | None]], encrypt_for: Session | None
     ) -> None:
         """Sign each message, chain them, encrypt the chain if needed, frame it."""
         if self.closed:
@@ -138,6 +138,8 @@ class SmbConnection:
             session = self.sessions.get(hdr.session_id)
             if session is not None and session.state != "valid":
                 session.preauth_hash = crypto.preauth_update(session.preauth_hash, msg)
+            elif session is None:
+                observe_reply(self, hdr.session_id, msg)
 
     async def drain(self) -> None:
         try:
@@ -175,7 +177,7 @@ class SmbConnection:
             chain = wire.split_messages(frame)
         except NtStatusError as e:
             raise Disconnect(str(e)) from None
-        replies: list[tuple[Header, bytes, Session | None]] = []
+        replies: list[tuple[Header, bytes, KeyedSession | None]] = []
         related_fid: tuple[int, int] | None = None
         last_session: Session | None = None
         last_tree: TreeConnect | None = None
@@ -201,7 +203,9 @@ class SmbConnection:
             except NtStatusError as e:
                 session = ctx_session
                 reply_hdr = self._reply_header(hdr, e.status)
-                replies.append((reply_hdr, error_body(), self._signer(hdr, session)))
+                signer = self._signer(hdr, session)
+                _echo_signature(reply_hdr, hdr, signer)
+                replies.append((reply_hdr, error_body(), signer))
                 last_status = e.status
                 continue
             if session is not None and session.encrypt_data and encrypt_for is None:
@@ -229,7 +233,9 @@ class SmbConnection:
             last_status = reply.status if _is_error(reply.status) else Status.SUCCESS
             reply_hdr = self._reply_header(hdr, reply.status, ctx.session)
             body_out = reply.body if reply.body else error_body()
-            replies.append((reply_hdr, body_out, self._signer(hdr, ctx.session, reply.status)))
+            signer = self._signer(hdr, ctx.session, reply.status)
+            _echo_signature(reply_hdr, hdr, signer)
+            replies.append((reply_hdr, body_out, signer))
         if replies:
             self.send_messages(replies, encrypt_for)
             await self.drain()
@@ -237,7 +243,7 @@ class SmbConnection:
     async def _run_handler(
         self,
         ctx: RequestContext,
-        replies: list[tuple[Header, bytes, Session | None]],
+        replies: list[tuple[Header, bytes, KeyedSession | None]],
         encrypt_for: Session | None,
     ) -> Reply | None:
         handler = self.node.handlers.get(ctx.header.command)
@@ -315,15 +321,22 @@ class SmbConnection:
 
     def _signer(
         self, req: Header, session: Session | None, status: int = Status.SUCCESS
-    ) -> Session | None:
-        """The session whose key signs the reply, or None for an unsigned reply."""
-        if session is None or not session.signing_key:
+    ) -> KeyedSession | None:
+        """The key that signs the reply (the session's or its channel's), or None."""
+        if session is None:
+            return None
+        key = key_for(session, self)
+        if not key.signing_key:
             return None
         if req.command == Command.SESSION_SETUP:
+            if req.is_signed:
+                # A re-authentication or a bind, its request verified with this
+                # key: every reply is signed, refusals and MORE_PROCESSING too.
+                return key
             ok = status == Status.SUCCESS and session.state == "valid"
-            return session if ok and session.sign_final else None
+            return key if ok and session.sign_final else None
         if req.is_signed or session.signing_required:
-            return session
+            return key
         return None
 
     def _session_for(
@@ -342,7 +355,7 @@ class SmbConnection:
             session = self.sessions.get(hdr.session_id)
         if session is None:
             if hdr.command == Command.SESSION_SETUP:
-                return None  # binding or reauth of an unknown id: the handler answers
+                return foreign_session(self, hdr, raw)  # a bind: the handler answers
             raise NtStatusError(Status.USER_SESSION_DELETED)
         if session.state == "expired" and hdr.command not in (
             Command.SESSION_SETUP,
@@ -356,8 +369,9 @@ class SmbConnection:
             return session  # decryption authenticated the message
         if session.encrypt_data and session.state == "valid":
             raise NtStatusError(Status.ACCESS_DENIED)
-        if hdr.is_signed and session.signing_key:
-            if not self.codec.verify(raw, session):
+        key = key_for(session, self)
+        if hdr.is_signed and key.signing_key:
+            if not self.codec.verify(raw, key):
                 raise NtStatusError(Status.ACCESS_DENIED)
         elif session.signing_required and hdr.command != Command.OPLOCK_BREAK:
             raise NtStatusError(Status.ACCESS_DENIED)
@@ -411,3 +425,13 @@ async def _guarded(handler: Handler, ctx: RequestContext) -> Reply:
 
 def _is_error(status: int) -> bool:
     return (status >> 30) == 3
+
+
+def _echo_signature(reply: Header, req: Header, signer: KeyedSession | None) -> None:
+    """A signed request refused before any key could vouch for it (its session
+    unknown here, its signature wrong): the reply keeps SMB2_FLAGS_SIGNED and the
+    request's signature, as Windows and Samba answer. Clients that sign skip the
+    check for such statuses but require the flag."""
+    if signer is None and req.is_signed and _is_error(reply.status):
+        reply.flags |= HeaderFlags.SIGNED
+        reply.signature = req.signature

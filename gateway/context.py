@@ -90,6 +90,8 @@ class RequestContext:
         """The open named by the FileId at ``offset`` of the body, on this tree."""
         fid = self.file_id_at(offset)
         op = self.conn.opens.get(fid[1])
+        if op is None and self.session is not None and len(self.session.channels) > 1:
+            op = self.session.open_on_channels(fid[1])
         if op is None or op.persistent_id != fid[0] or op.closed:
             raise NtStatusError(Status.FILE_CLOSED)
         if self.tree is not None and op.tree is not self.tree:

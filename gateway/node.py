@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from oplock_bus.api import BreakNotice, LockBus
 
+from .channels import forget
 from .config import Config
 from .connection import SmbConnection
 from .durable import DurableTable
@@ -41,6 +42,7 @@ class Node:
         self.allows_guest = any(s.guest_ok for s in config.shares)
         self.connections: set[SmbConnection] = set()
         self.opens: dict[str, Open] = {}  # by bus open id
+        self.sessions: dict[int, Session] = {}  # by id, whatever their connections (channels.py)
         self._ids = itertools.count(1)
         self.handlers: dict[int, Handler] = _handler_table()
         self._server: asyncio.base_events.Server | None = None
@@ -135,15 +137,18 @@ class Node:
     async def disconnect_tree(
         self, conn: SmbConnection, tree: TreeConnect, lost: bool = False
     ) -> None:
-        for op in [o for o in conn.opens.values() if o.tree is tree]:
-            if lost and self.durable.keeps(op):
-                # A parked handle has no connection to answer a pending notify on.
-                end_watch(op.notify)
-                op.notify = None
-                conn.opens.pop(op.volatile_id, None)
-                self.durable.park(op)
-            else:
-                await self.close_open(op)
+        # The tree's opens may have been made through any channel of its session.
+        tables = [conn.opens] + [c.opens for c in tree.session.channels if c is not conn]
+        for opens in tables:
+            for op in [o for o in opens.values() if o.tree is tree]:
+                if lost and self.durable.keeps(op):
+                    # A parked handle has no connection to answer a pending notify on.
+                    end_watch(op.notify)
+                    op.notify = None
+                    opens.pop(op.volatile_id, None)
+                    self.durable.park(op)
+                else:
+                    await self.close_open(op)
         tree.session.trees.pop(tree.tree_id, None)
 
     async def logoff(self, conn: SmbConnection, session: Session, lost: bool = False) -> None:
@@ -162,8 +167,8 @@ class Node:
                 successor.domain.lower(),
             ):
                 return  # another user's session id: leave it alone
-            conn.sessions.pop(session_id, None)
             await self.logoff(conn, old, lost=True)
+            forget(self, old)
             log.info("session %#x replaced by %#x", session_id, successor.session_id)
             return
 

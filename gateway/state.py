@@ -34,10 +34,23 @@ class Session:
     sign_final: bool = False  # sign the final SESSION_SETUP reply (3.1.1, or signing required)
     authenticator: Any = None
     trees: dict[int, TreeConnect] = field(default_factory=dict)
+    # What binding another connection must match (MS-SMB2 3.3.5.5); see channels.py.
+    owner: str = ""  # the user who first logged on; a re-authentication may only return to it
+    signing_algorithm: int | None = None  # the algorithm signing_key signs with
+    cipher: int | None = None
+    channels: dict[Any, Any] = field(default_factory=dict)  # connection -> channels.Channel
     _tree_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def next_tree_id(self) -> int:
         return next(self._tree_ids)
+
+    def open_on_channels(self, volatile_id: int) -> Open | None:
+        """An open of this session made through another of its connections (multichannel)."""
+        for conn in self.channels:
+            op: Open | None = conn.opens.get(volatile_id)
+            if op is not None:
+                return op
+        return None
 
 
 @dataclass(eq=False)

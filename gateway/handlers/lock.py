@@ -7,7 +7,7 @@ import struct
 from oplock_bus.api import LockRange, Operation
 
 from ..context import Reply, RequestContext
-from ..protocol.constants import Dialect, LockFlags, NtStatusError, Status
+from ..protocol.constants import Capabilities, Dialect, LockFlags, NtStatusError, Status
 from ..protocol.wire import check_size
 from ..state import Open
 from .breaks import run_bus_call
@@ -49,11 +49,15 @@ async def handle_lock(ctx: RequestContext) -> Reply:
 def _replay_bucket(ctx: RequestContext, op: Open, sequence: int) -> int | None:
     """The LockSequence bucket to check, or None when replay detection is off.
 
-    As Windows and Samba do, only handles that survive a disconnect
-    (resilient or durable) check it: a client only replays a LOCK after
-    reconnecting such a handle (MS-SMB2 3.3.5.14, note 314).
+    Handles that survive a disconnect (resilient or durable) check it: a client
+    replays a LOCK after reconnecting such a handle. With multichannel offered
+    on a 3.x connection every handle does (MS-SMB2 3.3.5.14), as a client may
+    replay on another channel of its session.
     """
-    if ctx.conn.codec.dialect < Dialect.SMB2_1 or not (op.resilient or op.durable):
+    if ctx.conn.codec.dialect < Dialect.SMB2_1:
+        return None
+    multichannel = ctx.conn.server_capabilities & Capabilities.MULTI_CHANNEL
+    if not (op.resilient or op.durable or multichannel):
         return None
     bucket = sequence >> 4
     return bucket if 1 <= bucket <= 64 else None

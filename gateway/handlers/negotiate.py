@@ -206,6 +206,8 @@ async def handle_negotiate(ctx: RequestContext) -> Reply:
     elif dialect >= Dialect.SMB3_0 and caps & Capabilities.ENCRYPTION:
         conn.codec.cipher = Cipher.AES_128_CCM
     resp_caps = _capabilities(dialect, caps)
+    if dialect >= Dialect.SMB3_0 and conn.node.config.multichannel:
+        resp_caps |= Capabilities.MULTI_CHANNEL
     conn.server_capabilities = resp_caps
     conn.server_security_mode = _security_mode(ctx)
     conn.negotiated = True

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
 import struct
 
+from .. import channels
 from ..auth import Authenticator, AuthError
 from ..context import Reply, RequestContext
 from ..protocol import crypto
@@ -18,19 +18,11 @@ from ..protocol.constants import (
     Status,
 )
 from ..protocol.wire import check_size
-from ..state import Session
 
 log = logging.getLogger("smbgw.session")
 
 _REQ = struct.Struct("<HBBIIHHQ")
 _RESP = struct.Struct("<HHHH")
-
-
-def _new_session_id(taken: dict[int, Session]) -> int:
-    while True:
-        sid = int.from_bytes(os.urandom(8), "little") & 0x7FFFFFFFFFFFFFFF
-        if sid and sid not in taken:
-            return sid
 
 
 async def handle_session_setup(ctx: RequestContext) -> Reply:
@@ -46,20 +38,25 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
     token = body[start : start + blob_len]
     dialect = conn.codec.dialect
     if flags & SessionSetupFlags.BINDING:
-        # Multichannel is not offered, so a binding request is refused as Windows does.
-        raise NtStatusError(Status.REQUEST_NOT_ACCEPTED)
+        done, session_flags, out = channels.bind(ctx, token)
+        status = Status.SUCCESS if done else Status.MORE_PROCESSING_REQUIRED
+        return Reply(status, _response(session_flags, out))
     session = ctx.session
     if ctx.header.session_id and session is None:
         raise NtStatusError(Status.USER_SESSION_DELETED)
+    if session is not None and conn.sessions.get(session.session_id) is not session:
+        # Another connection's session, named without BINDING (MS-SMB2 3.3.5.5).
+        raise NtStatusError(Status.USER_SESSION_DELETED)
     if session is None:
-        session = Session(session_id=_new_session_id(conn.sessions), dialect=dialect)
-        session.preauth_hash = conn.preauth_hash
-        conn.sessions[session.session_id] = session
+        session = channels.create_session(conn)
         ctx.session = session
+    reauth = session.state != "in_progress"
     if session.authenticator is None:
         session.authenticator = Authenticator(
             conn.node.config.users,
-            allow_guest=conn.node.allows_guest,
+            # Windows lets an authenticated session re-authenticate as anonymous
+            # (smbtorture smb2.session.reauth2-5), even where nobody may log on so.
+            allow_guest=conn.node.allows_guest or reauth,
             server_name=conn.node.config.server_name,
         )
         if session.state == "valid" or session.state == "expired":
@@ -71,28 +68,31 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
     except AuthError as e:
         log.info("%s: logon failed: %s", conn.peer, e)
         session.authenticator = None
-        if session.state != "in_progress":
-            # MS-SMB2 3.3.5.5.3: a failed re-authentication ends the session and
-            # closes its opens (smbtorture smb2.notify.invalid-reauth).
-            await conn.node.logoff(conn, session)
-        conn.sessions.pop(session.session_id, None)
-        raise NtStatusError(Status.LOGON_FAILURE) from None
+        if reauth:
+            # MS-SMB2 3.3.5.5.3: a failed re-authentication ends the session on
+            # every channel and closes its opens (smbtorture smb2.notify.invalid-reauth).
+            await channels.end_session(conn, session)
+        else:
+            channels.forget(conn.node, session)
+        raise NtStatusError(e.status) from None
     if not done:
         return Reply(Status.MORE_PROCESSING_REQUIRED, _response(0, out))
     auth = session.authenticator
     session.authenticator = None
-    reauth = session.state != "in_progress"
-    if reauth and auth.username.lower() != session.username.lower():
+    if reauth and not (auth.is_anonymous or auth.username.lower() == session.owner.lower()):
+        # Only back to the user who logged on: opens keep the access granted to it.
         raise NtStatusError(Status.ACCESS_DENIED, "re-authentication as another user")
     session.username = auth.username
     session.domain = auth.domain
     session.is_guest = auth.is_guest
     session.is_anonymous = auth.is_anonymous
     session_flags = 0
-    if auth.is_anonymous:
-        session_flags |= SessionFlags.IS_NULL
-    elif auth.is_guest:
-        session_flags |= SessionFlags.IS_GUEST
+    if not reauth:  # Windows sets neither flag when re-authenticating
+        session.owner = auth.username
+        if auth.is_anonymous:
+            session_flags |= SessionFlags.IS_NULL
+        elif auth.is_guest:
+            session_flags |= SessionFlags.IS_GUEST
     if not (auth.is_guest or auth.is_anonymous) and not reauth:
         session.session_key = auth.session_key
         keys = crypto.derive_session_keys(
@@ -139,6 +139,5 @@ async def handle_logoff(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.USER_SESSION_DELETED)
     # Durable handles survive a logoff too; the client may reclaim them from
     # a new session (smbtorture smb2.durable-open.reopen4).
-    await ctx.node.logoff(ctx.conn, session, lost=True)
-    ctx.conn.sessions.pop(session.session_id, None)
+    await channels.end_session(ctx.conn, session, lost=True)
     return Reply(Status.SUCCESS, struct.pack("<HH", 4, 0))

@@ -33,10 +33,16 @@ class WireError(Exception):
 
 
 class KeyedSession(Protocol):
-    session_id: int
-    signing_key: bytes
-    encryption_key: bytes
-    decryption_key: bytes
+    """What signs or seals messages: a session, or one of its channels (multichannel)."""
+
+    @property
+    def session_id(self) -> int: ...
+    @property
+    def signing_key(self) -> bytes: ...
+    @property
+    def encryption_key(self) -> bytes: ...
+    @property
+    def decryption_key(self) -> bytes: ...
 
 
 _NEXT_COMMAND = struct.Struct("<I")
@@ -99,15 +105,21 @@ class WireCodec:
             return SigningAlgorithm.AES_CMAC
         return SigningAlgorithm.HMAC_SHA256
 
+    def _algorithm_of(self, session: KeyedSession) -> int:
+        # A key keeps the algorithm of the connection it was made on: a session
+        # bound from another connection verifies the bind with the session's.
+        algorithm: int | None = getattr(session, "signing_algorithm", None)
+        return self._algorithm() if algorithm is None else algorithm
+
     def verify(self, raw: bytes, session: KeyedSession) -> bool:
         # Requests always verify in the client role: a client must not pick the
         # server's role bit of the AES-GMAC nonce.
         return crypto.verify_message(
-            raw, session.signing_key, self._algorithm(), from_server=False
+            raw, session.signing_key, self._algorithm_of(session), from_server=False
         )
 
     def sign(self, msg: bytes, session: KeyedSession) -> bytes:
-        return crypto.sign_message(msg, session.signing_key, self._algorithm())
+        return crypto.sign_message(msg, session.signing_key, self._algorithm_of(session))
 
     # -- encryption ----------------------------------------------------------
 
