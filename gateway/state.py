@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -97,6 +98,10 @@ class Open:
     client_guid: bytes = b""
     lease_state: int = 0
     lease_epoch: int = 0
+    # FSCTL_SRV_REQUEST_RESUME_KEY (gateway.copychunk); empty until asked for.
+    resume_key: bytes = b""
+    # Requests still using the handle after going async; CLOSE waits for them.
+    busy: set[asyncio.Future[Any]] = field(default_factory=set)
 
     @property
     def file_id(self) -> tuple[int, int]:
