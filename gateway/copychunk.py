@@ -139,9 +139,16 @@ async def copychunk(
         raise NtStatusError(Status.ACCESS_DENIED, "destination not opened for reading")
     if dest.tree.share.read_only:
         raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
+    with source.using():
+        return await _copy_chunks(ctx, source, dest, chunks)
+
+
+async def _copy_chunks(ctx: RequestContext, source: Open, dest: Open, chunks: list[Chunk]) -> bytes:
     bus = ctx.node.bus
     await run_bus_call(ctx, bus.break_for(dest.file_key, dest.bus_open_id, Operation.WRITE))
-    # Our own descriptors: a handle closed meanwhile cannot take them away.
+    if source.closed or dest.closed:  # the connection went while the break was waited for
+        raise NtStatusError(Status.FILE_CLOSED)
+    # Our own descriptors, so the worker thread never writes through a reused number.
     src_fd = os.dup(source.fd)
     try:
         dst_fd = os.dup(dest.fd)

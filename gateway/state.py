@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +108,19 @@ class Open:
     @property
     def file_id(self) -> tuple[int, int]:
         return (self.persistent_id, self.volatile_id)
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        """Mark the handle busy for the running request (a CLOSE waits for it)."""
+        task = asyncio.current_task()
+        if task is None or task in self.busy:
+            yield
+            return
+        self.busy.add(task)
+        try:
+            yield
+        finally:
+            self.busy.discard(task)
 
     def close_fd(self) -> None:
         if self.fd >= 0:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from collections.abc import Awaitable
-from typing import TypeVar
 
 from .. import copychunk, sparse
 from ..context import Reply, RequestContext
@@ -18,9 +16,6 @@ from ..protocol.constants import (
     Status,
 )
 from ..protocol.wire import check_size
-from ..state import Open
-
-T = TypeVar("T")
 
 _REQ = struct.Struct("<HHIQQIIIIIIII")
 _RESP = struct.Struct("<HHIQQIIIIII")
@@ -32,6 +27,7 @@ _RSS_CAPABLE = 0x1
 FSCTL_SMBTORTURE_IOCTL_RESPONSE_BODY_PADDING8 = 0x83848013
 FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 = 0x83848023
 FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP = 0x83848043
+_MAX_HOOK_OUTPUT = 0x10000
 
 
 async def handle_ioctl(ctx: RequestContext) -> Reply:
@@ -61,7 +57,8 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
     elif code == FSCTL_SMBTORTURE_IOCTL_RESPONSE_BODY_PADDING8 and hooks:
         if data:
             raise NtStatusError(Status.INVALID_PARAMETER)
-        return _reply(code, pid, vid, bytes([8]) * max_out, Status.SUCCESS, padding=8)
+        out = bytes([8]) * min(max_out, _MAX_HOOK_OUTPUT)
+        return _reply(code, pid, vid, out, Status.SUCCESS, padding=8)
     elif code == FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP and hooks:
         out = await _async_sleep(ctx, data)
         pid, vid = ctx.used_file_id or (pid, vid)
@@ -69,12 +66,10 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
         dest = ctx.open_at(8)
         pid, vid = ctx.used_file_id or (pid, vid)
         try:
-            out = await _while_busy(
-                [dest],
-                copychunk.copychunk(
+            with dest.using():
+                out = await copychunk.copychunk(
                     ctx, dest, data, max_out, write_only=code == Fsctl.SRV_COPYCHUNK_WRITE
-                ),
-            )
+                )
         except copychunk.CopyError as e:
             return _reply(code, pid, vid, e.response, e.status)
     elif code == Fsctl.QUERY_ALLOCATED_RANGES:
@@ -108,19 +103,6 @@ def _reply(code: int, pid: int, vid: int, out: bytes, status: int, *, padding: i
     return Reply(status, resp + bytes(padding) + out)
 
 
-async def _while_busy(ops: list[Open], work: Awaitable[T]) -> T:
-    """Run ``work`` with the handles marked busy, so a CLOSE of them waits for it."""
-    task = asyncio.current_task()
-    assert task is not None
-    for op in ops:
-        op.busy.add(task)
-    try:
-        return await work
-    finally:
-        for op in ops:
-            op.busy.discard(task)
-
-
 async def _async_sleep(ctx: RequestContext, data: bytes) -> bytes:
     """Samba's FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP: go async on a handle for a while
     (one byte of milliseconds), so a CLOSE arriving meanwhile must wait for it."""
@@ -128,7 +110,8 @@ async def _async_sleep(ctx: RequestContext, data: bytes) -> bytes:
         raise NtStatusError(Status.INVALID_PARAMETER)
     op = ctx.open_at(8)
     ctx.go_async()
-    await _while_busy([op], asyncio.sleep(data[0] / 1000))
+    with op.using():
+        await asyncio.sleep(data[0] / 1000)
     if op.closed:
         raise NtStatusError(Status.FILE_CLOSED)
     return b""
