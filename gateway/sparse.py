@@ -1,6 +1,7 @@
-"""Sparse files: FSCTL_SET_SPARSE, FSCTL_SET_ZERO_DATA, FSCTL_QUERY_ALLOCATED_RANGES.
+"""Sparse files: FSCTL_SET_SPARSE, FSCTL_SET_ZERO_DATA, FSCTL_QUERY_ALLOCATED_RANGES,
+and FSCTL_FILE_LEVEL_TRIM, which gives ranges back the same way.
 
-MS-FSCC 2.3.34/2.3.57/2.3.64 give the buffers, MS-FSA 2.1.5.10.22/.33/.34 the
+MS-FSCC 2.3.13/2.3.34/2.3.57/2.3.64 give the buffers, MS-FSA 2.1.5.10 the
 semantics. The SPARSE attribute lives on the volume (a flag of the DOS xattr,
 ``ShareFS.set_sparse``), so every node shows it. The data side is the host
 filesystem's own: zeroing a range of a sparse file punches a hole
@@ -8,7 +9,9 @@ filesystem's own: zeroing a range of a sparse file punches a hole
 allocated (``FALLOC_FL_ZERO_RANGE``, or written zeros where that is missing),
 clearing the attribute allocates the holes again, and the allocated ranges of a
 sparse file are what ``SEEK_DATA``/``SEEK_HOLE`` find. A non-sparse file is
-reported fully allocated up to its end, as NTFS does.
+reported fully allocated up to its end, as NTFS does. A trimmed range's content
+is undefined (MS-FSCC): its whole pages are zeroed the way ZERO_DATA does it,
+and left as they are where the filesystem cannot deallocate.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ _SET_SPARSE_ACCESS = (
     AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA | AccessMask.FILE_WRITE_ATTRIBUTES
 )
 _ZERO_CHUNK = 1 << 20
+_TRIM = struct.Struct("<II")  # Key, NumRanges
+_TRIM_RANGE = struct.Struct("<QQ")  # Offset, Length
+_TRIM_OUTPUT = struct.Struct("<I")  # NumRangesProcessed
+_PAGE = 4096
+_U64 = 1 << 64
+STATUS_INTEGER_OVERFLOW = 0xC0000095
 
 # fallocate(2) is not in os; mode bits from linux/falloc.h.
 FALLOC_FL_KEEP_SIZE = 0x01
@@ -222,3 +231,44 @@ def allocated_ranges(fd: int, offset: int, length: int, *, sparse: bool) -> list
         ranges.append((data, min(hole, end) - data))
         pos = hole
     return ranges
+
+
+async def file_level_trim(ctx: RequestContext, op: Open, data: bytes, max_out: int) -> bytes:
+    """FSCTL_FILE_LEVEL_TRIM: the storage need not keep these ranges (MS-FSA 2.1.5.10.6)."""
+    fs = _fs(op)
+    if not op.access & AccessMask.FILE_WRITE_DATA:
+        raise NtStatusError(Status.ACCESS_DENIED)
+    if op.is_dir or len(data) < _TRIM.size or max_out < _TRIM_OUTPUT.size:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    _key, count = _TRIM.unpack_from(data)
+    if count == 0 or len(data) < _TRIM.size + count * _TRIM_RANGE.size:
+        raise NtStatusError(Status.INVALID_PARAMETER, "no or truncated FILE_LEVEL_TRIM_RANGEs")
+    ranges = [
+        _TRIM_RANGE.unpack_from(data, _TRIM.size + i * _TRIM_RANGE.size) for i in range(count)
+    ]
+    if any(offset + length >= _U64 for offset, length in ranges):
+        raise NtStatusError(STATUS_INTEGER_OVERFLOW)
+    if op.tree.share.read_only:
+        raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
+    bus = ctx.node.bus
+    for offset, length in ranges:
+        if length and not await bus.check_io(op.file_key, op.bus_open_id, offset, length, True):
+            raise NtStatusError(Status.FILE_LOCK_CONFLICT)
+    await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.WRITE))
+    punch = FALLOC_FL_PUNCH_HOLE if is_sparse(fs, op) else FALLOC_FL_ZERO_RANGE
+    try:
+        size = os.fstat(op.fd).st_size
+        for offset, length in ranges:
+            # Whole pages only, as NTFS trims them.
+            start = -(-offset // _PAGE) * _PAGE
+            end = min((offset + length) // _PAGE * _PAGE, size)
+            if start < end:
+                try:
+                    fallocate(op.fd, FALLOC_FL_KEEP_SIZE | punch, start, end - start)
+                except OSError as e:
+                    if not _unsupported(e):
+                        raise
+    except OSError as e:
+        raise NtStatusError(status_from_oserror(e)) from None
+    ctx.node.notify_change(op.tree, op.host_path, "modified", False)
+    return _TRIM_OUTPUT.pack(count)

@@ -37,6 +37,8 @@ from smbprotocol.open import (
     Open,
     ShareAccess,
     SMB2LockElement,
+    SMB2QueryInfoRequest,
+    SMB2QueryInfoResponse,
 )
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
@@ -46,6 +48,7 @@ from .conftest import PASSWORD, USER, GatewayNode, start_gateway
 FSCTL_SET_SPARSE = 0x000900C4
 FSCTL_SET_ZERO_DATA = 0x000980C8
 FSCTL_QUERY_ALLOCATED_RANGES = 0x000940CF
+FSCTL_FILE_LEVEL_TRIM = 0x00098208
 FILE_ATTRIBUTE_SPARSE_FILE = 0x200
 STATUS_INVALID_PARAMETER = 0xC000000D
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
@@ -293,11 +296,26 @@ def _data_ranges(path: Path) -> list[tuple[int, int]]:
     return ranges
 
 
+def _fs_info(handle: Open, info_class: int) -> bytes:
+    req = SMB2QueryInfoRequest()
+    req["info_type"] = 2  # SMB2_0_INFO_FILESYSTEM
+    req["file_info_class"] = info_class
+    req["output_buffer_length"] = 1024
+    req["file_id"] = handle.file_id
+    tree = handle.tree_connect
+    request = handle.connection.send(req, sid=tree.session.session_id, tid=tree.tree_connect_id)
+    resp = SMB2QueryInfoResponse()
+    resp.unpack(handle.connection.receive(request)["data"].get_value())
+    return bytes(resp["buffer"].get_value())
+
+
 def test_sparse_file_punch_and_query(client: Client, node: GatewayNode) -> None:
     path = node.share_dir / "sparse.bin"
     payload = os.urandom(4 * MIB)
     path.write_bytes(payload)
     f = client.open("sparse.bin")
+    # FileFsAttributeInformation says FILE_SUPPORTS_SPARSE_FILES (the volume keeps xattrs).
+    assert struct.unpack_from("<I", _fs_info(f, 5))[0] & 0x40
     assert not _attributes(f) & FILE_ATTRIBUTE_SPARSE_FILE
     # Not sparse: zeroing keeps the range allocated, and the file is one range.
     _zero(f, 0, MIB)
@@ -327,3 +345,31 @@ def test_sparse_file_punch_and_query(client: Client, node: GatewayNode) -> None:
     assert path.stat().st_blocks * 512 >= 4 * MIB
     assert _ranges(f, 0, 8 * MIB) == [(0, 4 * MIB)]
     assert not _attributes(client.open("sparse.bin")) & FILE_ATTRIBUTE_SPARSE_FILE
+
+
+def test_file_level_trim_gives_whole_pages_back(client: Client, node: GatewayNode) -> None:
+    path = node.share_dir / "trim.bin"
+    payload = os.urandom(4 * MIB)
+    path.write_bytes(payload)
+    f = client.open("trim.bin")
+    # FileFsSectorSizeInformation says SSINFO_FLAGS_TRIM_ENABLED.
+    assert struct.unpack_from("<5I", _fs_info(f, 11))[4] & 0x8
+    ioctl(f, FSCTL_SET_SPARSE, b"\x01", max_out=0)
+    blocks = path.stat().st_blocks
+    trim = struct.pack("<II", 0, 1) + struct.pack("<QQ", 4096 + 100, 3 * MIB - 4096 - 50)
+    out = ioctl(f, FSCTL_FILE_LEVEL_TRIM, trim, max_out=4)
+    assert struct.unpack("<I", out) == (1,)  # NumRangesProcessed
+    # The whole pages of [4196, 3 MiB + 50), 8192 to 3 MiB, went back to the
+    # filesystem; the partial pages at either end kept their data.
+    assert blocks - path.stat().st_blocks >= (3 * MIB - 8192) // 512
+    content = path.read_bytes()
+    assert content[:8192] == payload[:8192]
+    assert content[8192 : 3 * MIB] == bytes(3 * MIB - 8192)
+    assert content[3 * MIB :] == payload[3 * MIB :]
+    reader = client.open("trim.bin", access=FilePipePrinterAccessMask.GENERIC_READ)
+    with pytest.raises(SMBResponseException) as err:
+        ioctl(reader, FSCTL_FILE_LEVEL_TRIM, trim, max_out=4)
+    assert err.value.status == STATUS_ACCESS_DENIED
+    with pytest.raises(SMBResponseException) as err:
+        ioctl(f, FSCTL_FILE_LEVEL_TRIM, struct.pack("<II", 0, 0), max_out=4)
+    assert err.value.status == STATUS_INVALID_PARAMETER

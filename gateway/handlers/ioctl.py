@@ -180,7 +180,7 @@ def _interfaces(ctx: RequestContext) -> bytes:
 _FILE_FSCTLS = {
     Fsctl.SRV_ENUMERATE_SNAPSHOTS, Fsctl.GET_REPARSE_POINT, Fsctl.GET_COMPRESSION,
     Fsctl.SET_COMPRESSION, Fsctl.SET_SPARSE, Fsctl.CREATE_OR_GET_OBJECT_ID,
-    Fsctl.SRV_REQUEST_RESUME_KEY, Fsctl.SET_ZERO_DATA,
+    Fsctl.SRV_REQUEST_RESUME_KEY, Fsctl.SET_ZERO_DATA, Fsctl.FILE_LEVEL_TRIM,
 }  # fmt: skip
 
 
@@ -212,6 +212,8 @@ async def _file_fsctl(ctx: RequestContext, code: int, data: bytes, max_out: int)
         return await sparse.set_sparse(ctx, op, data)
     if code == Fsctl.SET_ZERO_DATA:
         return await sparse.set_zero_data(ctx, op, data)
+    if code == Fsctl.FILE_LEVEL_TRIM:
+        return await sparse.file_level_trim(ctx, op, data, max_out)
     if code == Fsctl.SRV_REQUEST_RESUME_KEY:
         return copychunk.request_resume_key(op, max_out)
     # FSCTL_CREATE_OR_GET_OBJECT_ID: the object id is the file id (inode, volume).

@@ -8,10 +8,10 @@ answers (it checks the minimum size of each class; longer buffers are accepted).
 File-system answers: the name is "NTFS", as Samba's default ``fstype`` and what
 Windows applications test for before using features (Office and Access among
 them); the attributes are what a POSIX tree behind the gateway really does:
-case-sensitive lookups, preserved case, Unicode names, and sparse files where the
-volume keeps xattrs (the caller passes that bit). No persistent ACLs (the
-security descriptor is synthesised), no named streams, no object ids, no 8.3
-names (directory entries carry an empty ShortName).
+case-sensitive lookups, preserved case, Unicode names, file-level TRIM, and
+sparse files where the volume keeps xattrs (the caller passes that bit). No
+persistent ACLs (the security descriptor is synthesised), no named streams, no
+object ids, no 8.3 names (directory entries carry an empty ShortName).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ MAX_COMPONENT_LENGTH = 255
 SECTOR = 512
 SSINFO_FLAGS_ALIGNED_DEVICE = 0x1
 SSINFO_FLAGS_PARTITION_ALIGNED_ON_DEVICE = 0x2
+SSINFO_FLAGS_TRIM_ENABLED = 0x8
 DEFAULT_STREAM_NAME = "::$DATA".encode("utf-16-le")
 
 
@@ -430,8 +431,12 @@ def fs_object_id(serial: int) -> bytes:
 
 
 def fs_sector_size() -> bytes:
-    """FileFsSectorSizeInformation (2.5.7): 512-byte sectors, aligned."""
-    flags = SSINFO_FLAGS_ALIGNED_DEVICE | SSINFO_FLAGS_PARTITION_ALIGNED_ON_DEVICE
+    """FileFsSectorSizeInformation (2.5.7): 512-byte sectors, aligned; TRIM enabled, as
+    FSCTL_FILE_LEVEL_TRIM gives the trimmed ranges back to the filesystem."""
+    flags = (
+        SSINFO_FLAGS_ALIGNED_DEVICE | SSINFO_FLAGS_PARTITION_ALIGNED_ON_DEVICE
+        | SSINFO_FLAGS_TRIM_ENABLED
+    )  # fmt: skip
     return _FS_SECTOR_SIZE.pack(SECTOR, SECTOR, SECTOR, SECTOR, flags, 0, 0)
 
 
