@@ -335,11 +335,16 @@ def test_sparse_attribute_only_through_the_fsctl(client: Client, node: GatewayNo
     assert not attributes & archive
 
 
-def test_sparse_file_punch_and_query(client: Client, node: GatewayNode) -> None:
-    path = node.share_dir / "sparse.bin"
+def _random_file(client: Client, node: GatewayNode, name: str) -> tuple[Path, bytes, Open]:
+    """4 MiB of random data made on the host, and an open of it."""
+    path = node.share_dir / name
     payload = os.urandom(4 * MIB)
     path.write_bytes(payload)
-    f = client.open("sparse.bin")
+    return path, payload, client.open(name)
+
+
+def test_sparse_file_punch_and_query(client: Client, node: GatewayNode) -> None:
+    path, payload, f = _random_file(client, node, "sparse.bin")
     # FileFsAttributeInformation says FILE_SUPPORTS_SPARSE_FILES (the volume keeps xattrs).
     assert struct.unpack_from("<I", _fs_info(f, 5))[0] & 0x40
     assert not _attributes(f) & FILE_ATTRIBUTE_SPARSE_FILE
@@ -374,10 +379,7 @@ def test_sparse_file_punch_and_query(client: Client, node: GatewayNode) -> None:
 
 
 def test_file_level_trim_gives_whole_pages_back(client: Client, node: GatewayNode) -> None:
-    path = node.share_dir / "trim.bin"
-    payload = os.urandom(4 * MIB)
-    path.write_bytes(payload)
-    f = client.open("trim.bin")
+    path, payload, f = _random_file(client, node, "trim.bin")
     # FileFsSectorSizeInformation says SSINFO_FLAGS_TRIM_ENABLED.
     assert struct.unpack_from("<5I", _fs_info(f, 11))[4] & 0x8
     ioctl(f, FSCTL_SET_SPARSE, b"\x01", max_out=0)
