@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -113,10 +116,27 @@ class Open:
     lease_epoch: int = 0
     # A named stream's handle: fd is the stream's, host_path its file's.
     stream: Stream | None = None
+    # FSCTL_SRV_REQUEST_RESUME_KEY (gateway.copychunk); empty until asked for.
+    resume_key: bytes = b""
+    # Requests still using the handle after going async; CLOSE waits for them.
+    busy: set[asyncio.Future[Any]] = field(default_factory=set)
 
     @property
     def file_id(self) -> tuple[int, int]:
         return (self.persistent_id, self.volatile_id)
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        """Mark the handle busy for the running request (a CLOSE waits for it)."""
+        task = asyncio.current_task()
+        if task is None or task in self.busy:
+            yield
+            return
+        self.busy.add(task)
+        try:
+            yield
+        finally:
+            self.busy.discard(task)
 
     def close_fd(self) -> None:
         if self.fd >= 0:

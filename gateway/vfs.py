@@ -29,6 +29,8 @@ tree, or the same explicit ``volume_id``.
 DOS metadata. Attributes other than READONLY-on-files (the owner write bit) and
 the creation time live in one ``user.smbgw.dos`` xattr; where xattrs are missing
 they are silently not kept. The first metadata write pins the creation time.
+The SPARSE attribute (FSCTL_SET_SPARSE, ``gateway.sparse``) is a flag of the same
+xattr, apart from the attributes so that FileBasicInformation cannot change it.
 
 Security descriptors. A file's descriptor, once written (by CREATE or SET_INFO),
 lives in the ``user.smbgw.sd`` xattr: a version byte, then the self-relative
@@ -336,11 +338,14 @@ _XATTR_DOS = "user.smbgw.dos"
 _XATTR_VOLUME = "user.smbgw.volume_id"
 _XATTR_SD = "user.smbgw.sd"
 _SD_VERSION = b"\x01"
-# version, flags (1: attributes kept, 2: creation time kept), attributes, creation FILETIME
+# version, flags (1: attributes kept, 2: creation time kept, 4: sparse), attributes,
+# creation FILETIME
 _DOS = struct.Struct("<BBIQ")
 _DOS_VERSION = 1
 _HAS_ATTRS = 1
 _HAS_CRTIME = 2
+_IS_SPARSE = 4
+_SPARSE = int(FileAttributes.SPARSE_FILE)
 _VOLUME = struct.Struct("<QQ")  # volume id, creation FILETIME
 # Attributes kept in the xattr; READONLY of a file is the owner write bit instead.
 _STORED_ATTRS = int(
@@ -586,6 +591,8 @@ class ShareFS:
                     attrs = (_DIRECTORY if is_dir else 0) | (stored & _STORED_ATTRS)
                 if flags & _HAS_CRTIME:
                     crtime = stored_crtime
+                if flags & _IS_SPARSE and not is_dir:
+                    attrs |= _SPARSE
         if not st.st_mode & stat.S_IWUSR:
             attrs |= _READONLY
         elif not is_dir:
@@ -892,6 +899,18 @@ class ShareFS:
         if attrs:
             self.set_attributes(path, attrs & ~_NORMAL, is_dir=is_dir)
 
+    def set_sparse(self, target: str | int, sparse: bool) -> None:
+        """Keep or drop the SPARSE attribute of a file (path or descriptor);
+        NOT_SUPPORTED where the volume keeps no xattrs."""
+        if not self._xattrs:
+            raise NtStatusError(Status.NOT_SUPPORTED, "no xattrs: the sparse flag cannot be kept")
+        if isinstance(target, int) and _HAVE_PROC_FD:
+            target = f"/proc/self/fd/{target}"  # O_PATH descriptors refuse fgetxattr
+        try:
+            self._write_dos(str(target), sparse=sparse)
+        except OSError as e:
+            raise FsError.from_oserror(e) from None
+
     # -- security descriptors ----------------------------------------------------------------
 
     @property
@@ -954,6 +973,7 @@ class ShareFS:
         attrs: int | None = None,
         crtime: int | None = None,
         st: os.stat_result | None = None,
+        sparse: bool | None = None,
     ) -> None:
         """Update the DOS xattr; the first write also pins the creation time."""
         if not self._xattrs:
@@ -970,6 +990,8 @@ class ShareFS:
             st = st if st is not None else os.stat(path)
             flags |= _HAS_CRTIME
             stored_crtime = to_filetime(min(st.st_mtime_ns, st.st_ctime_ns))
+        if sparse is not None:
+            flags = flags | _IS_SPARSE if sparse else flags & ~_IS_SPARSE
         try:
             os.setxattr(path, _XATTR_DOS, _DOS.pack(_DOS_VERSION, flags, stored_attrs,
                                                     stored_crtime))  # fmt: skip

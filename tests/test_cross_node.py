@@ -493,3 +493,29 @@ def test_a_file_deleted_through_node2_waits_for_its_stream_open_on_node1(
             CreateOptions.FILE_NON_DIRECTORY_FILE,
         )  # fmt: skip
     assert err.value.status == STATUS_OBJECT_NAME_NOT_FOUND
+def test_copychunk_and_sparse_across_nodes(clients: tuple[Client, Client]) -> None:
+    """A lock taken through node 2 stops a server-side copy through node 1, and the
+    SPARSE attribute set through node 1 is what node 2 reports."""
+    from .test_ioctl import FSCTL_SET_SPARSE, copychunk, error_output, ioctl, resume_key
+
+    a, b = clients
+    stem = uuid.uuid4().hex
+    data = os.urandom(8192)
+    src = a.open(f"cc-{stem}.bin")
+    src.write(data, 0)
+    dst = a.open(f"cc-{stem}.copy")
+    locker = b.open(f"cc-{stem}.bin")
+    _lock(locker, 4000, 10, EXCL_NOW)
+    key = resume_key(src)
+    with pytest.raises(SMBResponseException) as err:
+        copychunk(dst, key, [(0, 0, 4096)])
+    assert err.value.status == 0xC0000054  # STATUS_FILE_LOCK_CONFLICT
+    assert error_output(err.value)[:4] == b"\x00\x00\x00\x00"  # no chunk written
+    _lock(locker, 4000, 10, LockFlags.SMB2_LOCKFLAG_UNLOCK)
+    assert copychunk(dst, key, [(0, 0, 8192)]) == (1, 0, 8192)
+    copy = b.open(f"cc-{stem}.copy")
+    assert copy.read(0, 8192) == data
+    ioctl(dst, FSCTL_SET_SPARSE, b"\x01", max_out=0)
+    assert b.open(f"cc-{stem}.copy").file_attributes & 0x200  # FILE_ATTRIBUTE_SPARSE_FILE
+    for handle in (src, dst, locker, copy):
+        handle.close()

@@ -387,9 +387,9 @@ def test_fs_object_id_and_sector_size() -> None:
     d = decode(sp.FileFsObjectIdInformation, data)
     assert len(data) == 64 and d["extended_info"].get_value() == bytes(48)
     assert d["object_id"].get_value().bytes == struct.pack("<Q", 0xCAFEBABE) + bytes(8)
-    # FileFsSectorSizeInformation (2.5.7): seven ULONGs.
+    # FileFsSectorSizeInformation (2.5.7): seven ULONGs; aligned, TRIM enabled (0x8).
     data = fs_query(FsInfoClass.SECTOR_SIZE)
-    assert struct.unpack("<7I", data) == (512, 512, 512, 512, 0x3, 0, 0)
+    assert struct.unpack("<7I", data) == (512, 512, 512, 512, 0xB, 0, 0)
 
 
 def test_fs_unknown_classes_are_refused() -> None:

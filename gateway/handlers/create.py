@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -616,6 +617,12 @@ async def handle_close(ctx: RequestContext) -> Reply:
     flags = struct.unpack_from("<H", ctx.body, 2)[0]
     op = ctx.open_at(8)
     node = ctx.node
+    if op.busy:
+        # Requests still using the handle finish first (Samba bug 14769).
+        ctx.go_async()
+        await asyncio.wait(set(op.busy))
+        if op.closed:
+            raise NtStatusError(Status.FILE_CLOSED)
     info: FileInfo | None = None
     if flags & CloseFlags.POSTQUERY_ATTRIB and op.fd >= 0 and op.tree.fs is not None:
         try:

@@ -7,7 +7,7 @@ import struct
 
 from oplock_bus.api import Operation
 
-from .. import security, streams
+from .. import security, sparse, streams
 from ..context import Reply, RequestContext
 from ..notify import basic_info_mask
 from ..protocol import infoclass
@@ -121,7 +121,9 @@ def _fs_info(ctx: RequestContext, op: Open, info_class: int) -> bytes:
     fs = op.tree.fs
     if fs is None:
         raise NtStatusError(Status.INVALID_PARAMETER)
-    return infoclass.query_fs_info(info_class, fs, label=op.tree.share.name)
+    return infoclass.query_fs_info(
+        info_class, fs, label=op.tree.share.name, fs_attributes=sparse.fs_attributes(fs)
+    )
 
 
 # -- SET_INFO ---------------------------------------------------------------------

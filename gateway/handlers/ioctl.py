@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import struct
 
+from .. import copychunk, sparse
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
     IOCTL_IS_FSCTL,
@@ -20,8 +22,12 @@ _RESP = struct.Struct("<HHIQQIIIIII")
 _IFACE = struct.Struct("<IIIIQ")
 _NO_FILE = 0xFFFFFFFFFFFFFFFF
 _RSS_CAPABLE = 0x1
-# Samba's test hook (libcli/smb/smb_constants.h): pads READ replies by 8 bytes.
+# Samba's test hooks (libcli/smb/smb_constants.h): pad this IOCTL reply by 8
+# bytes, pad every later READ reply by 8 bytes, go async and sleep on a handle.
+FSCTL_SMBTORTURE_IOCTL_RESPONSE_BODY_PADDING8 = 0x83848013
 FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 = 0x83848023
+FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP = 0x83848043
+_MAX_HOOK_OUTPUT = 0x10000
 
 
 async def handle_ioctl(ctx: RequestContext) -> Reply:
@@ -35,17 +41,42 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
     if in_len and (start < 56 or start + in_len > len(body)):
         raise NtStatusError(Status.INVALID_PARAMETER, "input outside the message")
     data = bytes(body[start : start + in_len]) if in_len else b""
+    hooks = ctx.node.config.torture_hooks
     if code == Fsctl.VALIDATE_NEGOTIATE_INFO:
         out = _validate_negotiate(ctx, data)
     elif code == Fsctl.QUERY_NETWORK_INTERFACE_INFO:
+        if (pid, vid) != (_NO_FILE, _NO_FILE):
+            # 3.3.5.15.11; before the size check (smbtorture smb2.ioctl.bug14788).
+            raise NtStatusError(Status.INVALID_PARAMETER, "interface query on a file")
         out = _interfaces(ctx)
-    elif code == FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 and (
-        ctx.node.config.torture_hooks
-    ):
+    elif code == FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 and hooks:
         if data:
             raise NtStatusError(Status.INVALID_PARAMETER)
         ctx.conn.read_body_padding = 8
         out = b""
+    elif code == FSCTL_SMBTORTURE_IOCTL_RESPONSE_BODY_PADDING8 and hooks:
+        if data:
+            raise NtStatusError(Status.INVALID_PARAMETER)
+        out = bytes([8]) * min(max_out, _MAX_HOOK_OUTPUT)
+        return _reply(code, pid, vid, out, Status.SUCCESS, padding=8)
+    elif code == FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP and hooks:
+        out = await _async_sleep(ctx, data)
+        pid, vid = ctx.used_file_id or (pid, vid)
+    elif code in (Fsctl.SRV_COPYCHUNK, Fsctl.SRV_COPYCHUNK_WRITE):
+        dest = ctx.open_at(8)
+        pid, vid = ctx.used_file_id or (pid, vid)
+        try:
+            with dest.using():
+                out = await copychunk.copychunk(
+                    ctx, dest, data, max_out, write_only=code == Fsctl.SRV_COPYCHUNK_WRITE
+                )
+        except copychunk.CopyError as e:
+            return _reply(code, pid, vid, e.response, e.status)
+    elif code == Fsctl.QUERY_ALLOCATED_RANGES:
+        op = ctx.open_at(8)
+        pid, vid = ctx.used_file_id or (pid, vid)
+        out, status = await sparse.query_allocated_ranges(op, data, max_out)
+        return _reply(code, pid, vid, out, status)
     elif code == Fsctl.LMR_REQUEST_RESILIENCY:
         out = _request_resiliency(ctx, data)
     elif code in (Fsctl.DFS_GET_REFERRALS, Fsctl.DFS_GET_REFERRALS_EX):
@@ -66,10 +97,24 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
     return _reply(code, pid, vid, out, Status.SUCCESS)
 
 
-def _reply(code: int, pid: int, vid: int, out: bytes, status: int) -> Reply:
-    out_off = 64 + 48 if out else 0
+def _reply(code: int, pid: int, vid: int, out: bytes, status: int, *, padding: int = 0) -> Reply:
+    out_off = 64 + 48 + padding if out else 0
     resp = _RESP.pack(49, 0, code, pid, vid, 64 + 48, 0, out_off, len(out), 0, 0)
-    return Reply(status, resp + out)
+    return Reply(status, resp + bytes(padding) + out)
+
+
+async def _async_sleep(ctx: RequestContext, data: bytes) -> bytes:
+    """Samba's FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP: go async on a handle for a while
+    (one byte of milliseconds), so a CLOSE arriving meanwhile must wait for it."""
+    if len(data) != 1:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    op = ctx.open_at(8)
+    ctx.go_async()
+    with op.using():
+        await asyncio.sleep(data[0] / 1000)
+    if op.closed:
+        raise NtStatusError(Status.FILE_CLOSED)
+    return b""
 
 
 def _validate_negotiate(ctx: RequestContext, data: bytes) -> bytes:
@@ -135,6 +180,7 @@ def _interfaces(ctx: RequestContext) -> bytes:
 _FILE_FSCTLS = {
     Fsctl.SRV_ENUMERATE_SNAPSHOTS, Fsctl.GET_REPARSE_POINT, Fsctl.GET_COMPRESSION,
     Fsctl.SET_COMPRESSION, Fsctl.SET_SPARSE, Fsctl.CREATE_OR_GET_OBJECT_ID,
+    Fsctl.SRV_REQUEST_RESUME_KEY, Fsctl.SET_ZERO_DATA, Fsctl.FILE_LEVEL_TRIM,
 }  # fmt: skip
 
 
@@ -163,8 +209,13 @@ async def _file_fsctl(ctx: RequestContext, code: int, data: bytes, max_out: int)
             raise NtStatusError(Status.NOT_SUPPORTED)
         return b""
     if code == Fsctl.SET_SPARSE:
-        # POSIX files keep holes already; recording the SPARSE attribute is issue 6.
-        return b""
+        return await sparse.set_sparse(ctx, op, data)
+    if code == Fsctl.SET_ZERO_DATA:
+        return await sparse.set_zero_data(ctx, op, data)
+    if code == Fsctl.FILE_LEVEL_TRIM:
+        return await sparse.file_level_trim(ctx, op, data, max_out)
+    if code == Fsctl.SRV_REQUEST_RESUME_KEY:
+        return copychunk.request_resume_key(op, max_out)
     # FSCTL_CREATE_OR_GET_OBJECT_ID: the object id is the file id (inode, volume).
     vol, _, ino = op.file_key.partition(":")
     object_id = struct.pack("<QQ", int(ino, 16), int(vol, 16))

@@ -9,9 +9,10 @@ File-system answers: the name is "NTFS", as Samba's default ``fstype`` and what
 Windows applications test for before using features (Office and Access among
 them); the attributes are what a POSIX tree behind the gateway really does:
 case-sensitive lookups, preserved case, Unicode names, named streams
-(``gateway.streams``). No persistent ACLs (the security descriptor is
-synthesised), no sparse files, no object ids, no 8.3 names (directory
-entries carry an empty ShortName).
+(``gateway.streams``), file-level TRIM, and sparse files where the volume
+keeps xattrs (the caller passes that bit). No persistent ACLs (the security
+descriptor is synthesised), no object ids, no 8.3 names (directory entries
+carry an empty ShortName).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ FILE_DEVICE_IS_MOUNTED = 0x00000020
 FILE_CASE_SENSITIVE_SEARCH = 0x00000001
 FILE_CASE_PRESERVED_NAMES = 0x00000002
 FILE_UNICODE_ON_DISK = 0x00000004
+FILE_SUPPORTS_SPARSE_FILES = 0x00000040
 FILE_NAMED_STREAMS = 0x00040000
 FS_ATTRIBUTES = (
     FILE_CASE_SENSITIVE_SEARCH | FILE_CASE_PRESERVED_NAMES | FILE_UNICODE_ON_DISK
@@ -66,6 +68,7 @@ MAX_COMPONENT_LENGTH = 255
 SECTOR = 512
 SSINFO_FLAGS_ALIGNED_DEVICE = 0x1
 SSINFO_FLAGS_PARTITION_ALIGNED_ON_DEVICE = 0x2
+SSINFO_FLAGS_TRIM_ENABLED = 0x8
 DEFAULT_STREAM_NAME = "::$DATA".encode("utf-16-le")
 
 
@@ -431,11 +434,10 @@ def fs_device() -> bytes:
     return _FS_DEVICE.pack(FILE_DEVICE_DISK, FILE_DEVICE_IS_MOUNTED)
 
 
-def fs_attribute() -> bytes:
-    """FileFsAttributeInformation (2.5.1)."""
-    return (
-        _FS_ATTRIBUTE.pack(FS_ATTRIBUTES, MAX_COMPONENT_LENGTH, len(FS_NAME_UTF16)) + FS_NAME_UTF16
-    )
+def fs_attribute(extra: int = 0) -> bytes:
+    """FileFsAttributeInformation (2.5.1); ``extra`` adds what the volume supports."""
+    attributes = FS_ATTRIBUTES | extra
+    return _FS_ATTRIBUTE.pack(attributes, MAX_COMPONENT_LENGTH, len(FS_NAME_UTF16)) + FS_NAME_UTF16
 
 
 def fs_object_id(serial: int) -> bytes:
@@ -444,13 +446,21 @@ def fs_object_id(serial: int) -> bytes:
 
 
 def fs_sector_size() -> bytes:
-    """FileFsSectorSizeInformation (2.5.7): 512-byte sectors, aligned."""
-    flags = SSINFO_FLAGS_ALIGNED_DEVICE | SSINFO_FLAGS_PARTITION_ALIGNED_ON_DEVICE
+    """FileFsSectorSizeInformation (2.5.7): 512-byte sectors, aligned; TRIM enabled, as
+    FSCTL_FILE_LEVEL_TRIM gives the trimmed ranges back to the filesystem."""
+    flags = (
+        SSINFO_FLAGS_ALIGNED_DEVICE | SSINFO_FLAGS_PARTITION_ALIGNED_ON_DEVICE
+        | SSINFO_FLAGS_TRIM_ENABLED
+    )  # fmt: skip
     return _FS_SECTOR_SIZE.pack(SECTOR, SECTOR, SECTOR, SECTOR, flags, 0, 0)
 
 
-def query_fs_info(info_class: int, fs: VolumeSource, *, label: str) -> bytes:
-    """The bytes of one file-system information class; others are INVALID_INFO_CLASS."""
+def query_fs_info(
+    info_class: int, fs: VolumeSource, *, label: str, fs_attributes: int = 0
+) -> bytes:
+    """The bytes of one file-system information class; others are INVALID_INFO_CLASS.
+
+    ``fs_attributes`` are FileFsAttributeInformation bits that depend on the volume."""
     c = info_class
     if c == FsInfoClass.VOLUME:
         return fs_volume(fs.volume_serial, label, fs.volume_created)
@@ -461,7 +471,7 @@ def query_fs_info(info_class: int, fs: VolumeSource, *, label: str) -> bytes:
     if c == FsInfoClass.DEVICE:
         return fs_device()
     if c == FsInfoClass.ATTRIBUTE:
-        return fs_attribute()
+        return fs_attribute(fs_attributes)
     if c == FsInfoClass.OBJECT_ID:
         return fs_object_id(fs.volume_serial)
     if c == FsInfoClass.SECTOR_SIZE:
