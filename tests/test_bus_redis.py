@@ -270,7 +270,7 @@ def test_status_json_shows_nodes_opens_locks_and_breaks() -> None:
     assert down.returncode == 2 and len(down.stderr.strip().splitlines()) == 1, down.stderr
 
 
-def test_a_break_round_trip_reads_nothing_the_messages_carried(private_redis: RedisProc) -> None:
+def test_a_break_round_trip_reads_only_what_it_must(private_redis: RedisProc) -> None:  # noqa: F811
     """The notice carries the value the opener wrote and the ack's wake-up the
     value the ack wrote, so neither the holder's ack nor the opener's grant
     reads the file first, and no CAS of theirs fails (Redis's own counts)."""
