@@ -97,6 +97,8 @@ class Open:
     client_guid: bytes = b""
     lease_state: int = 0
     lease_epoch: int = 0
+    # gateway.writetime.HandleTimes: a write-time update due through this handle.
+    times: Any = None
 
     @property
     def file_id(self) -> tuple[int, int]:

@@ -24,7 +24,9 @@ RUN_TORTURE = SHARED / "torture" / "run-torture.sh"
 # Samba's test-only FSCTL_SMBTORTURE controls are on, as in Samba's own test setup.
 NODE_ARGS: list[str] = ["--torture-hooks"]
 
-_RESULT = re.compile(r"^(success|failure|error|skip|xfail): (\S+)")
+# A name may hold spaces (smb2.delete-on-close-perms.CREATE Existing); a failure's
+# line ends with " [" before its reason.
+_RESULT = re.compile(r"^(success|failure|error|skip|xfail): (.+?)(?: \[.*)?$")
 
 
 def run_suite(node: GatewayNode, suite: str, outdir: Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from oplock_bus import api as bus_api
 from oplock_bus.api import Operation
 
-from .. import durable, security
+from .. import durable, security, writetime
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
     FILE_ALL_ACCESS,
@@ -295,6 +295,9 @@ async def _open_file(
             raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
     created = False
     if info is None:
+        if opts & CreateOptions.DELETE_ON_CLOSE and req.attributes & FileAttributes.READONLY:
+            # MS-FSA 2.1.5.1.2.1: refused before anything is created.
+            raise NtStatusError(Status.CANNOT_DELETE)
         is_dir = bool(opts & CreateOptions.DIRECTORY_FILE)
         try:
             if is_dir:
@@ -610,6 +613,7 @@ async def handle_close(ctx: RequestContext) -> Reply:
     node = ctx.node
     info: FileInfo | None = None
     if flags & CloseFlags.POSTQUERY_ATTRIB and op.fd >= 0 and op.tree.fs is not None:
+        writetime.closing(op)  # the times answered are those the file keeps
         try:
             info = op.tree.fs.stat_fd(op.fd)
         except OSError:
@@ -631,6 +635,7 @@ async def finish_close(node: Node, op: Open) -> None:
     if op.notify is not None:
         op.notify.cleanup()
     delete = op.delete_on_close
+    writetime.closing(op)  # before the bus lets another open see the file
     if op.file_key and op.bus_open_id:
         # The handle must close whatever the bus says, so bus errors are logged.
         try:

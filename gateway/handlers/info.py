@@ -7,7 +7,7 @@ import struct
 
 from oplock_bus.api import Operation
 
-from .. import security
+from .. import security, writetime
 from ..context import Reply, RequestContext
 from ..notify import basic_info_mask
 from ..protocol import infoclass
@@ -163,7 +163,9 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             basic = infoclass.parse_basic(buf)
             if op.is_dir and basic.file_attributes & FileAttributes.TEMPORARY:
                 raise NtStatusError(Status.INVALID_PARAMETER)  # as NTFS refuses it
+            writetime.update_now(op)  # even all-zero times flush a due one (Windows)
             fs.set_basic(op.host_path, basic, fd=op.fd, is_dir=op.is_dir)
+            writetime.basic_set(op, basic)
             mask = basic_info_mask(basic)
             ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir, mask)
         elif info_class == FileInfoClass.RENAME:
@@ -186,7 +188,7 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             _require(op, AccessMask.FILE_WRITE_DATA)
             size = infoclass.parse_end_of_file(buf)
             await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE))
-            os.ftruncate(op.fd, size)
+            writetime.set_end_of_file(op, size)
             ctx.node.notify_change(op.tree, op.host_path, "modified", False)
         elif info_class == FileInfoClass.ALLOCATION:
             _require(op, AccessMask.FILE_WRITE_DATA)
@@ -194,7 +196,7 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             # Any allocation change breaks others' caching, growing or not (smb2.oplock.batch12).
             await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE))
             if size < os.fstat(op.fd).st_size:
-                os.ftruncate(op.fd, size)
+                writetime.set_end_of_file(op, size)
                 ctx.node.notify_change(op.tree, op.host_path, "modified", False)
         elif info_class == FileInfoClass.POSITION:
             op.position = infoclass.parse_position(buf)

@@ -1,0 +1,187 @@
+"""Times, information classes and delete-on-close as smbprotocol sees them on one node.
+
+smbprotocol carries the requests; the info-class bytes are built and read here at
+the MS-FSCC offsets (``tests/smbinfo.py``), so nothing of the gateway's own
+encoders is trusted.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from smbprotocol.connection import Connection
+from smbprotocol.exceptions import SMBResponseException
+from smbprotocol.open import (
+    CreateDisposition,
+    CreateOptions,
+    DirectoryAccessMask,
+    FileAttributes,
+    FileInformationClass,
+    FilePipePrinterAccessMask,
+    ImpersonationLevel,
+    Open,
+    ShareAccess,
+)
+from smbprotocol.session import Session
+from smbprotocol.tree import TreeConnect
+
+from . import smbinfo
+from .conftest import PASSWORD, USER, GatewayNode
+
+ALL_SHARE = (
+    ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+)
+ID_BOTH = FileInformationClass.FILE_ID_BOTH_DIRECTORY_INFORMATION
+READONLY = FileAttributes.FILE_ATTRIBUTE_READONLY
+RW = FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE
+STATUS_CANNOT_DELETE = 0xC0000121
+
+
+class Tree:
+    def __init__(self, node: GatewayNode, dialect: int | None = None) -> None:
+        self.conn = Connection(uuid.uuid4(), node.host, node.port, require_signing=True)
+        self.conn.connect(dialect=dialect, timeout=10)
+        self.session = Session(self.conn, USER, PASSWORD, auth_protocol="ntlm")
+        self.session.connect()
+        self.tree = TreeConnect(self.session, rf"\\{node.host}\share")
+        self.tree.connect()
+
+    def open(
+        self,
+        name: str,
+        disposition: int = CreateDisposition.FILE_OPEN_IF,
+        options: int = CreateOptions.FILE_NON_DIRECTORY_FILE,
+        access: int = RW,
+        attributes: int = 0,
+    ) -> Open:
+        handle = Open(self.tree, name)
+        handle.create(ImpersonationLevel.Impersonation, access, attributes, ALL_SHARE,
+                      disposition, options)  # fmt: skip
+        return handle
+
+    def close(self) -> None:
+        self.conn.disconnect(True)
+
+
+@pytest.fixture
+def tree(module_gateway: GatewayNode) -> Iterator[Tree]:
+    t = Tree(module_gateway)
+    yield t
+    t.close()
+
+
+def _listed(tree: Tree, name: str) -> tuple[int, int, int, int]:
+    """(creation, write, change, file id) of ``name`` in a FileIdBothDirectoryInformation
+    listing of the share root."""
+    root = tree.open("", CreateDisposition.FILE_OPEN, CreateOptions.FILE_DIRECTORY_FILE,
+                     DirectoryAccessMask.FILE_LIST_DIRECTORY)  # fmt: skip
+    try:
+        entries = root.query_directory(name, ID_BOTH)
+    finally:
+        root.close()
+    assert len(entries) == 1
+    e = entries[0]
+    return (
+        e["creation_time"].get_value(), e["last_write_time"].get_value(),
+        e["change_time"].get_value(), e["file_id"].get_value(),
+    )  # fmt: skip
+
+
+def _raw(value: object) -> int:
+    """smbprotocol turns FILETIMEs into datetimes; back to 100 ns ticks."""
+    import datetime
+
+    assert isinstance(value, datetime.datetime)
+    epoch = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+    return smbinfo.FILETIME_EPOCH + (value - epoch) // datetime.timedelta(microseconds=1) * 10
+
+
+# 1968, just before 1970, 1970, 2106 (past 32 bits), 2286, and 3000: past what ext4
+# holds (2446), so the exact time lives in the DOS xattr beside the clamped inode.
+@pytest.mark.parametrize("when", [-63158400, -1, 0, 4294967295, 10_000_000_000, 32503680000])
+def test_times_outside_the_posix_range_are_kept_exactly(
+    tree: Tree, module_gateway: GatewayNode, when: int
+) -> None:
+    name = f"t{when}-{uuid.uuid4().hex[:6]}.txt"
+    ft = smbinfo.filetime(when)
+    h = tree.open(name)
+    smbinfo.set_basic(h, creation=ft, write=ft, change=ft)
+    created, _access, written, changed, _attrs = smbinfo.basic(h)
+    assert (created, written, changed) == (ft, ft, ft)
+    h.close()
+    h = tree.open(name, CreateDisposition.FILE_OPEN)
+    assert smbinfo.basic(h)[:4:2] == (ft, ft) and smbinfo.basic(h)[3] == ft
+    h.close()
+    c, w, ch, _fid = _listed(tree, name)
+    assert (_raw(c), _raw(w), _raw(ch)) == (ft, ft, ft)
+    # The write time is the inode's own where the filesystem can hold it.
+    if -(2**31) <= when < 2**31:
+        assert os.stat(module_gateway.share_dir / name).st_mtime_ns == when * 10**9
+
+
+def test_freeze_and_thaw(tree: Tree) -> None:
+    """MS-FSA 2.1.5.14.2: -1 and -2 change no time; after -1 a write through the
+    handle moves neither the write time nor the change time; -2 lets it again."""
+    name = f"freeze-{uuid.uuid4().hex[:6]}.txt"
+    h = tree.open(name)
+    t = smbinfo.filetime(int(time.time()) - 3600)
+    smbinfo.set_basic(h, creation=t, write=t, change=t)
+    before = smbinfo.basic(h)
+    smbinfo.set_basic(h, write=smbinfo.FREEZE, change=smbinfo.FREEZE, creation=smbinfo.FREEZE)
+    assert smbinfo.basic(h) == before
+    h.write(b"frozen", 0)
+    assert smbinfo.basic(h) == before
+    smbinfo.set_basic(h, write=smbinfo.THAW, change=smbinfo.THAW, creation=smbinfo.THAW)
+    assert smbinfo.basic(h) == before
+    h.close()
+    # Thawed: the handle's next write moves the times again, at the latest at close.
+    h = tree.open(name, CreateDisposition.FILE_OPEN)
+    smbinfo.set_basic(h, write=smbinfo.FREEZE)
+    smbinfo.set_basic(h, write=smbinfo.THAW)
+    h.write(b"thawed", 0)
+    h.close()
+    h = tree.open(name, CreateDisposition.FILE_OPEN)
+    after = smbinfo.basic(h)
+    h.close()
+    assert after[0] == before[0]  # creation time stays
+    assert after[2] > before[2] and after[3] > before[3]
+
+
+def test_write_time_moves_after_a_delay_not_at_each_write(tree: Tree) -> None:
+    name = f"delay-{uuid.uuid4().hex[:6]}.txt"
+    h = tree.open(name)
+    start = smbinfo.basic(h)[2]
+    time.sleep(0.05)
+    h.write(b"one", 0)
+    assert smbinfo.basic(h)[2] == start  # not at the write itself
+    time.sleep(2.6)
+    moved = smbinfo.basic(h)[2]
+    assert moved > start  # about 2 s after the handle's first write
+    h.write(b"two", 0)
+    time.sleep(2.6)
+    assert smbinfo.basic(h)[2] == moved  # later writes wait for the close
+    sent = time.time()
+    h.close()
+    h = tree.open(name, CreateDisposition.FILE_OPEN)
+    assert smbinfo.basic(h)[2] >= smbinfo.filetime(int(sent))
+    h.close()
+
+
+def test_delete_on_close_of_a_new_read_only_file_creates_nothing(
+    tree: Tree, module_gateway: GatewayNode
+) -> None:
+    name = f"ro-{uuid.uuid4().hex[:6]}.txt"
+    with pytest.raises(SMBResponseException) as err:
+        tree.open(name, CreateDisposition.FILE_CREATE,
+                  CreateOptions.FILE_NON_DIRECTORY_FILE | CreateOptions.FILE_DELETE_ON_CLOSE,
+                  FilePipePrinterAccessMask.GENERIC_ALL, READONLY)  # fmt: skip
+    assert err.value.status == STATUS_CANNOT_DELETE
+    assert not (module_gateway.share_dir / name).exists()
+    # Without delete-on-close the same create works.
+    tree.open(name, CreateDisposition.FILE_CREATE, attributes=READONLY,
+              access=FilePipePrinterAccessMask.GENERIC_ALL).close()  # fmt: skip
+    assert (module_gateway.share_dir / name).exists()
