@@ -8,12 +8,13 @@ encoders is trusted.
 from __future__ import annotations
 
 import os
+import struct
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
-from smbprotocol.connection import Connection
+from smbprotocol.connection import Connection, Dialects
 from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.open import (
     CreateDisposition,
@@ -169,6 +170,56 @@ def test_write_time_moves_after_a_delay_not_at_each_write(tree: Tree) -> None:
     h = tree.open(name, CreateDisposition.FILE_OPEN)
     assert smbinfo.basic(h)[2] >= smbinfo.filetime(int(sent))
     h.close()
+
+
+def test_buffer_sizes_of_info_classes(tree: Tree) -> None:
+    """Below a class's structure size: INFO_LENGTH_MISMATCH; at least that but short
+    of the answer: BUFFER_OVERFLOW with what fits (MS-FSA 2.1.5.12)."""
+    h = tree.open(f"buf-{uuid.uuid4().hex[:6]}.txt")
+    status, volume = smbinfo.query(h, smbinfo.FS_VOLUME, info_type=smbinfo.INFO_FILESYSTEM)
+    assert status == smbinfo.STATUS_SUCCESS and len(volume) == 18 + len("share") * 2
+    label_len = struct.unpack_from("<I", volume, 12)[0]
+    assert volume[18 : 18 + label_len].decode("utf-16-le") == "share"
+    for out_len, expected in ((0, smbinfo.STATUS_INFO_LENGTH_MISMATCH),
+                              (23, smbinfo.STATUS_INFO_LENGTH_MISMATCH),
+                              (24, smbinfo.STATUS_BUFFER_OVERFLOW),
+                              (len(volume) - 1, smbinfo.STATUS_BUFFER_OVERFLOW),
+                              (len(volume), smbinfo.STATUS_SUCCESS)):  # fmt: skip
+        status, data = smbinfo.query(h, smbinfo.FS_VOLUME, out_len, smbinfo.INFO_FILESYSTEM)
+        assert status == expected, (out_len, hex(status))
+        if status != smbinfo.STATUS_INFO_LENGTH_MISMATCH:
+            assert data == volume[:out_len]
+    # A fixed-size class: anything short of it is a mismatch, never partial data.
+    assert smbinfo.query(h, smbinfo.FILE_BASIC, 39)[0] == smbinfo.STATUS_INFO_LENGTH_MISMATCH
+    assert len(smbinfo.query_ok(h, smbinfo.FILE_BASIC, 40)) == 40
+    h.close()
+
+
+def test_normalized_name_is_the_stored_spelling(
+    tree: Tree, module_gateway: GatewayNode
+) -> None:
+    stem = uuid.uuid4().hex[:6]
+    d = tree.open(f"Dir{stem}", CreateDisposition.FILE_CREATE, CreateOptions.FILE_DIRECTORY_FILE,
+                  DirectoryAccessMask.GENERIC_ALL)  # fmt: skip
+    d.close()
+    tree.open(rf"Dir{stem}\File.TXT", CreateDisposition.FILE_CREATE).close()
+    h = tree.open(rf"dir{stem.upper()}\FILE.txt", CreateDisposition.FILE_OPEN)
+    data = smbinfo.query_ok(h, smbinfo.FILE_NORMALIZED_NAME)
+    length = struct.unpack_from("<I", data)[0]
+    assert data[4 : 4 + length].decode("utf-16-le") == rf"Dir{stem}\File.TXT"
+    h.close()
+    root = tree.open("", CreateDisposition.FILE_OPEN, CreateOptions.FILE_DIRECTORY_FILE,
+                     DirectoryAccessMask.FILE_LIST_DIRECTORY)  # fmt: skip
+    assert smbinfo.query_ok(root, smbinfo.FILE_NORMALIZED_NAME) == b"\0\0\0\0"
+    root.close()
+    # Only SMB 3.1.1 offers the class.
+    old = Tree(module_gateway, Dialects.SMB_3_0_2)
+    try:
+        h = old.open(rf"Dir{stem}\File.TXT", CreateDisposition.FILE_OPEN)
+        assert smbinfo.query(h, smbinfo.FILE_NORMALIZED_NAME)[0] == smbinfo.STATUS_NOT_SUPPORTED
+        h.close()
+    finally:
+        old.close()
 
 
 def test_delete_on_close_of_a_new_read_only_file_creates_nothing(

@@ -14,9 +14,9 @@ from ..protocol import infoclass
 from ..protocol.constants import (
     AccessMask,
     CompletionFilter,
+    Dialect,
     FileAttributes,
     FileInfoClass,
-    FsInfoClass,
     InfoType,
     NtStatusError,
     Status,
@@ -31,17 +31,14 @@ _QUERY_RESP = struct.Struct("<HHI")
 _SET = struct.Struct("<HBBIHHIQQ")
 _SET_RESP = struct.pack("<H", 2)
 
-# Classes whose answer has a variable part: a short buffer gets what fits
-# with STATUS_BUFFER_OVERFLOW; any other class answers INFO_LENGTH_MISMATCH.
-_VARIABLE = {
-    (InfoType.FILE, FileInfoClass.ALL),
-    (InfoType.FILE, FileInfoClass.NAME),
-    (InfoType.FILE, FileInfoClass.STREAM),
-    (InfoType.FILE, FileInfoClass.NORMALIZED_NAME),
-    (InfoType.FILE, FileInfoClass.ALTERNATE_NAME),
-    (InfoType.FILESYSTEM, FsInfoClass.VOLUME),
-    (InfoType.FILESYSTEM, FsInfoClass.ATTRIBUTE),
-}
+# Classes any handle may query (MS-FSA 2.1.5.11; smbtorture smb2.getinfo.getinfo_access);
+# the others need FILE_READ_ATTRIBUTES, FileFullEaInformation FILE_READ_EA.
+_UNRESTRICTED = frozenset({
+    FileInfoClass.NAME, FileInfoClass.ACCESS, FileInfoClass.POSITION, FileInfoClass.MODE,
+    FileInfoClass.ALIGNMENT, FileInfoClass.NORMALIZED_NAME, FileInfoClass.INTERNAL,
+    FileInfoClass.EA, FileInfoClass.STANDARD, FileInfoClass.STREAM,
+    FileInfoClass.ALTERNATE_NAME, FileInfoClass.COMPRESSION,
+})  # fmt: skip
 
 
 async def handle_query_info(ctx: RequestContext) -> Reply:
@@ -54,9 +51,16 @@ async def handle_query_info(ctx: RequestContext) -> Reply:
     if out_len > ctx.node.config.max_io_size:
         raise NtStatusError(Status.INVALID_PARAMETER)
     if info_type == InfoType.FILE:
-        data = _file_info(op, info_class)
+        if (
+            info_class == FileInfoClass.NORMALIZED_NAME
+            and ctx.conn.codec.dialect < Dialect.SMB3_1_1
+        ):
+            raise NtStatusError(Status.NOT_SUPPORTED)  # 3.1.1 only (MS-SMB2 3.3.5.20.1)
+        status, data = infoclass.fit_file_output(info_class, _file_info(op, info_class), out_len)
+        return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
     elif info_type == InfoType.FILESYSTEM:
-        data = _fs_info(ctx, op, info_class)
+        status, data = infoclass.fit_fs_output(info_class, _fs_info(ctx, op, info_class), out_len)
+        return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
     elif info_type == InfoType.SECURITY:
         if op.pipe is not None:
             raise NtStatusError(Status.INVALID_PARAMETER)
@@ -68,13 +72,7 @@ async def handle_query_info(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.NOT_SUPPORTED)
     else:
         raise NtStatusError(Status.INVALID_PARAMETER)
-    status = Status.SUCCESS
-    if len(data) > out_len:
-        if (info_type, info_class) not in _VARIABLE:
-            raise NtStatusError(Status.INFO_LENGTH_MISMATCH)
-        data = data[:out_len]
-        status = Status.BUFFER_OVERFLOW
-    return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
+    return Reply(Status.SUCCESS, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
 
 
 def _stat(op: Open) -> FileInfo:
@@ -92,15 +90,15 @@ def _file_info(op: Open, info_class: int) -> bytes:
         if info_class == FileInfoClass.STANDARD:
             return infoclass.file_standard(None, delete_pending=False, directory=False)
         raise NtStatusError(Status.INVALID_PARAMETER)
-    needs_attrs = info_class not in (
-        FileInfoClass.NAME, FileInfoClass.ACCESS, FileInfoClass.POSITION, FileInfoClass.MODE,
-        FileInfoClass.ALIGNMENT, FileInfoClass.NORMALIZED_NAME, FileInfoClass.INTERNAL,
-        FileInfoClass.EA, FileInfoClass.STANDARD, FileInfoClass.STREAM,
-    )  # fmt: skip
-    if needs_attrs and not op.access & AccessMask.FILE_READ_ATTRIBUTES:
-        raise NtStatusError(Status.ACCESS_DENIED)
+    if info_class == FileInfoClass.FULL_EA:
+        _require(op, AccessMask.FILE_READ_EA)
+    elif info_class not in _UNRESTRICTED:
+        _require(op, AccessMask.FILE_READ_ATTRIBUTES)
     info = _stat(op)
-    name = "\\" + op.smb_name if op.smb_name else "\\"
+    if info_class == FileInfoClass.NORMALIZED_NAME:
+        name = _normalized_name(op)
+    else:
+        name = "\\" + op.smb_name if op.smb_name else "\\"
     return infoclass.query_file_info(
         info_class,
         info,
@@ -110,6 +108,15 @@ def _file_info(op: Open, info_class: int) -> bytes:
         position=op.position,
         mode=op.mode,
     )
+
+
+def _normalized_name(op: Open) -> str:
+    """FileNormalizedNameInformation: the path from the share root as the volume
+    spells it, whatever case the client opened it with; empty for the root."""
+    fs = op.tree.fs
+    assert fs is not None
+    rel = os.path.relpath(op.host_path, fs.root)
+    return "" if rel == "." else rel.replace("/", "\\")
 
 
 def _fs_info(ctx: RequestContext, op: Open, info_class: int) -> bytes:

@@ -68,6 +68,63 @@ def _u16(s: str) -> bytes:
     return s.encode("utf-16-le")
 
 
+# -- QUERY_INFO output buffer sizes -------------------------------------------------------
+
+# The smallest OutputBufferLength each class accepts: the Windows structure size,
+# a one-character name included and rounded up to the structure's alignment
+# (MS-FSA 2.1.5.11/2.1.5.12 "BlockAlign(sizeof(...))"; smbtorture
+# smb2.getinfo.q*_buffercheck). Less is INFO_LENGTH_MISMATCH; an answer longer than
+# a buffer at least this big is cut to it with STATUS_BUFFER_OVERFLOW.
+_MIN_FILE_OUTPUT: dict[int, int] = {
+    FileInfoClass.BASIC: 40,
+    FileInfoClass.STANDARD: 24,
+    FileInfoClass.INTERNAL: 8,
+    FileInfoClass.EA: 4,
+    FileInfoClass.ACCESS: 4,
+    FileInfoClass.NAME: 8,
+    FileInfoClass.POSITION: 8,
+    FileInfoClass.MODE: 4,
+    FileInfoClass.ALIGNMENT: 4,
+    FileInfoClass.ALL: 104,
+    FileInfoClass.ALTERNATE_NAME: 8,
+    FileInfoClass.STREAM: 32,
+    FileInfoClass.COMPRESSION: 16,
+    FileInfoClass.NETWORK_OPEN: 56,
+    FileInfoClass.ATTRIBUTE_TAG: 8,
+    FileInfoClass.NORMALIZED_NAME: 8,
+    FileInfoClass.ID_INFORMATION: 24,
+}
+_MIN_FS_OUTPUT: dict[int, int] = {
+    FsInfoClass.VOLUME: 24,
+    FsInfoClass.SIZE: 24,
+    FsInfoClass.DEVICE: 8,
+    FsInfoClass.ATTRIBUTE: 16,
+    FsInfoClass.CONTROL: 48,
+    FsInfoClass.FULL_SIZE: 32,
+    FsInfoClass.OBJECT_ID: 64,
+    FsInfoClass.SECTOR_SIZE: 28,
+}
+
+
+def fit_output(data: bytes, out_len: int, minimum: int) -> tuple[int, bytes]:
+    """(status, bytes) of an answer for a client buffer of ``out_len`` bytes."""
+    if out_len < minimum:
+        raise NtStatusError(Status.INFO_LENGTH_MISMATCH)
+    if len(data) > out_len:
+        return Status.BUFFER_OVERFLOW, data[:out_len]
+    return Status.SUCCESS, data
+
+
+def fit_file_output(info_class: int, data: bytes, out_len: int) -> tuple[int, bytes]:
+    """``fit_output`` for a file class; a class not listed is all fixed."""
+    return fit_output(data, out_len, _MIN_FILE_OUTPUT.get(info_class, len(data)))
+
+
+def fit_fs_output(info_class: int, data: bytes, out_len: int) -> tuple[int, bytes]:
+    """``fit_output`` for a file-system class; a class not listed is all fixed."""
+    return fit_output(data, out_len, _MIN_FS_OUTPUT.get(info_class, len(data)))
+
+
 # -- QUERY_INFO, file classes (MS-FSCC 2.4) --------------------------------------------
 
 
