@@ -990,7 +990,7 @@ class ShareFS:
         if isinstance(target, int) and _HAVE_PROC_FD:
             target = f"/proc/self/fd/{target}"
         try:
-            _setxattr_lending(target, _XATTR_SD, _SD_VERSION + data)
+            setxattr_lending(target, _XATTR_SD, _SD_VERSION + data)
         except OSError as e:
             raise FsError.from_oserror(e) from None
 
@@ -1039,7 +1039,7 @@ class ShareFS:
                 rec.change = change
                 self._keep_change(path, rec)
             elif dosmeta.encode(rec) != raw:
-                _setxattr_lending(path, _XATTR_DOS, dosmeta.encode(rec))
+                setxattr_lending(path, _XATTR_DOS, dosmeta.encode(rec))
         except OSError as e:
             # Not kept, silently: no xattrs here, no room, or a read-only file of
             # someone else (user xattrs follow the file's write permission).
@@ -1059,7 +1059,7 @@ class ShareFS:
         guard = time.time_ns() + _GUARD_MARGIN_NS
         for _ in range(4):
             rec.change_guard_ns = guard
-            _setxattr_lending(path, _XATTR_DOS, dosmeta.encode(rec))
+            setxattr_lending(path, _XATTR_DOS, dosmeta.encode(rec))
             ctime = os.stat(path).st_ctime_ns
             if ctime <= guard <= ctime + 2 * _GUARD_MARGIN_NS:
                 return
@@ -1074,7 +1074,7 @@ _XATTR_SKIP = frozenset(
 )
 
 
-def _setxattr_lending(target: str | int, name: str, value: bytes) -> None:
+def setxattr_lending(target: str | int, name: str, value: bytes) -> None:
     """setxattr; a read-only file of ours gets the owner write bit lent for it
     (user xattrs follow the write bit, for anyone but root)."""
     try:

@@ -401,22 +401,26 @@ def test_names_ignore_case_across_nodes(clients: tuple[Client, Client]) -> None:
     assert names == [stored]
 
 
-def test_times_attributes_and_ids_set_through_node1_read_the_same_on_node2(
+def test_times_attributes_eas_and_ids_set_through_node1_read_the_same_on_node2(
     clients: tuple[Client, Client],
 ) -> None:
     """Everything FileBasicInformation sets is on the volume: a creation time of
     1968, a write time past what ext4 holds (kept in the DOS xattr), a ChangeTime
     (which POSIX cannot set) and attributes read back byte for byte through the
-    other node, as do the file ids (volume id + inode)."""
+    other node, as do extended attributes and the file ids (volume id + inode)."""
     a, b = clients
     name = f"times-{uuid.uuid4().hex}.txt"
     created, written = smbinfo.filetime(-63158400), smbinfo.filetime(32503680000)
     changed = smbinfo.filetime(int(time.time()) - 86400)
     attrs = 0x02 | 0x04 | 0x20  # HIDDEN | SYSTEM | ARCHIVE
     fa = a.open(name)
+    ea = struct.pack("<IBBH", 0, 0, 7, 5) + b"CHECKED\0" + b"value"
+    smbinfo.set_info(fa, smbinfo.FILE_FULL_EA, ea)
     smbinfo.set_basic(fa, creation=created, write=written, change=changed, attributes=attrs)
-    classes = (smbinfo.FILE_BASIC, smbinfo.FILE_NETWORK_OPEN, smbinfo.FILE_ALL,
-               smbinfo.FILE_INTERNAL, smbinfo.FILE_ID_INFORMATION)  # fmt: skip
+    classes = (
+        smbinfo.FILE_BASIC, smbinfo.FILE_NETWORK_OPEN, smbinfo.FILE_ALL, smbinfo.FILE_INTERNAL,
+        smbinfo.FILE_ID_INFORMATION, smbinfo.FILE_FULL_EA,
+    )  # fmt: skip
     mine = [smbinfo.query_ok(fa, c) for c in classes]
     fa.close()
     fb = b.open(name)
@@ -424,6 +428,7 @@ def test_times_attributes_and_ids_set_through_node1_read_the_same_on_node2(
     fb.close()
     c, _a, w, ch, at = smbinfo.BASIC.unpack(mine[0])
     assert (c, w, ch, at) == (created, written, changed, attrs)
+    assert mine[5] == ea
     inode = struct.unpack("<Q", mine[3])[0]
     assert struct.unpack_from("<Q", mine[4], 8)[0] == inode
     (entry,) = b.list_root(name, 37)  # FileIdBothDirectoryInformation

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from smbprotocol.connection import Connection, Dialects
+from smbprotocol.create_contexts import (
+    CreateContextName,
+    SMB2CreateContextRequest,
+    SMB2CreateEABuffer,
+)
 from smbprotocol.exceptions import SMBResponseException
 from smbprotocol.open import (
     CreateDisposition,
@@ -31,7 +37,7 @@ from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
 from . import smbinfo
-from .conftest import PASSWORD, USER, GatewayNode
+from .conftest import PASSWORD, USER, GatewayNode, need
 
 ALL_SHARE = (
     ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
@@ -40,6 +46,8 @@ ID_BOTH = FileInformationClass.FILE_ID_BOTH_DIRECTORY_INFORMATION
 READONLY = FileAttributes.FILE_ATTRIBUTE_READONLY
 RW = FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE
 STATUS_CANNOT_DELETE = 0xC0000121
+STATUS_ACCESS_DENIED = 0xC0000022
+STATUS_NO_EAS_ON_FILE = 0xC0000052
 
 
 class Tree:
@@ -236,3 +244,74 @@ def test_delete_on_close_of_a_new_read_only_file_creates_nothing(
     tree.open(name, CreateDisposition.FILE_CREATE, attributes=READONLY,
               access=FilePipePrinterAccessMask.GENERIC_ALL).close()  # fmt: skip
     assert (module_gateway.share_dir / name).exists()
+
+
+def _smbclient(node: GatewayNode, *commands: str) -> str:
+    need("smbclient")
+    out = subprocess.run(
+        ["smbclient", f"//{node.host}/share", "-p", str(node.port), "-U", f"{USER}%{PASSWORD}",
+         "-c", "; ".join(commands)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_extended_attributes_through_smbclient(module_gateway: GatewayNode) -> None:
+    """smbclient's setea/geteas: names come back upper case (NTFS keeps them so), an
+    empty value removes one, and the volume holds them in the user.smbgw.ea xattr."""
+    name = f"ea-{uuid.uuid4().hex[:6]}.txt"
+    (module_gateway.share_dir / name).write_bytes(b"data")
+    listed = _smbclient(module_gateway, f"setea {name} myName myValue",
+                        f'setea {name} Second "two words"', f"geteas {name}")  # fmt: skip
+    assert "MYNAME (0) =" in listed and "SECOND (0) =" in listed and "myValue" in listed
+    assert b"myValue" in os.getxattr(module_gateway.share_dir / name, "user.smbgw.ea")
+    listed = _smbclient(module_gateway, f"setea {name} MyName", f"geteas {name}")
+    assert "MYNAME" not in listed and "SECOND (0) =" in listed
+
+
+def test_extended_attributes_at_create_and_their_access(tree: Tree) -> None:
+    """The ExtA create context stores EAs on a new file; FileFullEaInformation needs
+    FILE_READ_EA (FILE_READ_ATTRIBUTES is not enough), FileEaInformation nothing."""
+    name = f"exta-{uuid.uuid4().hex[:6]}.txt"
+    first, second = SMB2CreateEABuffer(), SMB2CreateEABuffer()
+    first["ea_name"], first["ea_value"] = b"EAONE\0", b"VALUE1"
+    second["ea_name"], second["ea_value"] = b"SecondEa\0", b"ValueTwo"
+    first["next_entry_offset"] = len(first)
+    context = SMB2CreateContextRequest()
+    context["buffer_name"] = CreateContextName.SMB2_CREATE_EA_BUFFER
+    context["buffer_data"] = first.pack() + second.pack()
+    h = Open(tree.tree, name)
+    h.create(ImpersonationLevel.Impersonation, RW, 0, ALL_SHARE, CreateDisposition.FILE_CREATE,
+             CreateOptions.FILE_NON_DIRECTORY_FILE, create_contexts=[context])  # fmt: skip
+    h.close()
+    reader = tree.open(name, CreateDisposition.FILE_OPEN,
+                       access=FilePipePrinterAccessMask.FILE_READ_EA)  # fmt: skip
+    status, data = smbinfo.query(reader, smbinfo.FILE_FULL_EA)
+    assert status == smbinfo.STATUS_SUCCESS
+    entries = []
+    pos = 0
+    while True:
+        nxt, _flags, name_len, value_len = struct.unpack_from("<IBBH", data, pos)
+        entries.append((data[pos + 8 : pos + 8 + name_len],
+                        data[pos + 9 + name_len : pos + 9 + name_len + value_len]))  # fmt: skip
+        if not nxt:
+            break
+        pos += nxt
+    assert entries == [(b"EAONE", b"VALUE1"), (b"SECONDEA", b"ValueTwo")]
+    # EaSize is the same list's size, each entry padded to 4 bytes.
+    ea_size = struct.unpack("<I", smbinfo.query_ok(reader, smbinfo.FILE_EA))[0]
+    assert ea_size == (8 + 6 + 6 + 3) // 4 * 4 + (8 + 9 + 8 + 3) // 4 * 4
+    # Room for the first entry only: the entries that fit, BUFFER_OVERFLOW.
+    assert smbinfo.query(reader, smbinfo.FILE_FULL_EA, 24) == (
+        smbinfo.STATUS_BUFFER_OVERFLOW, b"\0\0\0\0" + data[4:20]
+    )
+    reader.close()
+    attrs_only = tree.open(name, CreateDisposition.FILE_OPEN,
+                           access=FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES)  # fmt: skip
+    assert smbinfo.query(attrs_only, smbinfo.FILE_FULL_EA)[0] == STATUS_ACCESS_DENIED
+    attrs_only.close()
+    plain = tree.open(f"plain-{uuid.uuid4().hex[:6]}.txt")
+    assert smbinfo.query(plain, smbinfo.FILE_FULL_EA)[0] == STATUS_NO_EAS_ON_FILE
+    assert smbinfo.query_ok(plain, smbinfo.FILE_EA) == b"\0\0\0\0"
+    plain.close()

@@ -398,9 +398,10 @@ def test_fs_device_and_attribute_information() -> None:
     a = impacket_smb.SMBQueryFsAttributeInfo(data)
     assert a["FileSystemName"] == "NTFS".encode("utf-16-le")
     assert a["MaxFilenNameLengthInBytes"] == 255
-    # case-sensitive search, case-preserved names, Unicode on disk; no persistent
-    # ACLs (0x8), no named streams (0x40000), no sparse files (0x40).
-    assert a["FileSystemAttributes"] == 0x7
+    # case-sensitive search, case-preserved names, Unicode on disk, extended
+    # attributes (0x800000); no persistent ACLs (0x8), no named streams (0x40000),
+    # no sparse files (0x40).
+    assert a["FileSystemAttributes"] == 0x800007
 
 
 def test_fs_object_id_and_sector_size() -> None:

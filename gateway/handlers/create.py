@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from oplock_bus import api as bus_api
 from oplock_bus.api import Operation
 
-from .. import durable, security, writetime
+from .. import durable, eas, security, writetime
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
     FILE_ALL_ACCESS,
@@ -266,6 +266,8 @@ async def _open_file(
     tree = ctx.require_tree()
     fs = tree.fs
     assert fs is not None
+    ext_a = req.contexts.get(b"ExtA")
+    new_eas = eas.parse_full(ext_a) if ext_a is not None else None  # kept if it creates
     path, info = fs.lookup(req.name)
     disp = req.disposition
     opts = req.options
@@ -416,10 +418,15 @@ async def _open_file(
             if not info.is_dir:
                 attrs |= FileAttributes.ARCHIVE  # NTFS marks new and rewritten files
             fs.set_attributes(path, attrs, is_dir=info.is_dir)
+            if new_eas is not None:
+                eas.write(path, eas.merged([], new_eas))
         info = fs.stat_fd(fd)
     except OSError as e:
         await node.close_open(op)
         raise NtStatusError(status_from_oserror(e)) from None
+    except NtStatusError:
+        await node.close_open(op)
+        raise
     if opts & CreateOptions.DELETE_ON_CLOSE:
         if info.attributes & FileAttributes.READONLY:
             await node.close_open(op)

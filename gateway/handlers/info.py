@@ -7,7 +7,7 @@ import struct
 
 from oplock_bus.api import Operation
 
-from .. import security, writetime
+from .. import eas, security, writetime
 from ..context import Reply, RequestContext
 from ..notify import basic_info_mask
 from ..protocol import infoclass
@@ -44,7 +44,7 @@ _UNRESTRICTED = frozenset({
 async def handle_query_info(ctx: RequestContext) -> Reply:
     body = ctx.body
     check_size(body, 40, 41)
-    (_s, info_type, info_class, out_len, _in_off, _r, _in_len, additional, _flags, _p, _v) = (
+    (_s, info_type, info_class, out_len, in_off, _r, in_len, additional, flags, _p, _v) = (
         _QUERY.unpack_from(body)
     )
     op = ctx.open_at(24)
@@ -56,6 +56,12 @@ async def handle_query_info(ctx: RequestContext) -> Reply:
             and ctx.conn.codec.dialect < Dialect.SMB3_1_1
         ):
             raise NtStatusError(Status.NOT_SUPPORTED)  # 3.1.1 only (MS-SMB2 3.3.5.20.1)
+        if info_class == FileInfoClass.FULL_EA:
+            start = in_off - 64
+            if in_len and (start < 40 or start + in_len > len(body)):
+                raise NtStatusError(Status.INVALID_PARAMETER)
+            status, data = _query_eas(op, bytes(body[start : start + in_len]), flags, out_len)
+            return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
         status, data = infoclass.fit_file_output(info_class, _file_info(op, info_class), out_len)
         return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
     elif info_type == InfoType.FILESYSTEM:
@@ -99,6 +105,9 @@ def _file_info(op: Open, info_class: int) -> bytes:
         name = _normalized_name(op)
     else:
         name = "\\" + op.smb_name if op.smb_name else "\\"
+    ea_size = 0
+    if info_class in (FileInfoClass.EA, FileInfoClass.ALL):
+        ea_size = eas.ea_size(_read_eas(op))
     return infoclass.query_file_info(
         info_class,
         info,
@@ -107,7 +116,33 @@ def _file_info(op: Open, info_class: int) -> bytes:
         access=op.access,
         position=op.position,
         mode=op.mode,
+        ea_size=ea_size,
     )
+
+
+def _read_eas(op: Open) -> list[eas.Ea]:
+    try:
+        return eas.read(op.fd if op.fd >= 0 else op.host_path)
+    except OSError as e:
+        raise NtStatusError(status_from_oserror(e)) from None
+
+
+_SL_RETURN_SINGLE_ENTRY = 0x02
+
+
+def _query_eas(op: Open, wanted: bytes, flags: int, out_len: int) -> tuple[int, bytes]:
+    """FileFullEaInformation: the EAs named in the input buffer, else all of them, as
+    many whole ones as the buffer holds (no EA index is kept between queries)."""
+    if op.pipe is not None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    _require(op, AccessMask.FILE_READ_EA)
+    names = eas.parse_get(wanted)
+    found = eas.select(_read_eas(op), names) if names else _read_eas(op)
+    if not found:
+        raise NtStatusError(Status.NO_EAS_ON_FILE)
+    if flags & _SL_RETURN_SINGLE_ENTRY:
+        found = found[:1]
+    return eas.fit(found, out_len)
 
 
 def _normalized_name(op: Open) -> str:
@@ -209,8 +244,13 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             op.position = infoclass.parse_position(buf)
         elif info_class == FileInfoClass.MODE:
             op.mode = infoclass.parse_mode(buf)
-        elif info_class in (FileInfoClass.FULL_EA,):
-            raise NtStatusError(Status.EAS_NOT_SUPPORTED)
+        elif info_class == FileInfoClass.FULL_EA:
+            _require(op, AccessMask.FILE_WRITE_EA)
+            changes = eas.parse_full(buf)
+            target = op.fd if op.fd >= 0 else op.host_path
+            eas.write(target, eas.merged(eas.read(target), changes))
+            ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir,
+                                   CompletionFilter.EA)  # fmt: skip
         else:
             raise NtStatusError(Status.INVALID_INFO_CLASS)
     except OSError as e:

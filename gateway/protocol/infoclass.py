@@ -158,9 +158,9 @@ def file_internal(info: FileInfo) -> bytes:
     return _U64.pack(info.inode)
 
 
-def file_ea() -> bytes:
-    """FileEaInformation (2.4.13): no extended attributes are exposed."""
-    return _U32.pack(0)
+def file_ea(ea_size: int = 0) -> bytes:
+    """FileEaInformation (2.4.13): the size of the file's EAs (``gateway.eas``)."""
+    return _U32.pack(ea_size)
 
 
 def file_access(access: int) -> bytes:
@@ -195,15 +195,16 @@ def file_alternate_name(short_name: str) -> bytes:
 
 
 def file_all(
-    info: FileInfo, *, name: str, delete_pending: bool, access: int, position: int, mode: int
-) -> bytes:
+    info: FileInfo, *, name: str, delete_pending: bool, access: int, position: int, mode: int,
+    ea_size: int = 0,
+) -> bytes:  # fmt: skip
     """FileAllInformation (2.4.2): basic, standard, internal, EA, access, position,
     mode, alignment, name; 100 bytes and the name."""
     raw = _u16(name)
     return b"".join((
         file_basic(info),
         file_standard(info, delete_pending=delete_pending, directory=info.is_dir),
-        _ALL_MIDDLE.pack(info.inode, 0, access, position, mode, 0),
+        _ALL_MIDDLE.pack(info.inode, ea_size, access, position, mode, 0),
         _U32.pack(len(raw)),
         raw,
     ))  # fmt: skip
@@ -258,6 +259,7 @@ def query_file_info(
     position: int,
     mode: int,
     short_name: str | None = None,
+    ea_size: int = 0,
 ) -> bytes:
     """The bytes of one file information class for QUERY_INFO.
 
@@ -276,7 +278,7 @@ def query_file_info(
     if c == FileInfoClass.INTERNAL:
         return file_internal(info)
     if c == FileInfoClass.EA:
-        return file_ea()
+        return file_ea(ea_size)
     if c == FileInfoClass.ACCESS:
         return file_access(access)
     if c == FileInfoClass.POSITION:
@@ -290,7 +292,7 @@ def query_file_info(
     if c == FileInfoClass.ALL:
         return file_all(
             info, name=name, delete_pending=delete_pending, access=access,
-            position=position, mode=mode,
+            position=position, mode=mode, ea_size=ea_size,
         )  # fmt: skip
     if c == FileInfoClass.ALTERNATE_NAME:
         if short_name is None:
@@ -473,10 +475,15 @@ def fs_device() -> bytes:
     return _FS_DEVICE.pack(FILE_DEVICE_DISK, FILE_DEVICE_IS_MOUNTED)
 
 
+FILE_SUPPORTS_EXTENDED_ATTRIBUTES = 0x00800000
+
+
 def fs_attribute() -> bytes:
-    """FileFsAttributeInformation (2.5.1)."""
+    """FileFsAttributeInformation (2.5.1); extended attributes are kept (``gateway.eas``)."""
     return (
-        _FS_ATTRIBUTE.pack(FS_ATTRIBUTES, MAX_COMPONENT_LENGTH, len(FS_NAME_UTF16)) + FS_NAME_UTF16
+        _FS_ATTRIBUTE.pack(FS_ATTRIBUTES | FILE_SUPPORTS_EXTENDED_ATTRIBUTES, MAX_COMPONENT_LENGTH,
+                           len(FS_NAME_UTF16))  # fmt: skip
+        + FS_NAME_UTF16
     )
 
 
