@@ -1066,7 +1066,7 @@ class ShareFS:
             # Stamped after the guard (the writer was held up), or long before it
             # (the volume's clock is behind ours): try again on the volume's clock.
             guard = ctime + _GUARD_MARGIN_NS
-        log.debug("ChangeTime of %s kept with a loose guard", path)
+        log.debug("ChangeTime of %s not kept exactly (ctime %d, guard %d)", path, ctime, guard)
 
 
 _XATTR_SKIP = frozenset(

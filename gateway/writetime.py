@@ -79,7 +79,7 @@ def write(op: Open, data: bytes | memoryview, offset: int) -> int:
     if times is not None and times.user_set_change and fs is not None:
         keep_change = fs.stat_fd(fd).change_time
     written = os.pwrite(fd, data, offset)
-    os.utime(fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+    _set_times(op, before.st_atime_ns, before.st_mtime_ns)
     if keep_change and fs is not None:
         fs.keep_change_time(op.host_path, keep_change)
     times = _times(op)
@@ -90,6 +90,15 @@ def write(op: Open, data: bytes | memoryview, offset: int) -> int:
             times.triggered = True
             times.timer = asyncio.get_running_loop().call_later(WRITE_TIME_DELAY, _fire, op)
     return written
+
+
+def _set_times(op: Open, atime_ns: int, mtime_ns: int) -> None:
+    """futimens; where the node may not set times on the file (it runs unprivileged
+    and another user owns it) the inode keeps what the write gave it."""
+    try:
+        os.utime(op.fd, ns=(atime_ns, mtime_ns))
+    except PermissionError as e:
+        log.debug("times of %s not set: %s", op.host_path, e)
 
 
 def _fire(op: Open) -> None:
@@ -122,7 +131,7 @@ def update_now(op: Open) -> None:
         and fs.write_time_set_by_client(op.fd, st.st_mtime_ns)
     ):
         return  # a client set the write time since this handle's write: it stays
-    os.utime(op.fd, ns=(st.st_atime_ns, _now_ns()))
+    _set_times(op, st.st_atime_ns, _now_ns())
 
 
 def closing(op: Open) -> None:
@@ -146,14 +155,14 @@ def set_end_of_file(op: Open, size: int) -> None:
     os.ftruncate(op.fd, size)
     times = _times(op)
     if times.user_set_write:
-        os.utime(op.fd, ns=(before.st_atime_ns, before.st_mtime_ns))
+        _set_times(op, before.st_atime_ns, before.st_mtime_ns)
         return
     times.due = False
     times.triggered = True  # later writes wait for CLOSE, as after the delayed update
     if times.timer is not None:
         times.timer.cancel()
         times.timer = None
-    os.utime(op.fd, ns=(before.st_atime_ns, _now_ns()))
+    _set_times(op, before.st_atime_ns, _now_ns())
 
 
 def basic_set(op: Open, basic: BasicInfo) -> None:
