@@ -120,6 +120,8 @@ class Open:
     resume_key: bytes = b""
     # Requests still using the handle after going async; CLOSE waits for them.
     busy: set[asyncio.Future[Any]] = field(default_factory=set)
+    # gateway.writetime.HandleTimes: a write-time update due through this handle.
+    times: Any = None
 
     @property
     def file_id(self) -> tuple[int, int]:

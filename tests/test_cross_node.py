@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from smbprotocol.connection import Connection
@@ -39,6 +40,7 @@ from smbprotocol.tree import TreeConnect
 from gateway import acl, sd
 from gateway.cluster import ClusterSpec, LocalCluster
 
+from . import smbinfo
 from .conftest import PASSWORD, USER, free_port, write_users
 
 STATUS_SHARING_VIOLATION = 0xC0000043
@@ -105,6 +107,19 @@ class Client:
             oplock_level=oplock,
         )
         return handle
+
+    def list_root(self, pattern: str, info_class: int) -> list[Any]:
+        """QUERY_DIRECTORY of the share root."""
+        listing = Open(self.tree, "")
+        listing.create(
+            ImpersonationLevel.Impersonation, FilePipePrinterAccessMask.GENERIC_READ, 0,
+            ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE,
+            CreateDisposition.FILE_OPEN, CreateOptions.FILE_DIRECTORY_FILE,
+        )  # fmt: skip
+        try:
+            return list(listing.query_directory(pattern, info_class))
+        finally:
+            listing.close()
 
     def close(self) -> None:
         try:
@@ -387,15 +402,7 @@ def test_names_ignore_case_across_nodes(clients: tuple[Client, Client]) -> None:
         )  # fmt: skip
     assert err.value.status == 0xC0000035  # STATUS_OBJECT_NAME_COLLISION
     # The directory keeps the case it was created with.
-    listing = Open(a.tree, "")
-    listing.create(
-        ImpersonationLevel.Impersonation, FilePipePrinterAccessMask.GENERIC_READ, 0,
-        ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE, CreateDisposition.FILE_OPEN,
-        CreateOptions.FILE_DIRECTORY_FILE,
-    )  # fmt: skip
-    names = [e["file_name"].get_value().decode("utf-16-le") for e in listing.query_directory(
-        f"*{stem}*", 1)]  # fmt: skip
-    listing.close()
+    names = [e["file_name"].get_value().decode("utf-16-le") for e in a.list_root(f"*{stem}*", 1)]
     assert names == [stored]
 
 
@@ -519,3 +526,57 @@ def test_copychunk_and_sparse_across_nodes(clients: tuple[Client, Client]) -> No
     assert b.open(f"cc-{stem}.copy").file_attributes & 0x200  # FILE_ATTRIBUTE_SPARSE_FILE
     for handle in (src, dst, locker, copy):
         handle.close()
+def test_times_attributes_eas_and_ids_set_through_node1_read_the_same_on_node2(
+    clients: tuple[Client, Client],
+) -> None:
+    """Everything FileBasicInformation sets is on the volume: a creation time of
+    1968, a write time past what ext4 holds (kept in the DOS xattr), a ChangeTime
+    (which POSIX cannot set) and attributes read back byte for byte through the
+    other node, as do extended attributes and the file ids (volume id + inode)."""
+    a, b = clients
+    name = f"times-{uuid.uuid4().hex}.txt"
+    created, written = smbinfo.filetime(-63158400), smbinfo.filetime(32503680000)
+    changed = smbinfo.filetime(int(time.time()) - 86400)
+    attrs = 0x02 | 0x04 | 0x20  # HIDDEN | SYSTEM | ARCHIVE
+    fa = a.open(name)
+    ea = struct.pack("<IBBH", 0, 0, 7, 5) + b"CHECKED\0" + b"value"
+    smbinfo.set_info(fa, smbinfo.FILE_FULL_EA, ea)
+    smbinfo.set_basic(fa, creation=created, write=written, change=changed, attributes=attrs)
+    classes = (
+        smbinfo.FILE_BASIC, smbinfo.FILE_NETWORK_OPEN, smbinfo.FILE_ALL, smbinfo.FILE_INTERNAL,
+        smbinfo.FILE_ID_INFORMATION, smbinfo.FILE_FULL_EA,
+    )  # fmt: skip
+    mine = [smbinfo.query_ok(fa, c) for c in classes]
+    fa.close()
+    fb = b.open(name)
+    assert [smbinfo.query_ok(fb, c) for c in classes] == mine
+    fb.close()
+    c, _a, w, ch, at = smbinfo.BASIC.unpack(mine[0])
+    assert (c, w, ch, at) == (created, written, changed, attrs)
+    assert mine[5] == ea
+    inode = struct.unpack("<Q", mine[3])[0]
+    assert struct.unpack_from("<Q", mine[4], 8)[0] == inode
+    (entry,) = b.list_root(name, 37)  # FileIdBothDirectoryInformation
+    assert entry["file_id"].get_value() == inode
+    assert entry["file_attributes"].get_value() == attrs
+
+
+def test_a_write_through_node1_moves_the_write_time_node2_sees_at_its_close(
+    clients: tuple[Client, Client],
+) -> None:
+    """Windows moves the write time later than the write (at close, or 2 s after the
+    first write); the volume holds what Windows would show, so node 2 sees it too."""
+    a, b = clients
+    name = f"wt-{uuid.uuid4().hex}.txt"
+    earlier = smbinfo.filetime(int(time.time()) - 3600)
+    setter = a.open(name)
+    smbinfo.set_basic(setter, write=earlier)
+    setter.close()
+    writer = a.open(name)
+    writer.write(b"through node 1", 0)
+    reader = b.open(name)
+    assert smbinfo.basic(reader)[2] == earlier
+    writer.close()
+    assert smbinfo.basic(reader)[2] > smbinfo.filetime(int(time.time()) - 60)
+    assert reader.read(0, 14) == b"through node 1"
+    reader.close()

@@ -345,6 +345,27 @@ def fs_query(info_class: int) -> bytes:
     return infoclass.query_fs_info(info_class, FakeVolume(), label="share")
 
 
+def test_output_buffer_rules() -> None:
+    """Below a class's structure size: INFO_LENGTH_MISMATCH; above it but short of
+    the answer: BUFFER_OVERFLOW with the bytes that fit (MS-FSA 2.1.5.12)."""
+    volume = infoclass.fs_volume(0x1234, "share")
+    fit = infoclass.fit_fs_output
+    assert status_of(fit, FsInfoClass.VOLUME, volume, 23) == Status.INFO_LENGTH_MISMATCH
+    assert fit(FsInfoClass.VOLUME, volume, 24) == (Status.BUFFER_OVERFLOW, volume[:24])
+    assert fit(FsInfoClass.VOLUME, volume, 100) == (Status.SUCCESS, volume)
+    basic = query(FileInfoClass.BASIC)
+    assert status_of(infoclass.fit_file_output, FileInfoClass.BASIC, basic, 39) == (
+        Status.INFO_LENGTH_MISMATCH
+    )
+    everything = query(FileInfoClass.ALL)
+    assert infoclass.fit_file_output(FileInfoClass.ALL, everything, 104) == (
+        Status.BUFFER_OVERFLOW, everything[:104]
+    )  # fmt: skip
+    assert status_of(infoclass.fit_file_output, FileInfoClass.ALL, everything, 103) == (
+        Status.INFO_LENGTH_MISMATCH
+    )
+
+
 def test_fs_volume_information() -> None:
     data = fs_query(FsInfoClass.VOLUME)
     assert len(data) == 18 + 10
@@ -378,8 +399,9 @@ def test_fs_device_and_attribute_information() -> None:
     assert a["FileSystemName"] == "NTFS".encode("utf-16-le")
     assert a["MaxFilenNameLengthInBytes"] == 255
     # case-sensitive search, case-preserved names, Unicode on disk, named streams
-    # (0x40000); no persistent ACLs (0x8), no sparse files (0x40).
-    assert a["FileSystemAttributes"] == 0x40007
+    # (0x40000), extended attributes (0x800000); no persistent ACLs (0x8), and
+    # sparse files (0x40) only where the caller says the volume keeps xattrs.
+    assert a["FileSystemAttributes"] == 0x840007
 
 
 def test_fs_object_id_and_sector_size() -> None:

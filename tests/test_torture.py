@@ -24,7 +24,9 @@ RUN_TORTURE = SHARED / "torture" / "run-torture.sh"
 # Samba's test-only FSCTL_SMBTORTURE controls are on, as in Samba's own test setup.
 NODE_ARGS: list[str] = ["--torture-hooks"]
 
-# A name may hold spaces (smb2.ioctl."copy-chunk streams"); a reason follows " [".
+# A name may hold spaces (smb2.ioctl."copy-chunk streams",
+# smb2.delete-on-close-perms.CREATE Existing); a failure's line ends with " ["
+# before its reason.
 _RESULT = re.compile(r"^(success|failure|error|skip|xfail): (.+?)(?: \[.*)?$")
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from oplock_bus import api as bus_api
 from oplock_bus.api import Operation
 
-from .. import durable, security, streams
+from .. import durable, eas, security, streams, writetime
 from ..context import Reply, RequestContext
 from ..protocol.constants import (
     FILE_ALL_ACCESS,
@@ -266,6 +266,8 @@ async def _open_file(
     tree = ctx.require_tree()
     fs = tree.fs
     assert fs is not None
+    ext_a = req.contexts.get(b"ExtA")
+    new_eas = eas.parse_full(ext_a) if ext_a is not None else None  # kept if it creates
     stream = streams.parse(fs, req.name, req.options)
     path, info = fs.lookup(req.name) if stream is None else (stream.path, stream.info)
     # A stream is checked against its file's descriptor and attributes.
@@ -298,6 +300,9 @@ async def _open_file(
             raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
     created = False
     if info is None:
+        if opts & CreateOptions.DELETE_ON_CLOSE and req.attributes & FileAttributes.READONLY:
+            # MS-FSA 2.1.5.1.2.1: refused before anything is created.
+            raise NtStatusError(Status.CANNOT_DELETE)
         is_dir = bool(opts & CreateOptions.DIRECTORY_FILE)
         try:
             if stream is not None:
@@ -422,10 +427,15 @@ async def _open_file(
             if not info.is_dir:
                 attrs |= FileAttributes.ARCHIVE  # NTFS marks new and rewritten files
             fs.set_attributes(path, attrs, is_dir=info.is_dir)
+            if new_eas is not None:
+                eas.write(path, eas.merged([], new_eas))
         info = fs.stat_fd(fd) if stream is None else stream.stat(fs, fd)
     except OSError as e:
         await node.close_open(op)
         raise NtStatusError(status_from_oserror(e)) from None
+    except NtStatusError:
+        await node.close_open(op)
+        raise
     if opts & CreateOptions.DELETE_ON_CLOSE:
         if info.attributes & FileAttributes.READONLY:
             await node.close_open(op)
@@ -625,6 +635,7 @@ async def handle_close(ctx: RequestContext) -> Reply:
             raise NtStatusError(Status.FILE_CLOSED)
     info: FileInfo | None = None
     if flags & CloseFlags.POSTQUERY_ATTRIB and op.fd >= 0 and op.tree.fs is not None:
+        writetime.closing(op)  # the times answered are those the file keeps
         try:
             info = streams.stat_open(op.tree.fs, op)
         except OSError:
@@ -646,6 +657,7 @@ async def finish_close(node: Node, op: Open) -> None:
     if op.notify is not None:
         op.notify.cleanup()
     delete = op.delete_on_close
+    writetime.closing(op)  # before the bus lets another open see the file
     if delete and await streams.defer_delete(node, op):
         delete = False  # the file's open streams keep it, delete-pending (MS-FSA)
     if op.file_key and op.bus_open_id:

@@ -7,16 +7,16 @@ import struct
 
 from oplock_bus.api import Operation
 
-from .. import security, sparse, streams
+from .. import eas, security, sparse, streams, writetime
 from ..context import Reply, RequestContext
 from ..notify import basic_info_mask
 from ..protocol import infoclass
 from ..protocol.constants import (
     AccessMask,
     CompletionFilter,
+    Dialect,
     FileAttributes,
     FileInfoClass,
-    FsInfoClass,
     InfoType,
     NtStatusError,
     Status,
@@ -31,32 +31,42 @@ _QUERY_RESP = struct.Struct("<HHI")
 _SET = struct.Struct("<HBBIHHIQQ")
 _SET_RESP = struct.pack("<H", 2)
 
-# Classes whose answer has a variable part: a short buffer gets what fits
-# with STATUS_BUFFER_OVERFLOW; any other class answers INFO_LENGTH_MISMATCH.
-_VARIABLE = {
-    (InfoType.FILE, FileInfoClass.ALL),
-    (InfoType.FILE, FileInfoClass.NAME),
-    (InfoType.FILE, FileInfoClass.STREAM),
-    (InfoType.FILE, FileInfoClass.NORMALIZED_NAME),
-    (InfoType.FILE, FileInfoClass.ALTERNATE_NAME),
-    (InfoType.FILESYSTEM, FsInfoClass.VOLUME),
-    (InfoType.FILESYSTEM, FsInfoClass.ATTRIBUTE),
-}
+# Classes any handle may query (MS-FSA 2.1.5.11; smbtorture smb2.getinfo.getinfo_access);
+# the others need FILE_READ_ATTRIBUTES, FileFullEaInformation FILE_READ_EA.
+_UNRESTRICTED = frozenset({
+    FileInfoClass.NAME, FileInfoClass.ACCESS, FileInfoClass.POSITION, FileInfoClass.MODE,
+    FileInfoClass.ALIGNMENT, FileInfoClass.NORMALIZED_NAME, FileInfoClass.INTERNAL,
+    FileInfoClass.EA, FileInfoClass.STANDARD, FileInfoClass.STREAM,
+    FileInfoClass.ALTERNATE_NAME, FileInfoClass.COMPRESSION,
+})  # fmt: skip
 
 
 async def handle_query_info(ctx: RequestContext) -> Reply:
     body = ctx.body
     check_size(body, 40, 41)
-    (_s, info_type, info_class, out_len, _in_off, _r, _in_len, additional, _flags, _p, _v) = (
+    (_s, info_type, info_class, out_len, in_off, _r, in_len, additional, flags, _p, _v) = (
         _QUERY.unpack_from(body)
     )
     op = ctx.open_at(24)
     if out_len > ctx.node.config.max_io_size:
         raise NtStatusError(Status.INVALID_PARAMETER)
     if info_type == InfoType.FILE:
-        data = _file_info(op, info_class)
+        if (
+            info_class == FileInfoClass.NORMALIZED_NAME
+            and ctx.conn.codec.dialect < Dialect.SMB3_1_1
+        ):
+            raise NtStatusError(Status.NOT_SUPPORTED)  # 3.1.1 only (MS-SMB2 3.3.5.20.1)
+        if info_class == FileInfoClass.FULL_EA:
+            start = in_off - 64
+            if in_len and (start < 40 or start + in_len > len(body)):
+                raise NtStatusError(Status.INVALID_PARAMETER)
+            status, data = _query_eas(op, bytes(body[start : start + in_len]), flags, out_len)
+            return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
+        status, data = infoclass.fit_file_output(info_class, _file_info(op, info_class), out_len)
+        return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
     elif info_type == InfoType.FILESYSTEM:
-        data = _fs_info(ctx, op, info_class)
+        status, data = infoclass.fit_fs_output(info_class, _fs_info(ctx, op, info_class), out_len)
+        return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
     elif info_type == InfoType.SECURITY:
         if op.pipe is not None:
             raise NtStatusError(Status.INVALID_PARAMETER)
@@ -68,13 +78,7 @@ async def handle_query_info(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.NOT_SUPPORTED)
     else:
         raise NtStatusError(Status.INVALID_PARAMETER)
-    status = Status.SUCCESS
-    if len(data) > out_len:
-        if (info_type, info_class) not in _VARIABLE:
-            raise NtStatusError(Status.INFO_LENGTH_MISMATCH)
-        data = data[:out_len]
-        status = Status.BUFFER_OVERFLOW
-    return Reply(status, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
+    return Reply(Status.SUCCESS, _QUERY_RESP.pack(9, 64 + 8, len(data)) + data)
 
 
 def _stat(op: Open) -> FileInfo:
@@ -92,20 +96,23 @@ def _file_info(op: Open, info_class: int) -> bytes:
         if info_class == FileInfoClass.STANDARD:
             return infoclass.file_standard(None, delete_pending=False, directory=False)
         raise NtStatusError(Status.INVALID_PARAMETER)
-    needs_attrs = info_class not in (
-        FileInfoClass.NAME, FileInfoClass.ACCESS, FileInfoClass.POSITION, FileInfoClass.MODE,
-        FileInfoClass.ALIGNMENT, FileInfoClass.NORMALIZED_NAME, FileInfoClass.INTERNAL,
-        FileInfoClass.EA, FileInfoClass.STANDARD, FileInfoClass.STREAM,
-    )  # fmt: skip
-    if needs_attrs and not op.access & AccessMask.FILE_READ_ATTRIBUTES:
-        raise NtStatusError(Status.ACCESS_DENIED)
+    if info_class == FileInfoClass.FULL_EA:
+        _require(op, AccessMask.FILE_READ_EA)
+    elif info_class not in _UNRESTRICTED:
+        _require(op, AccessMask.FILE_READ_ATTRIBUTES)
     if info_class == FileInfoClass.STREAM:
         try:
             return streams.stream_information(op)
         except OSError as e:
             raise NtStatusError(status_from_oserror(e)) from None
     info = _stat(op)
-    name = "\\" + op.smb_name if op.smb_name else "\\"
+    if info_class == FileInfoClass.NORMALIZED_NAME:
+        name = _normalized_name(op)
+    else:
+        name = "\\" + op.smb_name if op.smb_name else "\\"
+    ea_size = 0
+    if info_class in (FileInfoClass.EA, FileInfoClass.ALL):
+        ea_size = eas.ea_size(_read_eas(op))
     return infoclass.query_file_info(
         info_class,
         info,
@@ -114,7 +121,42 @@ def _file_info(op: Open, info_class: int) -> bytes:
         access=op.access,
         position=op.position,
         mode=op.mode,
+        ea_size=ea_size,
     )
+
+
+def _read_eas(op: Open) -> list[eas.Ea]:
+    try:
+        return eas.read(op.fd if op.fd >= 0 else op.host_path)
+    except OSError as e:
+        raise NtStatusError(status_from_oserror(e)) from None
+
+
+_SL_RETURN_SINGLE_ENTRY = 0x02
+
+
+def _query_eas(op: Open, wanted: bytes, flags: int, out_len: int) -> tuple[int, bytes]:
+    """FileFullEaInformation: the EAs named in the input buffer, else all of them, as
+    many whole ones as the buffer holds (no EA index is kept between queries)."""
+    if op.pipe is not None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    _require(op, AccessMask.FILE_READ_EA)
+    names = eas.parse_get(wanted)
+    found = eas.select(_read_eas(op), names) if names else _read_eas(op)
+    if not found:
+        raise NtStatusError(Status.NO_EAS_ON_FILE)
+    if flags & _SL_RETURN_SINGLE_ENTRY:
+        found = found[:1]
+    return eas.fit(found, out_len)
+
+
+def _normalized_name(op: Open) -> str:
+    """FileNormalizedNameInformation: the path from the share root as the volume
+    spells it, whatever case the client opened it with; empty for the root."""
+    fs = op.tree.fs
+    assert fs is not None
+    rel = os.path.relpath(op.host_path, fs.root)
+    return "" if rel == "." else rel.replace("/", "\\")
 
 
 def _fs_info(ctx: RequestContext, op: Open, info_class: int) -> bytes:
@@ -170,7 +212,9 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             basic = infoclass.parse_basic(buf)
             if op.is_dir and basic.file_attributes & FileAttributes.TEMPORARY:
                 raise NtStatusError(Status.INVALID_PARAMETER)  # as NTFS refuses it
+            writetime.update_now(op)  # even all-zero times flush a due one (Windows)
             fs.set_basic(op.host_path, basic, fd=op.fd, is_dir=op.is_dir)
+            writetime.basic_set(op, basic)
             mask = basic_info_mask(basic)
             ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir, mask)
         elif info_class == FileInfoClass.RENAME:
@@ -193,7 +237,7 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             _require(op, AccessMask.FILE_WRITE_DATA)
             size = infoclass.parse_end_of_file(buf)
             await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE))
-            os.ftruncate(op.fd, size)
+            writetime.set_end_of_file(op, size)
             ctx.node.notify_change(op.tree, op.host_path, "modified", False)
         elif info_class == FileInfoClass.ALLOCATION:
             _require(op, AccessMask.FILE_WRITE_DATA)
@@ -201,14 +245,19 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
             # Any allocation change breaks others' caching, growing or not (smb2.oplock.batch12).
             await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.SET_SIZE))
             if size < os.fstat(op.fd).st_size:
-                os.ftruncate(op.fd, size)
+                writetime.set_end_of_file(op, size)
                 ctx.node.notify_change(op.tree, op.host_path, "modified", False)
         elif info_class == FileInfoClass.POSITION:
             op.position = infoclass.parse_position(buf)
         elif info_class == FileInfoClass.MODE:
             op.mode = infoclass.parse_mode(buf)
-        elif info_class in (FileInfoClass.FULL_EA,):
-            raise NtStatusError(Status.EAS_NOT_SUPPORTED)
+        elif info_class == FileInfoClass.FULL_EA:
+            _require(op, AccessMask.FILE_WRITE_EA)
+            changes = eas.parse_full(buf)
+            target = op.fd if op.fd >= 0 else op.host_path
+            eas.write(target, eas.merged(eas.read(target), changes))
+            ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir,
+                                   CompletionFilter.EA)  # fmt: skip
         else:
             raise NtStatusError(Status.INVALID_INFO_CLASS)
     except OSError as e:

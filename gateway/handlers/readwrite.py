@@ -7,6 +7,7 @@ import struct
 
 from oplock_bus.api import Operation
 
+from .. import writetime
 from ..context import Reply, RequestContext
 from ..protocol.constants import AccessMask, NtStatusError, Status
 from ..protocol.wire import check_size
@@ -99,7 +100,7 @@ async def handle_write(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.FILE_LOCK_CONFLICT)
     await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.WRITE))
     try:
-        written = os.pwrite(op.fd, data, offset) if length else 0
+        written = writetime.write(op, data, offset) if length else 0
     except OSError as e:
         raise NtStatusError(status_from_oserror(e)) from None
     ctx.node.notify_change(op.tree, op.host_path, "modified", False)
@@ -114,6 +115,7 @@ async def handle_flush(ctx: RequestContext) -> Reply:
             raise NtStatusError(Status.ACCESS_DENIED)
         try:
             os.fsync(op.fd)
+            writetime.update_now(op)
         except OSError as e:
             raise NtStatusError(status_from_oserror(e)) from None
     return Reply(Status.SUCCESS, struct.pack("<HH", 4, 0))

@@ -76,6 +76,63 @@ def _u16(s: str) -> bytes:
     return s.encode("utf-16-le")
 
 
+# -- QUERY_INFO output buffer sizes -------------------------------------------------------
+
+# The smallest OutputBufferLength each class accepts: the Windows structure size,
+# a one-character name included and rounded up to the structure's alignment
+# (MS-FSA 2.1.5.11/2.1.5.12 "BlockAlign(sizeof(...))"; smbtorture
+# smb2.getinfo.q*_buffercheck). Less is INFO_LENGTH_MISMATCH; an answer longer than
+# a buffer at least this big is cut to it with STATUS_BUFFER_OVERFLOW.
+_MIN_FILE_OUTPUT: dict[int, int] = {
+    FileInfoClass.BASIC: 40,
+    FileInfoClass.STANDARD: 24,
+    FileInfoClass.INTERNAL: 8,
+    FileInfoClass.EA: 4,
+    FileInfoClass.ACCESS: 4,
+    FileInfoClass.NAME: 8,
+    FileInfoClass.POSITION: 8,
+    FileInfoClass.MODE: 4,
+    FileInfoClass.ALIGNMENT: 4,
+    FileInfoClass.ALL: 104,
+    FileInfoClass.ALTERNATE_NAME: 8,
+    FileInfoClass.STREAM: 32,
+    FileInfoClass.COMPRESSION: 16,
+    FileInfoClass.NETWORK_OPEN: 56,
+    FileInfoClass.ATTRIBUTE_TAG: 8,
+    FileInfoClass.NORMALIZED_NAME: 8,
+    FileInfoClass.ID_INFORMATION: 24,
+}
+_MIN_FS_OUTPUT: dict[int, int] = {
+    FsInfoClass.VOLUME: 24,
+    FsInfoClass.SIZE: 24,
+    FsInfoClass.DEVICE: 8,
+    FsInfoClass.ATTRIBUTE: 16,
+    FsInfoClass.CONTROL: 48,
+    FsInfoClass.FULL_SIZE: 32,
+    FsInfoClass.OBJECT_ID: 64,
+    FsInfoClass.SECTOR_SIZE: 28,
+}
+
+
+def fit_output(data: bytes, out_len: int, minimum: int) -> tuple[int, bytes]:
+    """(status, bytes) of an answer for a client buffer of ``out_len`` bytes."""
+    if out_len < minimum:
+        raise NtStatusError(Status.INFO_LENGTH_MISMATCH)
+    if len(data) > out_len:
+        return Status.BUFFER_OVERFLOW, data[:out_len]
+    return Status.SUCCESS, data
+
+
+def fit_file_output(info_class: int, data: bytes, out_len: int) -> tuple[int, bytes]:
+    """``fit_output`` for a file class; a class not listed is all fixed."""
+    return fit_output(data, out_len, _MIN_FILE_OUTPUT.get(info_class, len(data)))
+
+
+def fit_fs_output(info_class: int, data: bytes, out_len: int) -> tuple[int, bytes]:
+    """``fit_output`` for a file-system class; a class not listed is all fixed."""
+    return fit_output(data, out_len, _MIN_FS_OUTPUT.get(info_class, len(data)))
+
+
 # -- QUERY_INFO, file classes (MS-FSCC 2.4) --------------------------------------------
 
 
@@ -109,9 +166,9 @@ def file_internal(info: FileInfo) -> bytes:
     return _U64.pack(info.inode)
 
 
-def file_ea() -> bytes:
-    """FileEaInformation (2.4.13): no extended attributes are exposed."""
-    return _U32.pack(0)
+def file_ea(ea_size: int = 0) -> bytes:
+    """FileEaInformation (2.4.13): the size of the file's EAs (``gateway.eas``)."""
+    return _U32.pack(ea_size)
 
 
 def file_access(access: int) -> bytes:
@@ -146,15 +203,16 @@ def file_alternate_name(short_name: str) -> bytes:
 
 
 def file_all(
-    info: FileInfo, *, name: str, delete_pending: bool, access: int, position: int, mode: int
-) -> bytes:
+    info: FileInfo, *, name: str, delete_pending: bool, access: int, position: int, mode: int,
+    ea_size: int = 0,
+) -> bytes:  # fmt: skip
     """FileAllInformation (2.4.2): basic, standard, internal, EA, access, position,
     mode, alignment, name; 100 bytes and the name."""
     raw = _u16(name)
     return b"".join((
         file_basic(info),
         file_standard(info, delete_pending=delete_pending, directory=info.is_dir),
-        _ALL_MIDDLE.pack(info.inode, 0, access, position, mode, 0),
+        _ALL_MIDDLE.pack(info.inode, ea_size, access, position, mode, 0),
         _U32.pack(len(raw)),
         raw,
     ))  # fmt: skip
@@ -219,6 +277,7 @@ def query_file_info(
     position: int,
     mode: int,
     short_name: str | None = None,
+    ea_size: int = 0,
 ) -> bytes:
     """The bytes of one file information class for QUERY_INFO.
 
@@ -237,7 +296,7 @@ def query_file_info(
     if c == FileInfoClass.INTERNAL:
         return file_internal(info)
     if c == FileInfoClass.EA:
-        return file_ea()
+        return file_ea(ea_size)
     if c == FileInfoClass.ACCESS:
         return file_access(access)
     if c == FileInfoClass.POSITION:
@@ -251,7 +310,7 @@ def query_file_info(
     if c == FileInfoClass.ALL:
         return file_all(
             info, name=name, delete_pending=delete_pending, access=access,
-            position=position, mode=mode,
+            position=position, mode=mode, ea_size=ea_size,
         )  # fmt: skip
     if c == FileInfoClass.ALTERNATE_NAME:
         if short_name is None:
@@ -434,9 +493,13 @@ def fs_device() -> bytes:
     return _FS_DEVICE.pack(FILE_DEVICE_DISK, FILE_DEVICE_IS_MOUNTED)
 
 
+FILE_SUPPORTS_EXTENDED_ATTRIBUTES = 0x00800000
+
+
 def fs_attribute(extra: int = 0) -> bytes:
-    """FileFsAttributeInformation (2.5.1); ``extra`` adds what the volume supports."""
-    attributes = FS_ATTRIBUTES | extra
+    """FileFsAttributeInformation (2.5.1); extended attributes are kept (``gateway.eas``),
+    ``extra`` adds what the volume supports."""
+    attributes = FS_ATTRIBUTES | FILE_SUPPORTS_EXTENDED_ATTRIBUTES | extra
     return _FS_ATTRIBUTE.pack(attributes, MAX_COMPONENT_LENGTH, len(FS_NAME_UTF16)) + FS_NAME_UTF16
 
 

@@ -1,0 +1,183 @@
+"""LastWriteTime moved the way Windows moves it, on a POSIX volume shared by nodes.
+
+A POSIX write moves the inode's mtime at once. Windows does not (smbtorture
+smb2.timestamps.delayed-*, tested against Windows by Samba): through one handle,
+the write time becomes the current time about 2 s after the handle's first
+write, later writes leave it due until the handle is closed, and FLUSH or
+SET_INFO (end of file, allocation, basic information) set a due one at once. A
+handle whose client set LastWriteTime, or froze it with -1, never moves it
+(MS-FSA 2.1.5.14.2, Open.UserSetModificationTime); -2 thaws it. ChangeTime
+likewise (Open.UserSetChangeTime): a write through a handle whose client set or
+froze it shows the ChangeTime it showed before.
+
+What clients read is on the volume at every moment: a WRITE puts back the mtime
+the file had before it (``os.utime`` on the descriptor), so another node
+reading the inode sees what Windows would show. Only the bookkeeping of a
+handle is kept in the node's memory (``HandleTimes``: whether an update is due
+through it, its timer, the frozen flags), as it belongs to that handle alone.
+If the node dies with an update due, the update is lost and the file keeps the
+write time clients last read.
+
+A due update gives way to a write time a client set meanwhile through another
+handle, on any node (the DOS xattr marks a client-set mtime, see
+``ShareFS.write_time_set_by_client``): Windows keeps such a time against other
+handles' pending updates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .protocol.infoclass import BasicInfo
+    from .state import Open
+
+log = logging.getLogger(__name__)
+
+# Seconds from a handle's first write to its write-time update (Windows and
+# Samba: 2 s).
+WRITE_TIME_DELAY = 2.0
+_FREEZE = 0xFFFFFFFFFFFFFFFF  # -1: stop updating through this handle
+_THAW = 0xFFFFFFFFFFFFFFFE  # -2: resume
+
+
+@dataclass(slots=True, eq=False)
+class HandleTimes:
+    """What one handle owes the file's times (kept in ``Open.times``)."""
+
+    user_set_write: bool = False
+    user_set_change: bool = False
+    due: bool = False  # a write through this handle has not moved the write time yet
+    triggered: bool = False  # the first write's delayed update is scheduled or done
+    left_mtime_ns: int = 0  # the mtime this handle's last write put back
+    timer: asyncio.TimerHandle | None = None
+
+
+def _times(op: Open) -> HandleTimes:
+    if op.times is None:
+        op.times = HandleTimes()
+    times: HandleTimes = op.times
+    return times
+
+
+def _now_ns() -> int:
+    return time.time_ns() // 100 * 100  # FILETIME resolution, so it reads back exactly
+
+
+def write(op: Open, data: bytes | memoryview, offset: int) -> int:
+    """pwrite through ``op`` that leaves the file's times as Windows would show them."""
+    fd = op.fd
+    times = op.times
+    before = os.fstat(fd)
+    keep_change = 0
+    fs = op.tree.fs
+    if times is not None and times.user_set_change and fs is not None:
+        keep_change = fs.stat_fd(fd).change_time
+    written = os.pwrite(fd, data, offset)
+    _set_times(op, before.st_atime_ns, before.st_mtime_ns)
+    if keep_change and fs is not None:
+        fs.keep_change_time(op.host_path, keep_change)
+    times = _times(op)
+    if not times.user_set_write:
+        times.due = True
+        times.left_mtime_ns = before.st_mtime_ns
+        if not times.triggered:
+            times.triggered = True
+            times.timer = asyncio.get_running_loop().call_later(WRITE_TIME_DELAY, _fire, op)
+    return written
+
+
+def _set_times(op: Open, atime_ns: int, mtime_ns: int) -> None:
+    """futimens; where the node may not set times on the file (it runs unprivileged
+    and another user owns it) the inode keeps what the write gave it."""
+    try:
+        os.utime(op.fd, ns=(atime_ns, mtime_ns))
+    except PermissionError as e:
+        log.debug("times of %s not set: %s", op.host_path, e)
+
+
+def _fire(op: Open) -> None:
+    if op.times is not None:
+        op.times.timer = None
+    if op.closed or op.fd < 0:
+        return
+    try:
+        update_now(op)
+    except OSError as e:
+        log.debug("delayed write time of %s not set: %s", op.host_path, e)
+
+
+def update_now(op: Open) -> None:
+    """Set a write time due through ``op`` to now (FLUSH, SET_INFO, its timer, CLOSE)."""
+    times = op.times
+    if times is None or not times.due:
+        return
+    times.due = False
+    if times.timer is not None:
+        times.timer.cancel()
+        times.timer = None
+    if times.user_set_write or op.fd < 0:
+        return
+    st = os.fstat(op.fd)
+    fs = op.tree.fs
+    if (
+        st.st_mtime_ns != times.left_mtime_ns
+        and fs is not None
+        and fs.write_time_set_by_client(op.fd, st.st_mtime_ns)
+    ):
+        return  # a client set the write time since this handle's write: it stays
+    _set_times(op, st.st_atime_ns, _now_ns())
+
+
+def closing(op: Open) -> None:
+    """A handle goes: its due update is made now, its timer dropped."""
+    times = op.times
+    if times is None:
+        return
+    try:
+        update_now(op)
+    except OSError as e:
+        log.debug("write time of %s not set at close: %s", op.host_path, e)
+    if times.timer is not None:
+        times.timer.cancel()
+        times.timer = None
+
+
+def set_end_of_file(op: Open, size: int) -> None:
+    """ftruncate through ``op``: the write time moves at once (Windows), unless the
+    handle's client set or froze it."""
+    before = os.fstat(op.fd)
+    os.ftruncate(op.fd, size)
+    times = _times(op)
+    if times.user_set_write:
+        _set_times(op, before.st_atime_ns, before.st_mtime_ns)
+        return
+    times.due = False
+    times.triggered = True  # later writes wait for CLOSE, as after the delayed update
+    if times.timer is not None:
+        times.timer.cancel()
+        times.timer = None
+    _set_times(op, before.st_atime_ns, _now_ns())
+
+
+def basic_set(op: Open, basic: BasicInfo) -> None:
+    """The handle's flags after SET_INFO FileBasicInformation (MS-FSA 2.1.5.14.2):
+    a time set or frozen (-1) stops updates through the handle, -2 resumes them."""
+    times = _times(op)
+    times.user_set_write = _user_set(basic.last_write_time, times.user_set_write)
+    times.user_set_change = _user_set(basic.change_time, times.user_set_change)
+    if times.user_set_write:
+        times.due = False
+
+
+def _user_set(value: int, current: bool) -> bool:
+    if value == _THAW:
+        return False
+    if value == 0:
+        return current
+    return True  # -1, or an explicit time
