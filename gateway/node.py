@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("smbgw.node")
 
 NOTIFY_TOPIC = "notify"
+SESSION_TOPIC = "previous-session"
 _OPLOCK_BREAK = struct.Struct("<HBBIQQ")
 _LEASE_BREAK = struct.Struct("<HHI16sIIIII")
 LEASE_BREAK_ACK_REQUIRED = 0x01
@@ -60,6 +61,7 @@ class Node:
         # Registered before the bus starts, so it listens before we serve.
         self.bus.register_node(self.node_id, self.deliver_break)
         self.bus.on_broadcast(NOTIFY_TOPIC, self._remote_change)
+        self.bus.on_broadcast(SESSION_TOPIC, self._remote_previous_session)
         if hasattr(self.bus, "fence_handler"):
             self.bus.fence_handler = self._fenced
         await self.bus.start()
@@ -162,15 +164,39 @@ class Node:
             old = conn.sessions.get(session_id)
             if old is None or old is successor:
                 continue
-            if (old.username.lower(), old.domain.lower()) != (
-                successor.username.lower(),
-                successor.domain.lower(),
-            ):
+            if not _same_user(old, successor.username, successor.domain):
                 return  # another user's session id: leave it alone
             await self.logoff(conn, old, lost=True)
             forget(self, old)
             log.info("session %#x replaced by %#x", session_id, successor.session_id)
             return
+        # Not here: a client failing over from another node names the session
+        # it had there, whose opens and locks that node may still hold.
+        payload = {"session": session_id, "user": successor.username,
+                   "domain": successor.domain, "by": successor.session_id}  # fmt: skip
+        try:
+            await self.bus.broadcast(SESSION_TOPIC, payload)
+        except Exception as e:  # noqa: BLE001 - the old session then ends with its transport
+            log.warning("session %#x not ended on the other nodes: %s", session_id, e)
+
+    def _remote_previous_session(self, payload: dict[str, Any]) -> None:
+        """Another node's new session replaces one of ours (MS-SMB2 3.3.5.5.3)."""
+        try:
+            sid = int(payload["session"])
+            user, domain = str(payload["user"]), str(payload["domain"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("malformed session replacement from the bus: %r", payload)
+            return
+        old = self.sessions.get(sid)
+        if old is None or not old.channels or not _same_user(old, user, domain):
+            return
+        conn = next(iter(old.channels))
+        # Unknown from now on, before the client's next request reaches us.
+        forget(self, old)
+        task = asyncio.get_running_loop().create_task(self.logoff(conn, old, lost=True))
+        self._broadcasts.add(task)
+        task.add_done_callback(self._broadcasts.discard)
+        log.info("session %#x replaced by %#x on another node", sid, payload.get("by", 0))
 
     def set_lease_state(
         self, client_guid: bytes, lease_key: bytes, state: int, epoch: int | None
@@ -281,3 +307,7 @@ def _handler_table() -> dict[int, Handler]:
         Command.SET_INFO: info.handle_set_info,
         Command.OPLOCK_BREAK: oplock.handle_oplock_break,
     }
+
+
+def _same_user(session: Session, user: str, domain: str) -> bool:
+    return (session.username.lower(), session.domain.lower()) == (user.lower(), domain.lower())
