@@ -10,12 +10,14 @@ can release the wait.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from .channels import drop_connection, foreign_session, key_for, observe_reply
+from .compound import ChainState, is_error
 from .context import Reply, RequestContext
 from .protocol import crypto, wire
 from .protocol.constants import (
@@ -78,6 +80,7 @@ class SmbConnection:
         self._async_ids = itertools.count(1)
         self.pending: dict[int, tuple[RequestContext, asyncio.Task[Reply]]] = {}
         self.pending_by_mid: dict[int, int] = {}
+        self._chain_tasks: set[asyncio.Task[None]] = set()
         self.closed = False
 
     # -- identifiers -------------------------------------------------------
@@ -111,6 +114,9 @@ class SmbConnection:
         self.closed = True
         for _ctx, task in list(self.pending.values()):
             task.cancel()
+        for rest in list(self._chain_tasks):
+            if rest is not asyncio.current_task():
+                rest.cancel()
         await drop_connection(self)
         try:
             self.writer.close()
@@ -177,39 +183,46 @@ class SmbConnection:
             chain = wire.split_messages(frame)
         except NtStatusError as e:
             raise Disconnect(str(e)) from None
+        run = _ChainRun(chain, encrypted_session)
+        await self._process_chain(run, 0)
+
+    async def _process_chain(self, run: _ChainRun, start: int) -> None:
+        """Handle the requests of a chain from ``start`` on and send their replies.
+
+        A request that goes async while related requests follow it splits the
+        chain (as Windows does for a CREATE waiting for a break): the replies
+        so far and its interim reply are sent, and the rest of the chain runs
+        once it completes, while this connection goes on reading.
+        """
         replies: list[tuple[Header, bytes, KeyedSession | None]] = []
-        related_fid: tuple[int, int] | None = None
-        last_session: Session | None = None
-        last_tree: TreeConnect | None = None
-        last_status: int = Status.SUCCESS
-        encrypt_for = encrypted_session
-        for index, (hdr, body, raw) in enumerate(chain):
-            is_last = index == len(chain) - 1
+        state = run.state
+        chain = run.chain
+        for index in range(start, len(chain)):
+            hdr, body, raw = chain[index]
             if hdr.command == Command.CANCEL:
                 self._cancel(hdr)
                 continue
+            state.begin(hdr)
             if index == 0 and hdr.is_related:
                 # MS-SMB2 3.3.5.2.7.2: the first request of a chain cannot be related.
+                state.lookup_failed()
                 reply_hdr = self._reply_header(hdr, Status.INVALID_PARAMETER)
                 replies.append((reply_hdr, error_body(), None))
                 continue
-            ctx_session = last_session if hdr.is_related else None
-            ctx_tree = last_tree if hdr.is_related else None
             try:
-                if hdr.is_related and last_status != Status.SUCCESS:
-                    raise NtStatusError(last_status)
-                session = self._session_for(hdr, ctx_session, raw, encrypted_session)
-                tree = self._tree_for(hdr, session, ctx_tree)
+                session = self._session_for(hdr, state, raw, run.encrypted_session)
+                tree = self._tree_for(hdr, session, state)
             except NtStatusError as e:
-                session = ctx_session
+                session = state.session if hdr.is_related else None
+                state.lookup_failed()
                 reply_hdr = self._reply_header(hdr, e.status)
                 signer = self._signer(hdr, session)
                 _echo_signature(reply_hdr, hdr, signer)
                 replies.append((reply_hdr, error_body(), signer))
-                last_status = e.status
                 continue
-            if session is not None and session.encrypt_data and encrypt_for is None:
-                encrypt_for = session if encrypted_session is not None else None
+            if session is not None and session.encrypt_data and run.encrypt_for is None:
+                run.encrypt_for = session if run.encrypted_session is not None else None
+            following = chain[index + 1][0] if index + 1 < len(chain) else None
             ctx = RequestContext(
                 self,
                 hdr,
@@ -217,49 +230,73 @@ class SmbConnection:
                 raw,
                 session=session,
                 tree=tree,
-                related_file_id=related_fid if hdr.is_related else None,
-                encrypted=encrypted_session is not None,
-                allow_async=is_last,
+                related_file_id=state.file_id if hdr.is_related else None,
+                encrypted=run.encrypted_session is not None,
+                related_follows=following is not None and following.is_related,
+                related_error=state.create_error if hdr.is_related else None,
             )
-            reply = await self._run_handler(ctx, replies, encrypt_for)
+            reply = await self._run_handler(ctx, replies)
             if reply is None:  # went async; the interim reply was queued
-                continue
-            if reply.file_id is not None:
-                related_fid = reply.file_id
-            elif ctx.used_file_id is not None:
-                related_fid = ctx.used_file_id
-            last_session = ctx.session
-            last_tree = ctx.tree
-            last_status = reply.status if _is_error(reply.status) else Status.SUCCESS
+                task = self.pending[ctx.async_id][1]
+                if not ctx.related_follows:
+                    task.add_done_callback(
+                        functools.partial(self._finish_async, ctx, encrypt_for=run.encrypt_for)
+                    )
+                    continue
+                self._send_chain(replies, run.encrypt_for)
+                await self.drain()
+                rest = asyncio.get_running_loop().create_task(
+                    self._resume_chain(run, index, ctx, task)
+                )
+                self._chain_tasks.add(rest)
+                rest.add_done_callback(self._chain_tasks.discard)
+                return
+            state.after(hdr, ctx, reply, self.sessions)
             reply_hdr = self._reply_header(hdr, reply.status, ctx.session)
             body_out = reply.body if reply.body else error_body()
             signer = self._signer(hdr, ctx.session, reply.status)
             _echo_signature(reply_hdr, hdr, signer)
             replies.append((reply_hdr, body_out, signer))
+        self._send_chain(replies, run.encrypt_for)
+        await self.drain()
+
+    async def _resume_chain(
+        self, run: _ChainRun, index: int, ctx: RequestContext, task: asyncio.Task[Reply]
+    ) -> None:
+        await asyncio.wait({task})
+        reply = self._finish_async(ctx, task, encrypt_for=run.encrypt_for)
+        if reply is None:
+            return
+        run.state.after(ctx.header, ctx, reply, self.sessions)
+        try:
+            await self._process_chain(run, index + 1)
+        except (Disconnect, wire.WireError) as e:
+            log.info("%s: disconnecting: %s", self.peer, e)
+            await self.teardown()
+
+    def _send_chain(
+        self, replies: list[tuple[Header, bytes, KeyedSession | None]], encrypt_for: Session | None
+    ) -> None:
         if replies:
             self.send_messages(replies, encrypt_for)
-            await self.drain()
+            replies.clear()
 
     async def _run_handler(
-        self,
-        ctx: RequestContext,
-        replies: list[tuple[Header, bytes, KeyedSession | None]],
-        encrypt_for: Session | None,
+        self, ctx: RequestContext, replies: list[tuple[Header, bytes, KeyedSession | None]]
     ) -> Reply | None:
         handler = self.node.handlers.get(ctx.header.command)
         if handler is None:
             return Reply(Status.INVALID_PARAMETER)
         loop = asyncio.get_running_loop()
         went_async: asyncio.Future[int] = loop.create_future()
-        if ctx.allow_async:
-            ctx._went_async = went_async
+        ctx._went_async = went_async
         task = loop.create_task(_guarded(handler, ctx))
         waiters: set[asyncio.Future[Any]] = {task, went_async}
         await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             went_async.cancel()
             return task.result()
-        # The handler went async: queue the interim reply and finish later.
+        # The handler went async: queue the interim reply; the caller finishes it.
         async_id = went_async.result()
         hdr = ctx.header
         self.pending[async_id] = (ctx, task)
@@ -268,22 +305,22 @@ class SmbConnection:
         interim.flags |= HeaderFlags.ASYNC_COMMAND
         interim.async_id = async_id
         replies.append((interim, error_body(), self._signer(hdr, ctx.session)))
-        task.add_done_callback(lambda t: self._finish_async(ctx, t, encrypt_for))
         return None
 
     def _finish_async(
-        self, ctx: RequestContext, task: asyncio.Task[Reply], encrypt_for: Session | None
-    ) -> None:
+        self, ctx: RequestContext, task: asyncio.Task[Reply], *, encrypt_for: Session | None
+    ) -> Reply | None:
+        """Send the final reply of a request that went async; None if there is none."""
         self.pending.pop(ctx.async_id, None)
         self.pending_by_mid.pop(ctx.header.message_id, None)
         if self.closed:
-            return
+            return None
         if task.cancelled():
             reply = Reply(Status.CANCELLED)
         elif task.exception() is not None:
             log.info("%s: disconnecting: %s", self.peer, task.exception())
             asyncio.get_running_loop().create_task(self.teardown())
-            return
+            return None
         else:
             reply = task.result()
         # Credits were granted with the interim reply.
@@ -293,6 +330,7 @@ class SmbConnection:
         body = reply.body if reply.body else error_body()
         signer = self._signer(ctx.header, ctx.session, reply.status)
         self.send_messages([(hdr, body, signer)], encrypt_for)
+        return reply
 
     def _cancel(self, hdr: Header) -> None:
         if hdr.is_async:
@@ -342,7 +380,7 @@ class SmbConnection:
     def _session_for(
         self,
         hdr: Header,
-        related: Session | None,
+        chain: ChainState,
         raw: bytes,
         encrypted_session: Session | None,
     ) -> Session | None:
@@ -350,8 +388,9 @@ class SmbConnection:
             return None
         if hdr.command == Command.SESSION_SETUP and hdr.session_id == 0:
             return None
-        session = related
-        if session is None or (hdr.session_id not in (0, 0xFFFFFFFFFFFFFFFF)):
+        if hdr.is_related:
+            session: Session | None = chain.related_session(self.sessions)
+        else:
             session = self.sessions.get(hdr.session_id)
         if session is None:
             if hdr.command == Command.SESSION_SETUP:
@@ -378,12 +417,12 @@ class SmbConnection:
         return session
 
     def _tree_for(
-        self, hdr: Header, session: Session | None, related: TreeConnect | None
+        self, hdr: Header, session: Session | None, chain: ChainState
     ) -> TreeConnect | None:
         if hdr.command in _NO_TREE or session is None:
             return None
-        if related is not None and hdr.tree_id in (0, 0xFFFFFFFF, related.tree_id):
-            return related
+        if hdr.is_related:
+            return chain.related_tree(session)
         tree = session.trees.get(hdr.tree_id)
         if tree is None:
             raise NtStatusError(Status.NETWORK_NAME_DELETED)
@@ -423,8 +462,18 @@ async def _guarded(handler: Handler, ctx: RequestContext) -> Reply:
         return Reply(Status.INTERNAL_ERROR)
 
 
-def _is_error(status: int) -> bool:
-    return (status >> 30) == 3
+class _ChainRun:
+    """One received chain of requests, possibly handled in several parts."""
+
+    __slots__ = ("chain", "encrypted_session", "encrypt_for", "state")
+
+    def __init__(
+        self, chain: list[tuple[Header, bytes, bytes]], encrypted_session: Session | None
+    ) -> None:
+        self.chain = chain
+        self.encrypted_session = encrypted_session
+        self.encrypt_for = encrypted_session
+        self.state = ChainState()
 
 
 def _echo_signature(reply: Header, req: Header, signer: KeyedSession | None) -> None:
@@ -432,6 +481,6 @@ def _echo_signature(reply: Header, req: Header, signer: KeyedSession | None) -> 
     unknown here, its signature wrong): the reply keeps SMB2_FLAGS_SIGNED and the
     request's signature, as Windows and Samba answer. Clients that sign skip the
     check for such statuses but require the flag."""
-    if signer is None and req.is_signed and _is_error(reply.status):
+    if signer is None and req.is_signed and is_error(reply.status):
         reply.flags |= HeaderFlags.SIGNED
         reply.signature = req.signature

@@ -33,7 +33,8 @@ class RequestContext:
 
     __slots__ = (
         "conn", "node", "header", "body", "raw", "session", "tree", "related_file_id",
-        "encrypted", "async_id", "_went_async", "allow_async", "used_file_id",
+        "encrypted", "async_id", "_went_async", "related_follows", "used_file_id",
+        "related_error",
     )  # fmt: skip
 
     def __init__(
@@ -47,7 +48,8 @@ class RequestContext:
         tree: TreeConnect | None,
         related_file_id: tuple[int, int] | None,
         encrypted: bool,
-        allow_async: bool,
+        related_follows: bool = False,
+        related_error: int | None = None,
     ) -> None:
         self.conn = conn
         self.node: Node = conn.node
@@ -59,7 +61,12 @@ class RequestContext:
         self.related_file_id = related_file_id
         self.encrypted = encrypted
         self.async_id = 0
-        self.allow_async = allow_async
+        # A related request of the same compound follows and waits for this
+        # one: a wait that may never end must fail instead of going async.
+        self.related_follows = related_follows
+        # What the all-ones FileId resolves to when no handle precedes it:
+        # the status of a CREATE of the chain that failed.
+        self.related_error = related_error
         self._went_async: asyncio.Future[int] | None = None
         self.used_file_id: tuple[int, int] | None = None
 
@@ -82,7 +89,8 @@ class RequestContext:
         pid, vid = _FILE_ID.unpack_from(self.body, offset)
         if pid == RELATED_FILE_ID and vid == RELATED_FILE_ID:
             if self.related_file_id is None:
-                raise NtStatusError(Status.INVALID_PARAMETER, "no related FileId")
+                # Outside a related run it names no handle (smb2.compound.unrelated1).
+                raise NtStatusError(self.related_error or Status.FILE_CLOSED, "no related FileId")
             return self.related_file_id
         return pid, vid
 

@@ -666,19 +666,31 @@ class ShareFS:
                     if not listable(name):
                         continue
                     try:
-                        if entry.is_symlink():
-                            real = os.path.realpath(entry.path)
-                            if not self.inside(real):
-                                continue
-                            st = os.stat(real)
-                        else:
-                            st = entry.stat(follow_symlinks=False)
+                        st = self._listed_stat(entry.path, entry.stat(follow_symlinks=False))
+                        if st is None:
+                            continue
                         out.append((name, info(st, entry.path)))
                     except OSError:
                         continue  # gone between readdir and stat
         except OSError as e:
             raise FsError.from_oserror(e) from None
         return out
+
+    def _listed_stat(self, path: str, st: os.stat_result) -> os.stat_result | None:
+        """What a listing shows for an entry of lstat ``st``: a symlink's target,
+        None for a symlink leading out of the share."""
+        if not stat.S_ISLNK(st.st_mode):
+            return st
+        real = os.path.realpath(path)
+        return os.stat(real) if self.inside(real) else None
+
+    def listed_entry(self, path: str) -> FileInfo | None:
+        """One entry as ``listdir`` shows it now, None if it is gone or not listable."""
+        try:
+            st = self._listed_stat(path, os.lstat(path))
+            return None if st is None else self._info(st, path)
+        except OSError:
+            return None
 
     def listdir_names(self, path: str) -> list[str]:
         try:

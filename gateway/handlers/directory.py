@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import struct
+from collections.abc import Iterator
 
 from ..context import Reply, RequestContext
 from ..protocol import infoclass
 from ..protocol.constants import AccessMask, NtStatusError, QueryDirectoryFlags, Status
 from ..protocol.wire import check_size
-from ..vfs import wildcard_match
+from ..vfs import FileInfo, ShareFS, wildcard_match
 
 _REQ = struct.Struct("<HBBIQQHHI")
 _RESP = struct.Struct("<HHI")
@@ -41,15 +44,44 @@ async def handle_query_directory(ctx: RequestContext) -> Reply:
         op.dir_pattern = pattern
         op.dir_index = 0
     entries = op.dir_entries or []
-    remaining = entries[op.dir_index :]
-    if not remaining:
+    positions: list[int] = []
+    remaining: Iterator[tuple[str, FileInfo]] = _entries_from(
+        op.tree.fs, op.host_path, entries, op.dir_index, positions, refresh=not first
+    )
+    if flags & QueryDirectoryFlags.RETURN_SINGLE_ENTRY:
+        remaining = itertools.islice(remaining, 1)
+    data, count = infoclass.pack_directory(info_class, remaining, out_len)
+    if not positions:
         if first:
             raise NtStatusError(Status.NO_SUCH_FILE)
         raise NtStatusError(Status.NO_MORE_FILES)
-    if flags & QueryDirectoryFlags.RETURN_SINGLE_ENTRY:
-        remaining = remaining[:1]
-    data, count = infoclass.pack_directory(info_class, remaining, out_len)
     if count == 0:
         raise NtStatusError(Status.INFO_LENGTH_MISMATCH)
-    op.dir_index += count
+    op.dir_index = positions[count - 1] + 1
     return Reply(Status.SUCCESS, _RESP.pack(9, 64 + 8, len(data)) + data)
+
+
+def _entries_from(
+    fs: ShareFS,
+    directory: str,
+    entries: list[tuple[str, FileInfo]],
+    start: int,
+    positions: list[int],
+    *,
+    refresh: bool,
+) -> Iterator[tuple[str, FileInfo]]:
+    """The listed entries from ``start`` on, appending the index of each one given.
+
+    A listing resumed by a later query shows the directory as it is now: an
+    entry deleted since the first query is left out and the others carry
+    their current metadata (smb2.dir.fixed), as NTFS and Samba do.
+    """
+    for pos in range(start, len(entries)):
+        name, info = entries[pos]
+        if refresh and name not in (".", ".."):
+            fresh = fs.listed_entry(os.path.join(directory, name))
+            if fresh is None:
+                continue
+            info = fresh
+        positions.append(pos)
+        yield name, info

@@ -26,9 +26,10 @@ async def handle_change_notify(ctx: RequestContext) -> Reply:
         watch = _new_watch(ctx, op, bool(flags & WATCH_TREE), completion_filter, out_len)
     if watch.ready():
         status, data = watch.take(out_len)
-    elif not ctx.allow_async:
-        # Only the last request of a compound may go async; Samba cancels the others.
-        raise NtStatusError(Status.CANCELLED)
+    elif ctx.related_follows:
+        # The related requests after it would wait for a change that may never
+        # come; Windows fails such a request instead (smb2.compound.interim2).
+        raise NtStatusError(Status.INTERNAL_ERROR)
     else:
         waiter = watch.wait(out_len)
         ctx.go_async()

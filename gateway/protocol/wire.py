@@ -145,12 +145,16 @@ class WireCodec:
         messages: Sequence[tuple[Header, bytes, KeyedSession | None]],
         encrypt_for: KeyedSession | None,
     ) -> bytes:
-        """Chain replies (8-byte aligned), sign each, encrypt the chain, frame it."""
+        """Chain replies (8-byte aligned), sign each, encrypt the chain, frame it.
+
+        In a chain every reply is padded to 8 bytes, the last one too
+        (MS-SMB2 3.3.4.1.3; smb2.compound.compound-padding checks it).
+        """
         parts: list[bytes] = []
         last = len(messages) - 1
         for i, (hdr, body, signer) in enumerate(messages):
             size = HEADER_SIZE + len(body)
-            pad = pad8(size) if i != last else 0
+            pad = pad8(size) if last else 0
             hdr.next_command = size + pad if i != last else 0
             msg = hdr.pack() + body + b"\x00" * pad
             if signer is not None and encrypt_for is None:
