@@ -152,11 +152,13 @@ def _query_eas(op: Open, wanted: bytes, flags: int, out_len: int) -> tuple[int, 
 
 def _normalized_name(op: Open) -> str:
     """FileNormalizedNameInformation: the path from the share root as the volume
-    spells it, whatever case the client opened it with; empty for the root."""
+    spells it, whatever case the client opened it with; empty for the root. A
+    stream's handle adds ``:name`` as stored, without its ``:$DATA`` type."""
     fs = op.tree.fs
     assert fs is not None
     rel = os.path.relpath(op.host_path, fs.root)
-    return "" if rel == "." else rel.replace("/", "\\")
+    base = "" if rel == "." else rel.replace("/", "\\")
+    return base if op.stream is None else f"{base}:{op.stream.name}"
 
 
 def _fs_info(ctx: RequestContext, op: Open, info_class: int) -> bytes:
