@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from oplock_bus.api import Operation
 
+from . import writetime
 from .context import RequestContext
 from .handlers.breaks import run_bus_call
 from .protocol.constants import AccessMask, NtStatusError, Status
@@ -148,6 +149,12 @@ async def _copy_chunks(ctx: RequestContext, source: Open, dest: Open, chunks: li
     await run_bus_call(ctx, bus.break_for(dest.file_key, dest.bus_open_id, Operation.WRITE))
     if source.closed or dest.closed:  # the connection went while the break was waited for
         raise NtStatusError(Status.FILE_CLOSED)
+    # The destination's times move as a WRITE through it moves them (a stream's:
+    # its base file's), not the way the kernel moves them.
+    try:
+        before = writetime.before_write(dest)
+    except OSError as e:
+        raise NtStatusError(status_from_oserror(e)) from None
     # Our own descriptors, so the worker thread never writes through a reused number.
     src_fd = os.dup(source.fd)
     try:
@@ -176,6 +183,8 @@ async def _copy_chunks(ctx: RequestContext, source: Open, dest: Open, chunks: li
         os.close(src_fd)
         os.close(dst_fd)
         if total:
+            if not dest.closed:
+                writetime.after_write(dest, before)
             ctx.node.notify_change(dest.tree, dest.host_path, "modified", False)
     return _RESPONSE.pack(written, 0, total)
 

@@ -155,8 +155,7 @@ def store_new(fs: ShareFS, path: str, data: bytes) -> None:
 
 
 def _target(op: Open) -> str | int:
-    # A stream's descriptor is its file's (host_path); its fd is the stream data.
-    return op.fd if op.fd >= 0 and op.stream is None else op.host_path
+    return op.meta_target
 
 
 def query_security(op: Open, additional: int) -> bytes:

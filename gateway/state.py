@@ -127,6 +127,13 @@ class Open:
     def file_id(self) -> tuple[int, int]:
         return (self.persistent_id, self.volatile_id)
 
+    @property
+    def meta_target(self) -> str | int:
+        """Where the file's times, descriptor and EAs are read and set: the
+        descriptor, or the path (no descriptor; a stream's handle, whose
+        descriptor is the stream's data and whose metadata is its file's)."""
+        return self.fd if self.fd >= 0 and self.stream is None else self.host_path
+
     @contextlib.contextmanager
     def using(self) -> Iterator[None]:
         """Mark the handle busy for the running request (a CLOSE waits for it)."""

@@ -50,7 +50,9 @@ stream handle closes, which finishes the deletion. A mark left by a node that
 died is stale: the next stream open that the bus grants removes it.
 Overwriting or superseding the base removes its named streams.
 
-Attributes, times and the security descriptor of a stream are its base file's.
+Attributes, times, EAs and the security descriptor of a stream are its base file's
+(``Open.meta_target``); a write through a stream moves its base's write time
+(``gateway.writetime``).
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ A due update gives way to a write time a client set meanwhile through another
 handle, on any node (the DOS xattr marks a client-set mtime, see
 ``ShareFS.write_time_set_by_client``): Windows keeps such a time against other
 handles' pending updates.
+
+A named stream's times are its base file's (``gateway.streams``), so a write
+through a stream handle goes to the stream's sidecar file and moves the base
+file's times by the same rules; the sidecar's own times are never shown.
 """
 
 from __future__ import annotations
@@ -69,35 +73,60 @@ def _now_ns() -> int:
     return time.time_ns() // 100 * 100  # FILETIME resolution, so it reads back exactly
 
 
-def write(op: Open, data: bytes | memoryview, offset: int) -> int:
-    """pwrite through ``op`` that leaves the file's times as Windows would show them."""
-    fd = op.fd
-    times = op.times
-    before = os.fstat(fd)
+@dataclass(slots=True, frozen=True)
+class Before:
+    """The times of a handle's file before a write through it (``before_write``)."""
+
+    atime_ns: int
+    mtime_ns: int
+    keep_change: int  # the ChangeTime to show again, 0 for none
+
+
+def before_write(op: Open) -> Before:
+    """Read what a write through ``op`` must leave or restore; then write, then
+    ``after_write`` (``write`` does the three; a server-side copy writes itself)."""
+    target = op.meta_target
+    before = os.stat(target)
     keep_change = 0
     fs = op.tree.fs
-    if times is not None and times.user_set_change and fs is not None:
-        keep_change = fs.stat_fd(fd).change_time
-    written = os.pwrite(fd, data, offset)
-    _set_times(op, before.st_atime_ns, before.st_mtime_ns)
-    if keep_change and fs is not None:
-        fs.keep_change_time(op.host_path, keep_change)
+    if op.times is not None and op.times.user_set_change and fs is not None:
+        info = fs.stat_fd(target) if isinstance(target, int) else fs.stat_path(target)
+        keep_change = info.change_time
+    return Before(before.st_atime_ns, before.st_mtime_ns, keep_change)
+
+
+def write(op: Open, data: bytes | memoryview, offset: int) -> int:
+    """pwrite through ``op`` that leaves the file's times as Windows would show them."""
+    before = before_write(op)
+    written = os.pwrite(op.fd, data, offset)
+    after_write(op, before)
+    return written
+
+
+def after_write(op: Open, before: Before) -> None:
+    """The write went through ``op``: the write time it moved is put back and
+    becomes due (the ChangeTime moves now, unless the handle's client set it)."""
+    # A stream's base was not written: setting its times moves its ctime, as the
+    # write moved a file's.
+    _set_times(op, before.atime_ns, before.mtime_ns)
+    fs = op.tree.fs
+    if before.keep_change and fs is not None:
+        fs.keep_change_time(op.host_path, before.keep_change)
     times = _times(op)
     if not times.user_set_write:
         times.due = True
-        times.left_mtime_ns = before.st_mtime_ns
+        times.left_mtime_ns = before.mtime_ns
         if not times.triggered:
             times.triggered = True
             times.timer = asyncio.get_running_loop().call_later(WRITE_TIME_DELAY, _fire, op)
-    return written
 
 
 def _set_times(op: Open, atime_ns: int, mtime_ns: int) -> None:
     """futimens; where the node may not set times on the file (it runs unprivileged
     and another user owns it) the inode keeps what the write gave it."""
     try:
-        os.utime(op.fd, ns=(atime_ns, mtime_ns))
-    except PermissionError as e:
+        os.utime(op.meta_target, ns=(atime_ns, mtime_ns))
+    except (PermissionError, FileNotFoundError) as e:  # the latter: a stream's base gone
         log.debug("times of %s not set: %s", op.host_path, e)
 
 
@@ -123,12 +152,13 @@ def update_now(op: Open) -> None:
         times.timer = None
     if times.user_set_write or op.fd < 0:
         return
-    st = os.fstat(op.fd)
+    target = op.meta_target
+    st = os.stat(target)
     fs = op.tree.fs
     if (
         st.st_mtime_ns != times.left_mtime_ns
         and fs is not None
-        and fs.write_time_set_by_client(op.fd, st.st_mtime_ns)
+        and fs.write_time_set_by_client(target, st.st_mtime_ns)
     ):
         return  # a client set the write time since this handle's write: it stays
     _set_times(op, st.st_atime_ns, _now_ns())
@@ -151,7 +181,7 @@ def closing(op: Open) -> None:
 def set_end_of_file(op: Open, size: int) -> None:
     """ftruncate through ``op``: the write time moves at once (Windows), unless the
     handle's client set or froze it."""
-    before = os.fstat(op.fd)
+    before = os.stat(op.meta_target)
     os.ftruncate(op.fd, size)
     times = _times(op)
     if times.user_set_write:

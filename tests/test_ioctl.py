@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +45,7 @@ from smbprotocol.open import (
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
+from . import smbinfo
 from .conftest import PASSWORD, USER, GatewayNode, start_gateway
 
 FSCTL_SET_SPARSE = 0x000900C4
@@ -258,6 +260,32 @@ def test_copychunk_respects_byte_range_locks(client: Client, node: GatewayNode) 
     _lock(locker, 4096, 10, LockFlags.SMB2_LOCKFLAG_UNLOCK)
     assert copychunk(dst, key, [(4096, 4096, 4096)]) == (1, 0, 4096)
     assert (node.share_dir / "k-dst.bin").read_bytes() == data
+
+
+@pytest.mark.parametrize("stream", ["", ":foo"])
+def test_copychunk_moves_the_write_time_as_a_write(
+    client: Client, node: GatewayNode, stream: str
+) -> None:
+    """Into a file or one of its streams (from another file's stream): the data
+    lands there, and the target file's write time moves as a WRITE through the
+    handle moves it: not at the copy, at the handle's close."""
+    tag = uuid.uuid4().hex[:8]
+    data = os.urandom(10000)
+    src = client.open(f"t-src-{tag}.bin:foo")
+    src.write(data, 0)
+    target = f"t-dst-{tag}.bin"
+    watcher = client.open(target)
+    start = smbinfo.basic(watcher)[2]
+    dst = client.open(target + stream)
+    time.sleep(0.05)
+    assert copychunk(dst, resume_key(src), [(0, 0, len(data))]) == (1, 0, len(data))
+    assert smbinfo.basic(watcher)[2] == start
+    assert dst.read(0, len(data)) == data
+    assert (node.share_dir / target).stat().st_size == (0 if stream else len(data))
+    dst.close()
+    assert smbinfo.basic(watcher)[2] > start
+    watcher.close()
+    src.close()
 
 
 def _lock(handle: Open, offset: int, length: int, flags: int) -> None:

@@ -10,6 +10,8 @@ checked from the host: one sidecar file per stream, gone with the base.
 from __future__ import annotations
 
 import os
+import struct
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +32,7 @@ from smbprotocol.tree import TreeConnect
 
 from gateway.streams import SIDECAR, XATTR_ID
 
+from . import smbinfo
 from .conftest import PASSWORD, USER, GatewayNode
 
 STATUS_OBJECT_NAME_INVALID = 0xC0000033
@@ -157,3 +160,53 @@ def test_names_windows_refuses(tree: _Tree, module_gateway: GatewayNode) -> None
     tree.open(odd).close()
     listed = [n for n in os.listdir(module_gateway.share_dir) if n.startswith("names-")]
     assert listed == [name]
+
+
+def test_a_write_through_a_stream_moves_its_file_write_time(
+    tree: _Tree, module_gateway: GatewayNode
+) -> None:
+    """Windows shows the file's LastWriteTime move for a write to one of its
+    streams, with the delay of a write to the file itself."""
+    name = f"wt-{uuid.uuid4().hex}.txt"
+    base = tree.open(name, share=0x7)
+    start = smbinfo.basic(base)[2]
+    stream = tree.open(f"{name}:times", share=0x7)
+    time.sleep(0.05)
+    stream.write(b"one", 0)
+    assert smbinfo.basic(base)[2] == start  # not at the write itself
+    time.sleep(2.6)
+    moved = smbinfo.basic(base)[2]
+    assert moved > start  # about 2 s after the stream handle's first write
+    assert smbinfo.basic(stream)[2] == moved
+    # On the volume, where every node reads it: the file's own inode.
+    host = os.stat(module_gateway.share_dir / name).st_mtime_ns
+    assert smbinfo.FILETIME_EPOCH + host // 100 == moved
+    stream.write(b"two", 0)
+    time.sleep(0.3)
+    assert smbinfo.basic(base)[2] == moved  # later writes wait for the close
+    stream.close()
+    assert smbinfo.basic(base)[2] > moved
+    base.close()
+
+
+def test_a_stream_handle_reports_its_file_id_name_and_eas(tree: _Tree) -> None:
+    stem = uuid.uuid4().hex[:8]
+    name = f"Id-{stem}.TXT"
+    base = tree.open(name, share=0x7)
+    ea = b"COLOUR"
+    smbinfo.set_info(base, smbinfo.FILE_FULL_EA,
+                     struct.pack("<IBBH", 0, 0, len(ea), 4) + ea + b"\0blue")  # fmt: skip
+    tree.open(f"{name}:Side Car", share=0x7).close()
+    stream = tree.open(f"id-{stem}.txt:SIDE CAR:$DATA", share=0x7)
+    # File ids (FileInternalInformation, FileIdInformation) are the file's.
+    for info_class in (smbinfo.FILE_INTERNAL, smbinfo.FILE_ID_INFORMATION):
+        assert smbinfo.query_ok(stream, info_class) == smbinfo.query_ok(base, info_class)
+    # The normalized name: the file's stored spelling, then the stream's, no type.
+    data = smbinfo.query_ok(stream, smbinfo.FILE_NORMALIZED_NAME)
+    length = struct.unpack_from("<I", data)[0]
+    assert data[4 : 4 + length].decode("utf-16-le") == f"{name}:Side Car"
+    # EAs belong to the file.
+    ea_size = smbinfo.query_ok(stream, smbinfo.FILE_EA)
+    assert ea_size == smbinfo.query_ok(base, smbinfo.FILE_EA) != b"\0\0\0\0"
+    stream.close()
+    base.close()

@@ -127,7 +127,7 @@ def _file_info(op: Open, info_class: int) -> bytes:
 
 def _read_eas(op: Open) -> list[eas.Ea]:
     try:
-        return eas.read(op.fd if op.fd >= 0 else op.host_path)
+        return eas.read(op.meta_target)  # a stream's are its file's
     except OSError as e:
         raise NtStatusError(status_from_oserror(e)) from None
 
@@ -152,11 +152,13 @@ def _query_eas(op: Open, wanted: bytes, flags: int, out_len: int) -> tuple[int, 
 
 def _normalized_name(op: Open) -> str:
     """FileNormalizedNameInformation: the path from the share root as the volume
-    spells it, whatever case the client opened it with; empty for the root."""
+    spells it, whatever case the client opened it with; empty for the root. A
+    stream's handle adds ``:name`` as stored, without its ``:$DATA`` type."""
     fs = op.tree.fs
     assert fs is not None
     rel = os.path.relpath(op.host_path, fs.root)
-    return "" if rel == "." else rel.replace("/", "\\")
+    base = "" if rel == "." else rel.replace("/", "\\")
+    return base if op.stream is None else f"{base}:{op.stream.name}"
 
 
 def _fs_info(ctx: RequestContext, op: Open, info_class: int) -> bytes:
@@ -254,7 +256,7 @@ async def _set_file_info(ctx: RequestContext, op: Open, info_class: int, buf: by
         elif info_class == FileInfoClass.FULL_EA:
             _require(op, AccessMask.FILE_WRITE_EA)
             changes = eas.parse_full(buf)
-            target = op.fd if op.fd >= 0 else op.host_path
+            target = op.meta_target
             eas.write(target, eas.merged(eas.read(target), changes))
             ctx.node.notify_change(op.tree, op.host_path, "modified", op.is_dir,
                                    CompletionFilter.EA)  # fmt: skip
