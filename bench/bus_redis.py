@@ -153,6 +153,11 @@ async def bench(url: str, n: int, concurrency: int) -> None:
     await timed(50, break_round_trip)
     report("cross-node break round trip", await timed(max(200, n // 5), break_round_trip))
     print(f"{'  Redis commands per round trip':<34} {await commands_per_break(url, two, one)}")
+    # As in a cluster: the holder's node in a process of its own.
+    report(
+        "  the same, holder in its own process",
+        await break_round_trips_across_processes(url, two, max(200, n // 5)),
+    )
 
     async def spread(op: Callable[[int], Awaitable[float]], total: int) -> float:
         t0 = time.perf_counter()
@@ -169,6 +174,56 @@ async def bench(url: str, n: int, concurrency: int) -> None:
     print(f"{'open+close pairs, concurrent':<34} {rate:8.0f} pairs/s ({concurrency} tasks)")
     await one.stop()
     await two.stop()
+
+
+async def break_round_trips_across_processes(url: str, opener: LockBus, n: int) -> list[float]:
+    """Node A runs in a child process (``--holder``): it opens each file with a
+    batch oplock, acknowledges the break at once, and closes when told."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--holder", "--url", url, "--iterations", str(n + 50),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert child.stdin is not None and child.stdout is not None
+    samples: list[float] = []
+    for i in range(n + 50):
+        file = (await child.stdout.readline()).decode().strip()
+        assert file, "the holder process stopped"
+        t0 = time.perf_counter()
+        got = await opener.open(req("B", f"x{i}", file, OPLOCK_BATCH))
+        took = time.perf_counter() - t0
+        assert (got.status, got.oplock) == (STATUS_SUCCESS, OPLOCK_II), got
+        await opener.close(file, f"B/x{i}")
+        child.stdin.write(b"close\n")
+        await child.stdin.drain()
+        if i >= 50:  # the first ones warm up both processes
+            samples.append(took)
+    await child.wait()
+    return samples
+
+
+async def holder(url: str, n: int) -> None:
+    """The child of break_round_trips_across_processes."""
+    bus = make_bus(url, node_id="A2", node_ttl=5)
+
+    async def ack_at_once(notice: BreakNotice) -> None:
+        if notice.ack_required and notice.open_id is not None:
+            asyncio.get_running_loop().create_task(
+                bus.ack_oplock(notice.file, notice.open_id, notice.new_level)
+            )
+
+    bus.register_node("A2", ack_at_once)
+    await bus.start()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    for i in range(n):
+        file = f"bench:xproc:{i}"
+        held = await bus.open(req("A2", f"h{i}", file, OPLOCK_BATCH))
+        assert held.oplock == OPLOCK_BATCH
+        print(file, flush=True)
+        await reader.readline()
+        await bus.close(file, f"A2/h{i}")
+    await bus.stop()
 
 
 async def commands_per_break(url: str, opener: LockBus, holder: LockBus, n: int = 50) -> str:
@@ -194,24 +249,31 @@ async def commands_per_break(url: str, opener: LockBus, holder: LockBus, n: int 
     return ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(total.items()) if v > 0)
 
 
+def _runner() -> Callable[..., object]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iterations", type=int, default=3000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--url", help="use this Redis instead of starting one")
+    ap.add_argument("--holder", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.holder:
+        _runner()(holder(args.url, args.iterations))
+        return 0
     workdir = Path(tempfile.mkdtemp(prefix="bus-bench-"))
     proc = None
     url = args.url
     if url is None:
         proc, port = start_redis(workdir)
         url = f"redis://127.0.0.1:{port}?namespace=bench:"
-    try:
-        import uvloop
-
-        runner: Callable[..., object] = uvloop.run
-    except ImportError:
-        runner = asyncio.run
+    runner = _runner()
     try:
         print(f"python {sys.version.split()[0]}, {runner.__module__}, bus {url}")
         runner(bench(url, args.iterations, args.concurrency))

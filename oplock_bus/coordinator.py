@@ -196,9 +196,19 @@ class Coordinator(LockBus):
         try:
             first = True
             listening = not self.store.lazy_subscribe
+            key = file_doc_key(req.file)
+            # A document this node has not seen must be read first anyway:
+            # subscribing meanwhile costs no time, and spares a wait the
+            # second evaluation that a late subscription needs.
+            early = not listening and not self.store.knows(key)
+            listening = listening or early
             while True:
                 with self._listen(req.file, listening) as sub:
-                    await sub.ready()
+                    if early:
+                        await asyncio.gather(sub.ready(), self.store.prefetch(key))
+                        early = False
+                    else:
+                        await sub.ready()
                     now = self.clock()
                     rule = _open_rule(req, now, self.break_timeout, first)
                     out = await self._committed(

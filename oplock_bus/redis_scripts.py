@@ -7,6 +7,7 @@ Every script touches keys of one hash slot only (one file's key, or the
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -135,6 +136,15 @@ class Script:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await client.eval(self.source, len(keys), *keys, *args)
+
+    async def run(
+        self, call: Callable[..., Awaitable[Any]], keys: list[str], args: list[Any]
+    ) -> Any:
+        """The same through ``call(*command)`` (the store's pipelined connection)."""
+        try:
+            return await call("EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await call("EVAL", self.source, len(keys), *keys, *args)
 
 
 cas = Script(CAS)

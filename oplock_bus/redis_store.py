@@ -44,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import redis_scripts as scripts
 from .api import BreakHandler, BreakNotice, BroadcastHandler, BusUnavailable, NodeId
 from .redis_messages import decode_message, encode_message, message_prefix
+from .redis_pipe import CommandPipe
 from .redis_pubsub import PubSubHub
 from .redis_url import Connector, RedisTarget
 from .store import ConflictRetriesExhausted, Doc, Store, Subscription
@@ -131,6 +132,7 @@ class RedisStore(Store):
         self._queues: dict[str, list[_Pending]] = {}
         self._committers: set[asyncio.Future[None]] = set()
         self._cache: OrderedDict[str, bytes | None] = OrderedDict()
+        self._pipe: CommandPipe | None = None
         self.running = False
 
     # -- lifecycle -----------------------------------------------------------------
@@ -144,6 +146,8 @@ class RedisStore(Store):
     async def start(self, *, subscriber: bool = True) -> None:
         """Connect; ``subscriber=False`` (a read-only tool) skips pub/sub."""
         self.connector = Connector(self.target)
+        if not isinstance(self.connector.client, RedisCluster):
+            self._pipe = CommandPipe(self._connect_pipe, timeout=self.target.timeout)
         if not subscriber:
             with bus_errors():
                 await self.client.ping()
@@ -196,9 +200,25 @@ class RedisStore(Store):
         if self._pubsub_client is not None:
             await self._pubsub_client.aclose()
             self._pubsub_client = None
+        if self._pipe is not None:
+            await self._pipe.aclose()
         if self.connector is not None:
             with contextlib.suppress(Exception):
                 await self.connector.aclose()
+
+    async def _connect_pipe(self) -> AbstractConnection:
+        # The client's own settings (TLS, password, database; Sentinel's master).
+        client = self.client
+        assert not isinstance(client, RedisCluster)
+        conn: AbstractConnection = client.connection_pool.make_connection()
+        await conn.connect()
+        return conn
+
+    async def _call(self, *command: Any) -> Any:
+        """A document command: down the pipelined connection where there is one."""
+        if self._pipe is not None:
+            return await self._pipe.call(*command)
+        return await self.client.execute_command(*command)
 
     async def _connect_pubsub(self) -> AbstractConnection:
         assert self.connector is not None
@@ -236,7 +256,7 @@ class RedisStore(Store):
         value = "" if doc is None else self._encode(doc)
         rkey = self.ns + key
         with bus_errors():
-            res = await scripts.cas(self.client, [rkey], [token or "", value, 0])
+            res = await scripts.cas.run(self._call, [rkey], [token or "", value, 0])
         if res == 1:
             self._remember(rkey, value.encode() if value else None)
         else:
@@ -340,8 +360,8 @@ class RedisStore(Store):
                     return
                 value = "" if cur is None else self._encode(cur)
                 wake = list(dict.fromkeys(channels))
-                res = await scripts.cas(
-                    self.client, [rkey], [token or "", value, len(wake), *wake, *messages]
+                res = await scripts.cas.run(
+                    self._call, [rkey], [token or "", value, len(wake), *wake, *messages]
                 )
                 if res == 1:
                     self._remember(rkey, value.encode() if value else None)
@@ -351,8 +371,15 @@ class RedisStore(Store):
                 self._remember(rkey, raw)
         raise ConflictRetriesExhausted(rkey[len(self.ns) :])
 
+    def knows(self, key: str) -> bool:
+        return self.ns + key in self._cache
+
+    async def prefetch(self, key: str) -> None:
+        with bus_errors():
+            await self._get(self.ns + key)
+
     async def _get(self, rkey: str) -> bytes | None:
-        got: Any = await self.client.get(rkey)
+        got: Any = await self._call("GET", rkey)
         raw = got if isinstance(got, bytes) else None
         self._remember(rkey, raw)
         return raw
@@ -405,16 +432,8 @@ class RedisStore(Store):
             (messages[i], _bytes(messages[i + 1]) + (value or b""))
             for i in range(0, len(messages), 2)
         )
-        client = self.client
-        if len(pairs) == 1:
-            await client.publish(*pairs[0])
-        elif isinstance(client, RedisCluster):
-            await asyncio.gather(*(client.publish(c, m) for c, m in pairs))
-        elif pairs:
-            async with client.pipeline(transaction=False) as pipe:
-                for c, m in pairs:
-                    pipe.publish(c, m)
-                await pipe.execute()
+        # Issued together, they leave in one write on the pipelined connection.
+        await asyncio.gather(*(self._call("PUBLISH", c, m) for c, m in pairs))
 
     def _messages(self, rkey: str, notices: list[BreakNotice]) -> list[str | bytes]:
         """(channel, message prefix) pairs, flat, for the notices other nodes must get."""
@@ -442,7 +461,7 @@ class RedisStore(Store):
         value = self._cache.get(self.ns + key) if key is not None else None
         message = encode_message(notice, key, value)
         with bus_errors():
-            await self.client.publish(self.node_channel(notice.node_id), message)
+            await self._call("PUBLISH", self.node_channel(notice.node_id), message)
 
     # -- broadcasts ----------------------------------------------------------------------
 

@@ -106,6 +106,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def keys(self, prefix: str) -> list[str]: ...
 
+    def knows(self, key: str) -> bool:
+        """Whether a transaction on ``key`` can start without reading it first."""
+        return True
+
+    async def prefetch(self, key: str) -> None:
+        """Read ``key`` now, so that a transaction on it need not."""
+        return None
+
     async def transact(
         self,
         key: str,
