@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import json
 import logging
+import random
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -324,7 +325,14 @@ class RedisStore(Store):
         with bus_errors():
             if fresh:
                 raw = await self._get(rkey)
-            for _ in range(self.max_retries):
+            for attempt in range(self.max_retries):
+                if attempt >= 2:
+                    # Another node keeps winning this key (each of its commits
+                    # starts on the value it just wrote): step aside a random
+                    # moment, growing, so the two do not stay in lockstep.
+                    await asyncio.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
+                    # The wake-ups on the key's channel keep this the newest value seen.
+                    raw = self._cache.get(rkey, raw)
                 token, doc = _decode(raw)
                 cur = doc
                 results: list[tuple[_Pending, Any]] = []
