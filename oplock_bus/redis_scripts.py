@@ -15,13 +15,25 @@ from redis.exceptions import NoScriptError
 # A stored document is "<token> <json>". Write (ARGV[2]) or delete (ARGV[2]
 # empty) only if the stored token is ARGV[1] (empty: the key must be absent).
 # On a mismatch the current value comes back (0 when absent), so a retry
-# needs no second GET. Once written: ARGV[3] is a count n, ARGV[4..3+n] are
-# channels to publish to, the key's own channel (a file's channel is named
-# as its key) getting the new value ('-' once deleted) so a subscriber's
-# next CAS needs no read; the rest are (channel, message) pairs, each
-# message sent with the new value appended (break notices, see
-# redis_messages.encode_message).
+# needs no second GET.
+#
+# Fairness: a writer that keeps losing to another node (whose every commit
+# starts on the value it just wrote) asks for the next turn: ARGV[3] names
+# the writer, and ARGV[4] = '1' makes a failed attempt claim the key
+# (KEYS[2], 20 ms). While another writer's claim stands, the script writes
+# nothing and returns -1 (the caller waits a moment); the claimant's own
+# write clears it.
+#
+# Once written: ARGV[5] is a count n, ARGV[6..5+n] are channels to publish
+# to, the key's own channel (a file's channel is named as its key) getting
+# the new value ('-' once deleted) so a subscriber's next CAS needs no read;
+# the rest are (channel, message) pairs, each message sent with the new
+# value appended (break notices, see redis_messages.encode_message).
 CAS = """
+local claim = redis.call('GET', KEYS[2])
+if claim and claim ~= ARGV[3] then
+  return -1
+end
 local cur = redis.call('GET', KEYS[1])
 local expected = ARGV[1]
 local ok
@@ -31,16 +43,22 @@ else
   ok = expected == ''
 end
 if not ok then
+  if ARGV[4] == '1' and ARGV[3] ~= '' then
+    redis.call('SET', KEYS[2], ARGV[3], 'PX', 20)
+  end
   if cur then return cur end
   return 0
+end
+if claim then
+  redis.call('DEL', KEYS[2])
 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
 else
   redis.call('SET', KEYS[1], ARGV[2])
 end
-local n = tonumber(ARGV[3])
-for i = 4, 3 + n do
+local n = tonumber(ARGV[5])
+for i = 6, 5 + n do
   if ARGV[i] == KEYS[1] then
     if ARGV[2] == '' then
       redis.call('PUBLISH', ARGV[i], '-')
@@ -51,7 +69,7 @@ for i = 4, 3 + n do
     redis.call('PUBLISH', ARGV[i], '')
   end
 end
-for i = 4 + n, #ARGV, 2 do
+for i = 6 + n, #ARGV, 2 do
   redis.call('PUBLISH', ARGV[i], ARGV[i + 1] .. ARGV[2])
 end
 return 1

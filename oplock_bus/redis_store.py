@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import json
 import logging
-import random
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -92,6 +91,8 @@ def _decode(raw: bytes | None) -> tuple[str | None, Doc | None]:
 # reading first; a stale one only costs the failed CAS, which returns the
 # current value.
 CACHED_KEYS = 4096
+# How long a writer waits while another holds the key's turn (claims last 20 ms).
+CLAIM_PAUSE = 0.001
 
 
 @dataclass
@@ -257,7 +258,8 @@ class RedisStore(Store):
         value = "" if doc is None else self._encode(doc)
         rkey = self.ns + key
         with bus_errors():
-            res = await scripts.cas.run(self._call, [rkey], [token or "", value, 0])
+            keys, args = [rkey, rkey + ":claim"], [token or "", value, self._token_prefix, "0", 0]
+            res = await scripts.cas.run(self._call, keys, args)
         if res == 1:
             self._remember(rkey, value.encode() if value else None)
         else:
@@ -325,14 +327,9 @@ class RedisStore(Store):
         with bus_errors():
             if fresh:
                 raw = await self._get(rkey)
-            for attempt in range(self.max_retries):
-                if attempt >= 2:
-                    # Another node keeps winning this key (each of its commits
-                    # starts on the value it just wrote): step aside a random
-                    # moment, growing, so the two do not stay in lockstep.
-                    await asyncio.sleep(random.uniform(0, min(0.0005 * 2**attempt, 0.02)))
-                    # The wake-ups on the key's channel keep this the newest value seen.
-                    raw = self._cache.get(rkey, raw)
+            attempt = 0
+            while attempt < self.max_retries:
+                attempt += 1
                 token, doc = _decode(raw)
                 cur = doc
                 results: list[tuple[_Pending, Any]] = []
@@ -368,13 +365,25 @@ class RedisStore(Store):
                     return
                 value = "" if cur is None else self._encode(cur)
                 wake = list(dict.fromkeys(channels))
+                # From the third try on, a failure claims the next turn (see
+                # the CAS script): another node whose every commit starts on
+                # the value it just wrote would otherwise win every time.
+                claim = "1" if attempt >= 3 else "0"
                 res = await scripts.cas.run(
-                    self._call, [rkey], [token or "", value, len(wake), *wake, *messages]
+                    self._call,
+                    [rkey, rkey + ":claim"],
+                    [token or "", value, self._token_prefix, claim, len(wake), *wake, *messages],
                 )
                 if res == 1:
                     self._remember(rkey, value.encode() if value else None)
                     _resolve(results)
                     return
+                if res == -1:
+                    # Another writer's turn: let it write, then try on its value.
+                    attempt -= 1
+                    await asyncio.sleep(CLAIM_PAUSE)
+                    raw, fresh = await self._get(rkey), True
+                    continue
                 raw, fresh = (res if isinstance(res, bytes) else None), True
                 self._remember(rkey, raw)
         raise ConflictRetriesExhausted(rkey[len(self.ns) :])

@@ -293,8 +293,9 @@ def test_a_break_round_trip_reads_only_what_it_must(private_redis: RedisProc) ->
             got = await b.open("h", file, oplock=OPLOCK_BATCH)
             assert (got.status, got.oplock) == (STATUS_SUCCESS, OPLOCK_II)
             spent = await calls() - before
-            # Every CAS script runs one GET inside; the rest are reads of their own.
-            costs.append((spent["evalsha"], spent["get"] - spent["evalsha"]))
+            # Every CAS script runs two GETs inside (the key's turn, the key);
+            # the rest are reads of their own.
+            costs.append((spent["evalsha"], spent["get"] - 2 * spent["evalsha"]))
             await one.close(file, a.oid("h"))
             await two.close(file, b.oid("h"))
         # B's open, A's ack, B's grant: three CAS, none failing. B reads the
@@ -307,3 +308,4 @@ def test_a_break_round_trip_reads_only_what_it_must(private_redis: RedisProc) ->
         await two.stop()
 
     run(body())
+
