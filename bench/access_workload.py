@@ -28,7 +28,6 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.servers import ctdb, gateway, smbd  # noqa: E402
+from bench.servers import ctdb, gateway, smbd, work_dir  # noqa: E402
 from clients.jet import JetConfig, JetReport, run_jet  # noqa: E402
 
 Endpoint = tuple[str, int]
@@ -77,8 +76,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("access_workload.py: needs root (smbd, ctdbd)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="smbgw-abench-"))
-    work.chmod(0o755)  # smbd serves its share as user test, who must reach it
+    work = work_dir("smbgw-abench-")
     started = time.monotonic()
     with ExitStack() as stack:
         targets = [

@@ -22,7 +22,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from contextlib import ExitStack
@@ -43,7 +42,14 @@ from smbprotocol.open import (  # noqa: E402
 from smbprotocol.session import Session  # noqa: E402
 from smbprotocol.tree import TreeConnect  # noqa: E402
 
-from bench.servers import Endpoint, gateway, gateway_share, smbd, smbd_share  # noqa: E402
+from bench.servers import (  # noqa: E402
+    Endpoint,
+    gateway,
+    gateway_share,
+    smbd,
+    smbd_share,
+    work_dir,
+)
 
 
 def populate(directory: Path, entries: int) -> None:
@@ -97,8 +103,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("case_lookup.py: needs root (smbd)", file=sys.stderr)
         return 2
-    work = Path(tempfile.mkdtemp(prefix="smbgw-casebench-"))
-    work.chmod(0o755)  # smbd serves its share as user test, who must reach it
+    work = work_dir("smbgw-casebench-")
     rates: dict[str, list[float]] = {"gateway, 1 node": [], "Samba smbd": []}
     try:
         with ExitStack() as stack:

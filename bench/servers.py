@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,13 @@ from gateway.cluster import ClusterSpec, LocalCluster
 REPO = Path(__file__).resolve().parent.parent
 TORTURE = REPO.parent / "shared" / "torture"
 Endpoint = tuple[str, int]
+
+
+def work_dir(prefix: str) -> Path:
+    """A fresh directory for one benchmark's servers."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    work.chmod(0o755)  # smbd serves its share as user test, who must reach it
+    return work
 
 
 def gateway_share(work: Path, nodes: int) -> Path:

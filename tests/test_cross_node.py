@@ -95,6 +95,7 @@ class Client:
         oplock: int = RequestedOplockLevel.SMB2_OPLOCK_LEVEL_NONE,
         access: int = RW,
         options: int = 0,
+        disposition: int = CreateDisposition.FILE_OPEN_IF,
     ) -> Open:
         handle = Open(self.tree, name)
         handle.create(
@@ -102,7 +103,7 @@ class Client:
             access,
             0,
             share,
-            CreateDisposition.FILE_OPEN_IF,
+            disposition,
             CreateOptions.FILE_NON_DIRECTORY_FILE | options,
             oplock_level=oplock,
         )
@@ -406,14 +407,15 @@ def test_names_ignore_case_across_nodes(clients: tuple[Client, Client]) -> None:
     assert names == [stored]
 
 
-def _open_existing(client: Client, name: str, options: int = 0) -> Open:
-    handle = Open(client.tree, name)
-    handle.create(
-        ImpersonationLevel.Impersonation, RW | FilePipePrinterAccessMask.DELETE, 0,
-        ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE,
-        CreateDisposition.FILE_OPEN, CreateOptions.FILE_NON_DIRECTORY_FILE | options,
-    )  # fmt: skip
-    return handle
+# An existing file only, shared every way and open for delete too.
+SHARE_ALL = (
+    ShareAccess.FILE_SHARE_READ | ShareAccess.FILE_SHARE_WRITE | ShareAccess.FILE_SHARE_DELETE
+)
+EXISTING = {
+    "share": SHARE_ALL,
+    "access": RW | FilePipePrinterAccessMask.DELETE,
+    "disposition": CreateDisposition.FILE_OPEN,
+}
 
 
 def test_a_large_directory_sees_names_made_and_removed_through_the_other_node(
@@ -427,12 +429,12 @@ def test_a_large_directory_sees_names_made_and_removed_through_the_other_node(
     for i in range(800):
         (share / big / f"file-{i:05d}.dat").touch()
     time.sleep(2.5)  # past the racy window: node 1 may now keep a map of the directory
-    _open_existing(a, rf"{big.upper()}\FILE-00007.DAT").close()
+    a.open(rf"{big.upper()}\FILE-00007.DAT", **EXISTING).close()
     b.open(rf"{big}\NewName.TXT").close()
-    _open_existing(a, rf"{big}\NEWNAME.txt").close()
-    _open_existing(b, rf"{big}\newname.TXT", CreateOptions.FILE_DELETE_ON_CLOSE).close()
+    a.open(rf"{big}\NEWNAME.txt", **EXISTING).close()
+    b.open(rf"{big}\newname.TXT", options=CreateOptions.FILE_DELETE_ON_CLOSE, **EXISTING).close()
     with pytest.raises(SMBResponseException) as err:
-        _open_existing(a, rf"{big}\NEWNAME.txt")
+        a.open(rf"{big}\NEWNAME.txt", **EXISTING)
     assert err.value.status == 0xC0000034  # STATUS_OBJECT_NAME_NOT_FOUND
     assert sorted(os.listdir(share / big))[-1] == "file-00799.dat"
 
@@ -500,6 +502,8 @@ def test_a_file_deleted_through_node2_waits_for_its_stream_open_on_node1(
             CreateOptions.FILE_NON_DIRECTORY_FILE,
         )  # fmt: skip
     assert err.value.status == STATUS_OBJECT_NAME_NOT_FOUND
+
+
 def test_copychunk_and_sparse_across_nodes(clients: tuple[Client, Client]) -> None:
     """A lock taken through node 2 stops a server-side copy through node 1, and the
     SPARSE attribute set through node 1 is what node 2 reports."""
@@ -526,6 +530,8 @@ def test_copychunk_and_sparse_across_nodes(clients: tuple[Client, Client]) -> No
     assert b.open(f"cc-{stem}.copy").file_attributes & 0x200  # FILE_ATTRIBUTE_SPARSE_FILE
     for handle in (src, dst, locker, copy):
         handle.close()
+
+
 def test_times_attributes_eas_and_ids_set_through_node1_read_the_same_on_node2(
     clients: tuple[Client, Client],
 ) -> None:
