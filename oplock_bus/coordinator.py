@@ -122,7 +122,7 @@ class Coordinator(LockBus):
         for notice in notices:
             if self.store.sends_on_commit and not self.store.is_local(notice.node_id):
                 continue
-            await self.store.deliver(notice, file_doc_key(notice.file))
+            await self.store.deliver(notice)
 
     async def _wake(self, file: FileKey, waiters: Iterable[str] = (), *, file_too: bool) -> None:
         if self.store.publishes_on_commit:

@@ -90,7 +90,7 @@ class MemoryStore(Store):
     def register_node(self, node_id: NodeId, handler: BreakHandler) -> None:
         self._handlers[node_id] = handler
 
-    async def deliver(self, notice: BreakNotice, key: str | None = None) -> None:
+    async def deliver(self, notice: BreakNotice) -> None:
         handler = self._handlers.get(notice.node_id)
         if handler is None:
             log.debug("break for unknown node %r dropped: %s", notice.node_id, notice)

@@ -24,15 +24,9 @@ def encode_notice(n: BreakNotice) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-def encode_message(n: BreakNotice, key: str | None, value: bytes | None) -> bytes:
-    """A notice, then the key and value of the document it came from, if known."""
-    if key is None:
-        return encode_notice(n)
-    return message_prefix(n, key) + (value or b"")
-
-
 def message_prefix(n: BreakNotice, key: str) -> bytes:
-    """A message without its value, which the CAS script appends once it wrote it."""
+    """A notice, then the key of the document it came from, for the CAS script
+    to append the value it wrote (a plain notice, with no newline, carries none)."""
     return encode_notice(n) + b"\n" + key.encode() + b"\n"
 
 

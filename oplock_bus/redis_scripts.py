@@ -28,7 +28,7 @@ from redis.exceptions import NoScriptError
 # to, the key's own channel (a file's channel is named as its key) getting
 # the new value ('-' once deleted) so a subscriber's next CAS needs no read;
 # the rest are (channel, message) pairs, each message sent with the new
-# value appended (break notices, see redis_messages.encode_message).
+# value appended (break notices, see redis_messages.message_prefix).
 CAS = """
 local claim = redis.call('GET', KEYS[2])
 if claim and claim ~= ARGV[3] then

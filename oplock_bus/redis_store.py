@@ -43,7 +43,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redis_scripts as scripts
 from .api import BreakHandler, BreakNotice, BroadcastHandler, BusUnavailable, NodeId
-from .redis_messages import decode_message, encode_message, message_prefix
+from .redis_messages import decode_message, encode_notice, message_prefix
 from .redis_pipe import CommandPipe
 from .redis_pubsub import PubSubHub
 from .redis_url import Connector, RedisTarget
@@ -334,7 +334,7 @@ class RedisStore(Store):
                 cur = doc
                 results: list[tuple[_Pending, Any]] = []
                 channels: list[str] = []
-                messages: list[str | bytes] = []
+                messages: list[tuple[str, bytes]] = []
                 for p in batch:
                     if p.future.done():
                         continue  # its caller gave up (or its fn failed): never committed
@@ -372,7 +372,8 @@ class RedisStore(Store):
                 res = await scripts.cas.run(
                     self._call,
                     [rkey, rkey + ":claim"],
-                    [token or "", value, self._token_prefix, claim, len(wake), *wake, *messages],
+                    [token or "", value, self._token_prefix, claim, len(wake), *wake]
+                    + [part for pair in messages for part in pair],
                 )
                 if res == 1:
                     self._remember(rkey, value.encode() if value else None)
@@ -441,24 +442,24 @@ class RedisStore(Store):
             await self._publish_raw([self.ns + c for c in channels])
 
     async def _publish_raw(
-        self, names: list[str], messages: Sequence[str | bytes] = (), value: bytes | None = None
+        self,
+        names: list[str],
+        messages: Sequence[tuple[str, bytes]] = (),
+        value: bytes | None = None,
     ) -> None:
-        """Empty wake-ups to ``names``; ``messages`` (channel, prefix pairs) get ``value``."""
-        pairs: list[tuple[str | bytes, bytes]] = [(c, b"") for c in names]
-        pairs += (
-            (messages[i], _bytes(messages[i + 1]) + (value or b""))
-            for i in range(0, len(messages), 2)
-        )
+        """Empty wake-ups to ``names``; ``messages`` (channel, prefix) get ``value``."""
+        pairs = [(c, b"") for c in names] + [(c, m + (value or b"")) for c, m in messages]
         # Issued together, they leave in one write on the pipelined connection.
         await asyncio.gather(*(self._call("PUBLISH", c, m) for c, m in pairs))
 
-    def _messages(self, rkey: str, notices: list[BreakNotice]) -> list[str | bytes]:
-        """(channel, message prefix) pairs, flat, for the notices other nodes must get."""
-        out: list[str | bytes] = []
-        for n in notices:
-            if not self.is_local(n.node_id):
-                out += (self.node_channel(n.node_id), message_prefix(n, rkey[len(self.ns) :]))
-        return out
+    def _messages(self, rkey: str, notices: list[BreakNotice]) -> list[tuple[str, bytes]]:
+        """(channel, message prefix) of the notices other nodes must get."""
+        key = rkey[len(self.ns) :]
+        return [
+            (self.node_channel(n.node_id), message_prefix(n, key))
+            for n in notices
+            if not self.is_local(n.node_id)
+        ]
 
     # -- break delivery ------------------------------------------------------------------
 
@@ -470,15 +471,15 @@ class RedisStore(Store):
     def is_local(self, node_id: NodeId) -> bool:
         return self.local_delivery and node_id in self.handlers
 
-    async def deliver(self, notice: BreakNotice, key: str | None = None) -> None:
+    async def deliver(self, notice: BreakNotice) -> None:
+        # The coordinator sends notices for other nodes with its commit
+        # (transact(send=...)), carrying the document; this is the rest.
         handler = self.handlers.get(notice.node_id)
         if handler is not None and self.local_delivery:
             await _run_handler(handler, notice)
             return
-        value = self._cache.get(self.ns + key) if key is not None else None
-        message = encode_message(notice, key, value)
         with bus_errors():
-            await self._call("PUBLISH", self.node_channel(notice.node_id), message)
+            await self._call("PUBLISH", self.node_channel(notice.node_id), encode_notice(notice))
 
     # -- broadcasts ----------------------------------------------------------------------
 
@@ -533,10 +534,6 @@ class RedisStore(Store):
         task = asyncio.get_running_loop().create_task(_run_handler(handler, notice))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-
-def _bytes(data: str | bytes) -> bytes:
-    return data if isinstance(data, bytes) else data.encode()
 
 
 async def _run_handler(handler: BreakHandler, notice: BreakNotice) -> None:

@@ -160,12 +160,8 @@ class Store(abc.ABC):
         return True
 
     @abc.abstractmethod
-    async def deliver(self, notice: BreakNotice, key: str | None = None) -> None:
+    async def deliver(self, notice: BreakNotice) -> None:
         """Hand the notice to its node (whose handler returns at once).
-
-        ``key`` names the document whose commit produced the notice: a
-        shared store may send its value along, so that the receiving node's
-        acknowledgement writes without reading it first.
 
         In-process this runs the handler in the calling task; a shared
         store sends a message to the node, which runs its handler there.
