@@ -9,6 +9,11 @@ sends in order, to their callers. A lost connection, or a reply that does
 not come within the timeout (after which the order can no longer be
 trusted), fails every command in flight; the next command reconnects.
 
+The per-command costs that remain are kept small on purpose, as they
+are most of a break round trip's CPU (docs/benchmarks.md): commands are
+packed here (redis-py's packer took about 30 us a command), and one timer
+watches the oldest command in flight instead of a timeout per call.
+
 Used for a single server or a Sentinel-managed one; Redis Cluster spreads
 keys over servers and keeps redis-py's client.
 """
@@ -30,30 +35,65 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Connect = Callable[[], Awaitable[AbstractConnection]]
 
 
+def pack(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP: an array of bulk strings."""
+    parts = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            b = a.encode()
+        elif isinstance(a, bytes):
+            b = a
+        elif isinstance(a, int | float) and not isinstance(a, bool):
+            b = repr(a).encode()
+        else:
+            raise TypeError(f"cannot send {type(a).__name__} to Redis")
+        parts.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(parts)
+
+
 class CommandPipe:
     def __init__(self, connect: Connect, *, timeout: float) -> None:
         self._connect_fn = connect
         self.timeout = timeout
         self._conn: AbstractConnection | None = None
         self._connecting: asyncio.Future[AbstractConnection] | None = None
-        self._in_flight: deque[asyncio.Future[Any]] = deque()
-        self._outbox: list[tuple[Any, ...]] = []
+        # Each command's future and the loop time by which its reply is due.
+        self._in_flight: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self._outbox: list[bytes] = []
         self._wake_writer = asyncio.Event()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
 
     async def call(self, *args: Any) -> Any:
-        """Send one command; its reply, or the error Redis answered with."""
-        await self._connection()
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._in_flight.append(fut)
-        self._outbox.append(args)
+        """Send one command; its reply, or the error Redis answered with.
+
+        A cancelled caller leaves its command in flight: its reply is read
+        and dropped, which keeps the order."""
+        packed = pack(args)
+        if self._conn is None:
+            await self._connection()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._in_flight.append((fut, loop.time() + self.timeout))
+        self._outbox.append(packed)
         self._wake_writer.set()
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), self.timeout)
-        except TimeoutError:
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self.timeout, self._watch)
+        return await fut
+
+    def _watch(self) -> None:
+        """Fail everything once the oldest command is overdue; else look again
+        when it will be."""
+        self._watchdog = None
+        if not self._in_flight:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._in_flight[0][1]
+        if loop.time() >= due:
             self._broken(RedisTimeoutError(f"no reply within {self.timeout} s"))
-            raise RedisTimeoutError(f"no reply within {self.timeout} s") from None
+        else:
+            self._watchdog = loop.call_at(due, self._watch)
 
     async def aclose(self) -> None:
         self._closed = True
@@ -89,7 +129,7 @@ class CommandPipe:
                 self._wake_writer.clear()
                 batch, self._outbox = self._outbox, []
                 if batch:
-                    await conn.send_packed_command(conn.pack_commands(batch), check_health=False)
+                    await conn.send_packed_command(batch, check_health=False)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - every caller learns of it
@@ -104,7 +144,7 @@ class CommandPipe:
                     reply = e
                 if not self._in_flight:
                     raise RedisConnectionError("a reply nobody asked for")
-                fut = self._in_flight.popleft()
+                fut = self._in_flight.popleft()[0]
                 if fut.done():
                     continue  # its caller was cancelled
                 if isinstance(reply, ResponseError):
@@ -124,8 +164,11 @@ class CommandPipe:
                 task.cancel()
         self._tasks = []
         self._outbox = []
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._in_flight:
-            fut = self._in_flight.popleft()
+            fut = self._in_flight.popleft()[0]
             if not fut.done():
                 fut.set_exception(
                     error if isinstance(error, RedisConnectionError | RedisTimeoutError)

@@ -213,6 +213,9 @@ class RedisStore(Store):
         client = self.client
         assert not isinstance(client, RedisCluster)
         conn: AbstractConnection = client.connection_pool.make_connection()
+        # The pipe times its commands itself; a write timeout would only add
+        # a wait_for to every write.
+        conn.socket_timeout = None
         await conn.connect()
         return conn
 

@@ -27,6 +27,7 @@ from oplock_bus.api import (
     STATUS_SUCCESS,
     BusUnavailable,
     LockRange,
+    OpenResult,
 )
 from oplock_bus.redis_bus import RedisBus
 from tests.conftest import REPO
@@ -48,6 +49,17 @@ async def _bus(url: str, *, ttl: float = 5.0, break_timeout: float = 35.0) -> Re
     assert isinstance(bus, RedisBus)
     await bus.start()
     return bus
+
+
+async def _open_once_back(client: Client, name: str) -> OpenResult:
+    """Open as soon as the bus answers again (10 s at most)."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return await client.open(name)
+        except BusUnavailable:
+            assert time.monotonic() < deadline, "the bus did not come back"
+            await asyncio.sleep(0.1)
 
 
 def test_break_crosses_from_one_bus_instance_to_another() -> None:
@@ -162,6 +174,36 @@ def test_lapsed_registration_comes_back_under_a_new_epoch() -> None:
     run(body())
 
 
+def test_a_hung_redis_fails_commands_in_the_timeout_then_recovers(
+    private_redis: RedisProc,  # noqa: F811
+) -> None:
+    """Redis stops answering (SIGSTOP) with the connection open: the commands
+    in flight fail within the URL's timeout, not never, and once it answers
+    again the bus works without a restart."""
+
+    async def body() -> None:
+        url = f"redis://{HOST}:{private_redis.port}?timeout=1"
+        bus = await _bus(url, ttl=30.0)
+        a = Client(bus, "A")
+        assert (await a.open("before")).status == STATUS_SUCCESS
+        assert private_redis.proc is not None
+        os.kill(private_redis.proc.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            results = await asyncio.gather(
+                a.open("during1"), a.open("during2"), return_exceptions=True
+            )
+            took = time.monotonic() - t0
+        finally:
+            os.kill(private_redis.proc.pid, signal.SIGCONT)
+        assert all(isinstance(r, BusUnavailable) for r in results), results
+        assert 0.9 <= took < 2.5, took
+        assert (await _open_once_back(a, "after")).status == STATUS_SUCCESS
+        await bus.stop()
+
+    run(body(), 30)
+
+
 def test_redis_down_refuses_opens_then_recovers(private_redis: RedisProc) -> None:  # noqa: F811
     async def body() -> None:
         url = f"redis://{HOST}:{private_redis.port}?timeout=1"
@@ -181,15 +223,7 @@ def test_redis_down_refuses_opens_then_recovers(private_redis: RedisProc) -> Non
         assert time.monotonic() - t0 < 2.5
         restarted = RedisProc(private_redis.port, private_redis.workdir, private_redis.args)
         private_redis.proc = restarted.start().proc
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                got = await a.open("after")
-                break
-            except BusUnavailable:
-                assert time.monotonic() < deadline, "the bus did not come back"
-                await asyncio.sleep(0.1)
-        assert got.status == STATUS_SUCCESS
+        assert (await _open_once_back(a, "after")).status == STATUS_SUCCESS
         # The restarted Redis is empty: the node registered afresh.
         assert bus.liveness.nodes["A"].ready.is_set()
         await bus.stop()
