@@ -406,6 +406,9 @@ def _request(node: Node, open_id: str, key: str, access: int, share: int) -> bus
     return bus_api.OpenRequest(
         open_id=open_id, node_id=node.node_id, file=key, access=access, share=share,
         owner_data={"stream_companion": True},
+        # The base companion is attribute-only, yet it must keep the base's
+        # record (and so its delete-pending state) while the stream is open.
+        holds_record=True,
     )  # fmt: skip
 
 

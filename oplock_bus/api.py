@@ -125,6 +125,10 @@ class OpenRequest:
     # an oplock (Samba open.c: only stat opens of existing files get none;
     # smbtorture smb2.oplock.batch9).
     created: bool = False
+    # Added: store the open in the file's record even if it conflicts with
+    # nothing (see rules.needs_record). A stream's companion open on its base
+    # file sets it: while it lives, the base's delete-pending state stays.
+    holds_record: bool = False
     # Set by the bus, not the gateway: the registration epoch of the owning
     # node, stored with the open so that the cleanup of a lapsed
     # registration never touches opens made under a newer one.

@@ -10,6 +10,7 @@ is never awaited while anything is locked.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -69,6 +70,10 @@ class Coordinator(LockBus):
         self.clock = clock
         self.leases = LeaseIndex(store)
         self._background: set[asyncio.Future[None]] = set()
+        # Opens granted here that stay out of the shared record
+        # (rules.needs_record), kept so that a later lock or ack can still
+        # put them in, and so that closing them costs nothing.
+        self._unrecorded: dict[tuple[FileKey, OpenId], OpenRequest] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -166,6 +171,8 @@ class Coordinator(LockBus):
     # -- opens -----------------------------------------------------------------------
 
     async def open(self, req: OpenRequest) -> OpenResult:
+        if not rules.needs_record(req):
+            return await self._open_unrecorded(req)
         granted: list[bool] = []
         try:
             return await self._open(req, granted)
@@ -176,6 +183,23 @@ class Coordinator(LockBus):
             if granted:
                 self._in_background(self.close(req.file, req.open_id))
             raise
+
+    async def _open_unrecorded(self, req: OpenRequest) -> OpenResult:
+        if (req.file, req.open_id) in self._unrecorded:
+            return OpenResult(STATUS_INVALID_PARAMETER)
+        result = rules.unrecorded_open(await self._load(req.file), req)
+        if result.status == STATUS_SUCCESS:
+            self._unrecorded[(req.file, req.open_id)] = req
+        return result
+
+    async def _record(self, file: FileKey, open_id: OpenId) -> None:
+        """Put an open that stayed out of the record in it, before an
+        operation that needs it there (a lock, an unlock, an ack)."""
+        req = self._unrecorded.pop((file, open_id), None)
+        if req is not None:
+            # Refused only if the file became delete-pending meanwhile; the
+            # operation then answers as for a closed open.
+            await self.open(dataclasses.replace(req, holds_record=True))
 
     def _in_background(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -237,6 +261,8 @@ class Coordinator(LockBus):
                 await asyncio.shield(self.leases.release(lid, req.file))
 
     async def close(self, file: FileKey, open_id: OpenId) -> None:
+        if self._unrecorded.pop((file, open_id), None) is not None:
+            return
         now = self.clock()
 
         def forget(st: FileState | None) -> tuple[FileState | None, rules.CloseOutcome]:
@@ -253,6 +279,7 @@ class Coordinator(LockBus):
     # -- acknowledgements -----------------------------------------------------------
 
     async def ack_oplock(self, file: FileKey, open_id: OpenId, level: int) -> AckResult:
+        await self._record(file, open_id)
         now = self.clock()
 
         def ack(st: FileState | None) -> tuple[FileState | None, rules.AckOutcome]:
@@ -317,6 +344,7 @@ class Coordinator(LockBus):
     async def lock(
         self, file: FileKey, open_id: OpenId, ranges: list[LockRange], *, wait: bool
     ) -> int:
+        await self._record(file, open_id)
         specs = [RangeSpec(r.offset, r.length, r.exclusive) for r in ranges]
         waiter_id = uuid.uuid4().hex
 
@@ -373,6 +401,7 @@ class Coordinator(LockBus):
         await self._wake(file, out.finished_waiters, file_too=False)
 
     async def unlock(self, file: FileKey, open_id: OpenId, ranges: list[LockRange]) -> int:
+        await self._record(file, open_id)
         specs = [RangeSpec(r.offset, r.length, r.exclusive) for r in ranges]
 
         def release(st: FileState | None) -> tuple[FileState | None, rules.LockOutcome]:

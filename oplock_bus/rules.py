@@ -86,8 +86,10 @@ __all__ = [
     "grant_waiters",
     "invariant_violations",
     "lock",
+    "needs_record",
     "set_delete_pending",
     "unlock",
+    "unrecorded_open",
 ]
 
 
@@ -173,6 +175,31 @@ def evaluate_open(
         return OpenOutcome(st, tuple(notices), OpenResult(STATUS_SHARING_VIOLATION), wake=expired)
     result = _grant(st, req, own, stat_open)
     return OpenOutcome(st, tuple(notices), result, wake=expired)
+
+
+def needs_record(req: OpenRequest) -> bool:
+    """Whether an open must be stored in the file's shared record.
+
+    An attribute-only open without a lease (and without an oplock, which
+    only one that creates the file can get) takes part in no share check,
+    breaks nothing and keeps no other open from caching: all it needs is
+    a file that is not delete-pending. Storing it anyway made each such
+    open and close a write to a record every node shares, which is what
+    smb2.bench.path-contention-shared (stat opens of the share root) does.
+    """
+    return not (
+        is_oplock_stat_open(req.access)
+        and req.lease is None
+        and (req.oplock == OPLOCK_NONE or not req.created)
+        and not req.holds_record
+    )
+
+
+def unrecorded_open(state: FileState | None, req: OpenRequest) -> OpenResult:
+    """The answer to an open that ``needs_record`` says stays out of the record."""
+    if state is not None and state.delete_pending:
+        return OpenResult(STATUS_DELETE_PENDING)
+    return OpenResult(STATUS_SUCCESS)
 
 
 def _break_for_open(

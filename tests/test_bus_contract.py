@@ -532,6 +532,36 @@ def test_delete_pending(backend: str) -> None:
     run(body())
 
 
+def test_attribute_only_opens_stay_out_of_the_record(backend: str) -> None:
+    """A stat open conflicts with nothing, so no node's record holds it; it
+    still sees delete-pending, and a lock on it puts it in the record."""
+
+    async def body() -> None:
+        bus = await started(backend)
+        a, b = Client(bus, "A"), Client(bus, "B")
+        stat = FILE_READ_ATTRIBUTES
+        assert (await a.open("s", access=stat, share=SHARE_NONE)).status == STATUS_SUCCESS
+        assert (await b.open("rw", share=SHARE_NONE)).status == STATUS_SUCCESS
+        assert set((await _quiet(bus))["files"][F]["opens"]) == {"B/rw"}
+        # An oplock is only for an open that created the file: asked for here, none.
+        got = await a.open("s2", access=stat, share=SHARE_NONE, oplock=OPLOCK_BATCH)
+        assert (got.status, got.oplock) == (STATUS_SUCCESS, OPLOCK_NONE)
+        await bus.close(F, a.oid("s2"))
+        await b.open("del", access=RW | DELETE, share=SHARE_ALL)
+        await bus.set_delete_pending(F, True)
+        assert (await a.open("s3", access=stat, share=SHARE_ALL)).status == 0xC0000056
+        await bus.set_delete_pending(F, False)
+        await bus.close(F, b.oid("del"))
+        assert await bus.lock(F, a.oid("s"), [LockRange(0, 1, True)], wait=False) == 0
+        assert set((await _quiet(bus))["files"][F]["opens"]) == {"A/s", "B/rw"}
+        await bus.close(F, a.oid("s"))
+        await bus.close(F, b.oid("rw"))
+        assert (await _quiet(bus))["files"] == {}
+        await bus.stop()
+
+    run(body())
+
+
 # -- a reference model under random workloads (hypothesis) ---------------------------------------
 
 ACCESS = [FILE_READ_DATA, FILE_WRITE_DATA, RW, FILE_READ_ATTRIBUTES, RW | DELETE]
