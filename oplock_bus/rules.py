@@ -181,9 +181,9 @@ def needs_record(req: OpenRequest) -> bool:
     """Whether an open must be stored in the file's shared record.
 
     An attribute-only open without a lease (and without an oplock, which
-    only one that creates the file can get) takes part in no share check,
-    breaks nothing and keeps no other open from caching: all it needs is
-    a file that is not delete-pending. Storing it anyway made each such
+    only one that creates the file can get) that does not truncate takes
+    part in no share check, breaks nothing and keeps no other open from
+    caching: all it needs is a file that is not delete-pending. Storing it anyway made each such
     open and close a write to a record every node shares, which is what
     smb2.bench.path-contention-shared (stat opens of the share root) does.
     """
@@ -191,6 +191,7 @@ def needs_record(req: OpenRequest) -> bool:
         is_oplock_stat_open(req.access)
         and req.lease is None
         and (req.oplock == OPLOCK_NONE or not req.created)
+        and req.disposition != Disposition.OVERWRITE  # breaks as a write would
         and not req.holds_record
     )
 

@@ -33,6 +33,7 @@ from oplock_bus.api import (
     STATUS_RANGE_NOT_LOCKED,
     STATUS_SHARING_VIOLATION,
     STATUS_SUCCESS,
+    Disposition,
     LockBus,
     LockRange,
     Operation,
@@ -540,14 +541,24 @@ def test_attribute_only_opens_stay_out_of_the_record(backend: str) -> None:
         bus = await started(backend)
         a, b = Client(bus, "A"), Client(bus, "B")
         stat = FILE_READ_ATTRIBUTES
+        # Truncating is no stat open: it breaks a batch holder to none
+        # (smb2.oplock.batch13).
+        await b.open("b", share=SHARE_ALL, oplock=OPLOCK_BATCH)
+        over = await a.open("o", access=stat, share=SHARE_ALL, disposition=Disposition.OVERWRITE)
+        assert over.status == STATUS_SUCCESS
+        assert [(n.open_id, n.new_level) for n in b.notices] == [("B/b", OPLOCK_NONE)]
+        assert set((await _quiet(bus))["files"][F]["opens"]) == {"A/o", "B/b"}
+        await bus.close(F, a.oid("o"))
+        await bus.close(F, b.oid("b"))
+
         assert (await a.open("s", access=stat, share=SHARE_NONE)).status == STATUS_SUCCESS
-        assert (await b.open("rw", share=SHARE_NONE)).status == STATUS_SUCCESS
+        assert (await b.open("rw", share=SHARE_ALL)).status == STATUS_SUCCESS
         assert set((await _quiet(bus))["files"][F]["opens"]) == {"B/rw"}
         # An oplock is only for an open that created the file: asked for here, none.
         got = await a.open("s2", access=stat, share=SHARE_NONE, oplock=OPLOCK_BATCH)
         assert (got.status, got.oplock) == (STATUS_SUCCESS, OPLOCK_NONE)
         await bus.close(F, a.oid("s2"))
-        await b.open("del", access=RW | DELETE, share=SHARE_ALL)
+        assert (await b.open("del", access=RW | DELETE, share=SHARE_ALL)).status == 0
         await bus.set_delete_pending(F, True)
         assert (await a.open("s3", access=stat, share=SHARE_ALL)).status == 0xC0000056
         await bus.set_delete_pending(F, False)
