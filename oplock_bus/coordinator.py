@@ -36,7 +36,7 @@ from .api import (
     Operation,
 )
 from .leaseindex import LeaseIndex, file_doc_key
-from .model import FileState, RangeSpec, lease_id
+from .model import FileState, RangeSpec, lease_id, result_from_list
 from .store import UNSUBSCRIBED, Doc, Store, Subscription
 
 log = logging.getLogger("oplock_bus")
@@ -157,8 +157,8 @@ class Coordinator(LockBus):
             raise
 
     async def _undo_open(self, req: OpenRequest, out: rules.OpenOutcome) -> None:
-        if out.result is not None and out.result.status == STATUS_SUCCESS:
-            await self.close(req.file, req.open_id)
+        if out.result is None or out.result.status == STATUS_SUCCESS:
+            await self.close(req.file, req.open_id)  # granted, or waiting in the record
 
     async def _unbind(self, lid: str, file: FileKey, bound: bool) -> None:
         if bound:
@@ -173,14 +173,15 @@ class Coordinator(LockBus):
     async def open(self, req: OpenRequest) -> OpenResult:
         if not rules.needs_record(req):
             return await self._open_unrecorded(req)
-        granted: list[bool] = []
+        recorded: list[bool] = []
         try:
-            return await self._open(req, granted)
+            return await self._open(req, recorded)
         except BaseException:
-            # Committed, but the caller will never learn of it (cancelled by
-            # a CANCEL or a disconnect, or a later step failed): an open
-            # nobody can close would block the file for good.
-            if granted:
+            # Granted or waiting in the record, but the caller will never
+            # learn of it (cancelled by a CANCEL or a disconnect, or a later
+            # step failed): an open nobody can close would block the file for
+            # good, and a waiting one would be granted to nobody.
+            if recorded:
                 self._in_background(self.close(req.file, req.open_id))
             raise
 
@@ -211,7 +212,7 @@ class Coordinator(LockBus):
         if not task.cancelled() and task.exception() is not None:
             log.error("bus clean-up failed: %r", task.exception())
 
-    async def _open(self, req: OpenRequest, granted: list[bool]) -> OpenResult:
+    async def _open(self, req: OpenRequest, recorded: list[bool]) -> OpenResult:
         lid = lease_id(req.lease.key) if req.lease is not None else None
         if lid is not None and not await self._committed(
             self.leases.bind(lid, req.file), lambda bound: self._unbind(lid, req.file, bound)
@@ -241,8 +242,8 @@ class Coordinator(LockBus):
                         ),
                         lambda o: self._undo_open(req, o),
                     )
-                    if out.result is not None and out.result.status == STATUS_SUCCESS:
-                        granted.append(True)
+                    if out.result is None or out.result.status == STATUS_SUCCESS:
+                        recorded.append(True)
                     if out.result is None and not listening:
                         self.store.prepare_subscribe([file_channel(req.file)])
                     await self._send(out.notices)
@@ -256,9 +257,25 @@ class Coordinator(LockBus):
                         continue
                     until = out.wait_until if out.wait_until is not None else now
                     await sub.wait(max(0.0, until - self.clock()))
+                    # What woke us may have granted the open already (see
+                    # _admitting): then the record says so, and only reading it
+                    # is left. A grant once seen stays true, so a value seen
+                    # here needs no check that it is current.
+                    admitted = _admitted(self.store.peek(key), req.open_id)
+                    if admitted is not None:
+                        return admitted
         finally:
             if lid is not None:
                 await asyncio.shield(self.leases.release(lid, req.file))
+
+    def _admit(self, st: FileState | None, now: float) -> tuple[FileState | None, bool]:
+        """Grant, in the same transaction, the waiting opens that an ack or a
+        close unblocked (rules.admit_waiting): each opener is spared the
+        round trip of committing its open itself once woken."""
+        if st is None or not st.pending:
+            return st, False
+        st, admitted = rules.admit_waiting(st, now=now, break_timeout=self.break_timeout)
+        return st, bool(admitted)
 
     async def close(self, file: FileKey, open_id: OpenId) -> None:
         if self._unrecorded.pop((file, open_id), None) is not None:
@@ -267,7 +284,8 @@ class Coordinator(LockBus):
 
         def forget(st: FileState | None) -> tuple[FileState | None, rules.CloseOutcome]:
             out = rules.close(st, open_id, now=now)
-            return out.state, out
+            new, _ = self._admit(out.state, now)  # the close's wake-up tells them
+            return new, out
 
         out = await self._apply(
             file, forget, lambda o: _channels(file, o.finished_waiters, file_too=True)
@@ -284,7 +302,8 @@ class Coordinator(LockBus):
 
         def ack(st: FileState | None) -> tuple[FileState | None, rules.AckOutcome]:
             out = rules.ack_oplock(st, open_id, level, now=now)
-            return out.state, out
+            new, admitted = self._admit(out.state, now)
+            return new, dataclasses.replace(out, wake=True) if admitted else out
 
         out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake), _notices)
         await self._send(out.notices)
@@ -301,7 +320,8 @@ class Coordinator(LockBus):
 
         def ack(st: FileState | None) -> tuple[FileState | None, rules.AckOutcome]:
             out = rules.ack_lease(st, lid, state, now=now, break_timeout=self.break_timeout)
-            return out.state, out
+            new, admitted = self._admit(out.state, now)
+            return new, dataclasses.replace(out, wake=True) if admitted else out
 
         out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake), _notices)
         await self._send(out.notices)
@@ -435,7 +455,8 @@ class Coordinator(LockBus):
             _, doc = await self.store.load(key)
             if doc is None:
                 continue
-            for open_id, entry in doc.get("opens", {}).items():
+            # Waiting opens too: one granted to a dead node would hold the file.
+            for open_id, entry in [*doc.get("opens", {}).items(), *doc.get("pending", {}).items()]:
                 if entry.get("node_id") != node_id:
                     continue
                 if epoch is None or entry.get("epoch", 0) <= epoch:
@@ -463,12 +484,19 @@ def _open_rule(
     req: OpenRequest, now: float, timeout: float, first_attempt: bool
 ) -> Callable[[FileState | None], tuple[FileState | None, rules.OpenOutcome]]:
     def rule(st: FileState | None) -> tuple[FileState | None, rules.OpenOutcome]:
-        out = rules.evaluate_open(
+        out = rules.evaluate_waiting_open(
             st, req, now=now, break_timeout=timeout, first_attempt=first_attempt
         )
         return out.state, out
 
     return rule
+
+
+def _admitted(doc: Doc | None, open_id: OpenId) -> OpenResult | None:
+    entry = doc.get("opens", {}).get(open_id) if doc is not None else None
+    if entry is None or entry.get("result") is None:
+        return None
+    return result_from_list(entry["result"])
 
 
 def _operation_rule(

@@ -66,6 +66,13 @@ class MemoryStore(Store):
         doc: Doc = json.loads(text)
         return token, doc
 
+    def peek(self, key: str) -> Doc | None:
+        entry = self._docs.get(key)
+        if entry is None:
+            return None
+        doc: Doc = json.loads(entry[1])
+        return doc
+
     async def compare_and_set(self, key: str, token: str | None, doc: Doc | None) -> bool:
         entry = self._docs.get(key)
         if (entry[0] if entry is not None else None) != token:

@@ -11,7 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .api import OPLOCK_NONE, LeaseKey, NodeId, OpenId
+from .api import (
+    OPLOCK_NONE,
+    Disposition,
+    LeaseKey,
+    LeaseRequest,
+    NodeId,
+    OpenId,
+    OpenRequest,
+    OpenResult,
+)
 
 
 def lease_id(key: LeaseKey) -> str:
@@ -39,6 +48,9 @@ class OpenEntry:
     unacked_break: bool = False
     owner_data: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0  # the owning node's registration epoch (0: no liveness)
+    # Set when another node's transaction granted this open while its opener
+    # waited (rules.admit_waiting): the OpenResult, for the opener to read.
+    result: list[int] | None = None
 
 
 @dataclass
@@ -104,6 +116,9 @@ class FileState:
     leases: dict[str, LeaseEntry] = field(default_factory=dict)
     locks: list[ByteRangeLock] = field(default_factory=list)
     waiters: list[LockWaiter] = field(default_factory=list)
+    # Opens waiting for breaks to be acknowledged, as their requests in plain
+    # form (request_to_dict), in arrival order.
+    pending: dict[OpenId, dict[str, Any]] = field(default_factory=dict)
 
     def clone(self) -> FileState:
         # A round trip through the plain form: much cheaper than deepcopy.
@@ -111,7 +126,13 @@ class FileState:
 
     def is_idle(self) -> bool:
         """Nothing left worth storing: the record can be deleted."""
-        return not self.opens and not self.locks and not self.waiters and not self.leases
+        return (
+            not self.opens
+            and not self.locks
+            and not self.waiters
+            and not self.leases
+            and not self.pending
+        )
 
     def to_dict(self) -> dict[str, Any]:
         # Written out rather than dataclasses.asdict: asdict deep-copies every
@@ -136,6 +157,8 @@ class FileState:
                 }
                 for w in self.waiters
             ],
+            # Requests are never changed in place: sharing them is safe.
+            "pending": dict(self.pending),
         }
 
     @classmethod
@@ -149,4 +172,45 @@ class FileState:
             leases={k: LeaseEntry(**v) for k, v in d.get("leases", {}).items()},
             locks=[ByteRangeLock(**x) for x in d.get("locks", [])],
             waiters=[LockWaiter.from_dict(x) for x in d.get("waiters", [])],
+            pending=dict(d.get("pending", {})),
         )
+
+
+def request_to_dict(req: OpenRequest) -> dict[str, Any]:
+    """An open request in plain form, as a waiting open is stored."""
+    d = dict(vars(req))
+    d["disposition"] = int(req.disposition)
+    if req.lease is not None:
+        lease = req.lease
+        d["lease"] = {
+            "client_guid": lease.key.client_guid.hex(),
+            "key": lease.key.key.hex(),
+            "state": lease.state,
+            "version": lease.version,
+            "epoch": lease.epoch,
+            "parent_key": lease.parent_key.hex() if lease.parent_key is not None else None,
+        }
+    return d
+
+
+def request_from_dict(d: dict[str, Any]) -> OpenRequest:
+    fields = dict(d)
+    fields["disposition"] = Disposition(d["disposition"])
+    lease = d.get("lease")
+    if lease is not None:
+        fields["lease"] = LeaseRequest(
+            key=LeaseKey(bytes.fromhex(lease["client_guid"]), bytes.fromhex(lease["key"])),
+            state=lease["state"],
+            version=lease["version"],
+            epoch=lease["epoch"],
+            parent_key=bytes.fromhex(lease["parent_key"]) if lease["parent_key"] else None,
+        )
+    return OpenRequest(**fields)
+
+
+def result_to_list(r: OpenResult) -> list[int]:
+    return [r.status, r.oplock, r.lease_state, r.lease_epoch, r.lease_flags, r.lease_version]
+
+
+def result_from_list(values: list[int]) -> OpenResult:
+    return OpenResult(*values)

@@ -392,6 +392,9 @@ class RedisStore(Store):
                 self._remember(rkey, raw)
         raise ConflictRetriesExhausted(rkey[len(self.ns) :])
 
+    def peek(self, key: str) -> Doc | None:
+        return _decode(self._cache.get(self.ns + key))[1]
+
     def knows(self, key: str) -> bool:
         return self.ns + key in self._cache
 

@@ -66,7 +66,17 @@ from .caching import (
     oplock_notice,
     oplock_to_lease,
 )
-from .model import FileState, LeaseEntry, OpenEntry, RangeSpec, lease_id
+from .model import (
+    FileState,
+    LeaseEntry,
+    OpenEntry,
+    RangeSpec,
+    lease_id,
+    request_from_dict,
+    request_to_dict,
+    result_from_list,
+    result_to_list,
+)
 from .ranges import lock_conflicts
 
 __all__ = [
@@ -77,12 +87,14 @@ __all__ = [
     "OperationOutcome",
     "ack_lease",
     "ack_oplock",
+    "admit_waiting",
     "cancel_waiter",
     "check_io",
     "close",
     "collect_waiter",
     "evaluate_open",
     "evaluate_operation",
+    "evaluate_waiting_open",
     "grant_waiters",
     "invariant_violations",
     "lock",
@@ -175,6 +187,59 @@ def evaluate_open(
         return OpenOutcome(st, tuple(notices), OpenResult(STATUS_SHARING_VIOLATION), wake=expired)
     result = _grant(st, req, own, stat_open)
     return OpenOutcome(st, tuple(notices), result, wake=expired)
+
+
+def evaluate_waiting_open(
+    state: FileState | None,
+    req: OpenRequest,
+    *,
+    now: float,
+    break_timeout: float,
+    first_attempt: bool,
+) -> OpenOutcome:
+    """``evaluate_open`` for an opener that waits between evaluations.
+
+    An open that must wait is stored with the state as pending, so that the
+    transaction that unblocks it (an ack, a close) can grant it at once
+    (``admit_waiting``); its opener then finds the result in the record. An
+    open decided here leaves the pending list.
+    """
+    if state is not None:
+        mine = state.opens.get(req.open_id)
+        if mine is not None and mine.result is not None:
+            return OpenOutcome(state, (), result_from_list(mine.result))
+    out = evaluate_open(
+        state, req, now=now, break_timeout=break_timeout, first_attempt=first_attempt
+    )
+    if out.result is None:
+        if req.open_id not in out.state.pending:
+            out.state.pending[req.open_id] = request_to_dict(req)
+    else:
+        out.state.pending.pop(req.open_id, None)
+    return out
+
+
+def admit_waiting(
+    state: FileState, *, now: float, break_timeout: float
+) -> tuple[FileState, list[OpenId]]:
+    """Grant the pending opens, in arrival order, that can now go ahead
+    without breaking anything more; stop at the first that cannot (its
+    opener evaluates it again itself, as does every opener of a refused or
+    still-waiting open). Saves the opener a round trip: it only reads."""
+    st = state
+    admitted: list[OpenId] = []
+    for open_id, plain in state.pending.items():
+        out = evaluate_open(
+            st, request_from_dict(plain), now=now, break_timeout=break_timeout,
+            first_attempt=False,
+        )  # fmt: skip
+        if out.result is None or out.result.status != STATUS_SUCCESS or out.notices:
+            break
+        st = out.state  # a copy: evaluate_open never changes its input
+        del st.pending[open_id]
+        st.opens[open_id].result = result_to_list(out.result)
+        admitted.append(open_id)
+    return st, admitted
 
 
 def needs_record(req: OpenRequest) -> bool:
@@ -473,8 +538,14 @@ def ack_lease(
 def close(state: FileState | None, open_id: OpenId, *, now: float) -> CloseOutcome:
     """Forget an open: its locks and queued locks go, its pending break ends,
     a lease with no opens left is dropped."""
-    if state is None or open_id not in state.opens:
+    if state is None:
         return CloseOutcome(state, (), ())
+    if open_id not in state.opens:
+        if open_id not in state.pending:
+            return CloseOutcome(state, (), ())
+        st = state.clone()  # a waiting open given up
+        del st.pending[open_id]
+        return CloseOutcome(None if st.is_idle() else st, (), ())
     st, _ = _fresh(state, state.file, now)
     o = st.opens.pop(open_id)
     dropped: list[str] = []

@@ -100,6 +100,11 @@ def render(st: dict[str, Any]) -> str:
         for w in doc["waiters"]:
             spans = ", ".join(f"{r['offset']}+{r['length']}" for r in w["ranges"])
             lines.append(f"    waiting lock {w['open_id']} {spans}")
+        for open_id, r in doc.get("pending", {}).items():
+            lines.append(
+                f"    waiting open {open_id} node {r['node_id']} "
+                f"access 0x{r['access']:x} share 0x{r['share']:x}"
+            )
     lines.append(f"pending breaks ({len(st['pending_breaks'])}):")
     for b in st["pending_breaks"]:
         who = b.get("open_id") or b.get("lease")

@@ -106,6 +106,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def keys(self, prefix: str) -> list[str]: ...
 
+    def peek(self, key: str) -> Doc | None:
+        """The last value of ``key`` seen here, at no cost; it may be stale
+        (None: nothing known). Only for facts that, once true, stay true."""
+        return None
+
     def knows(self, key: str) -> bool:
         """Whether a transaction on ``key`` can start without reading it first."""
         return True

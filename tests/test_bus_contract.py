@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from oplock_bus import make_bus
+from oplock_bus import make_bus, rules
 from oplock_bus.api import (
     LEASE_HANDLE,
     LEASE_READ,
@@ -36,10 +36,12 @@ from oplock_bus.api import (
     Disposition,
     LockBus,
     LockRange,
+    OpenRequest,
     Operation,
 )
 from oplock_bus.coordinator import Coordinator
 from oplock_bus.memory import InProcessBus, MemoryStore
+from oplock_bus.model import FileState
 from oplock_bus.redis_bus import RedisBus
 from oplock_bus.store import Doc
 from tests.conftest_bus import (
@@ -442,8 +444,9 @@ def test_cancelled_open_leaves_no_trace(backend: str) -> None:
         waiting.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiting
-        snap = await _quiet(bus)
+        snap = await _eventually(bus, lambda s: not s["files"][F]["pending"])
         assert list(snap["files"][F]["opens"]) == ["A/h"]
+        assert snap["files"][F]["pending"] == {}  # given up: nobody to grant it to
         assert len(snap["leases"]) == 1
         await bus.stop()
 
@@ -773,6 +776,53 @@ def test_dead_node_releases_everything(backend: str) -> None:
         assert await bus.drop_node("A") == 1
         got = await asyncio.wait_for(waiting_open, 1)
         assert (got.status, got.oplock) == (STATUS_SUCCESS, OPLOCK_BATCH)
+        await bus.stop()
+
+    run(body())
+
+
+def test_the_ack_grants_the_waiting_open(backend: str) -> None:
+    """A waiting open is in the record, so the transaction of the holder's
+    ack grants it: the opener, once woken, only has to read its result."""
+
+    async def body() -> None:
+        bus = await started(backend, break_timeout=5.0)
+        a, b = Client(bus, "A", policy="ignore"), Client(bus, "B")
+        await a.open("h", share=SHARE_ALL, oplock=OPLOCK_BATCH)
+        waiting = asyncio.create_task(b.open("h", share=SHARE_ALL, oplock=OPLOCK_BATCH))
+        snap = await _eventually(bus, lambda s: "B/h" in s["files"][F]["pending"])
+        assert list(snap["files"][F]["pending"]) == ["B/h"] and not waiting.done()
+        assert (await bus.ack_oplock(F, a.oid("h"), OPLOCK_II)).status == STATUS_SUCCESS
+        # Granted by the ack's own commit, before the opener ran again.
+        doc = (await bus.snapshot())["files"][F]
+        assert doc["pending"] == {} and "B/h" in doc["opens"]
+        got = await asyncio.wait_for(waiting, 2)
+        assert (got.status, got.oplock) == (STATUS_SUCCESS, OPLOCK_II)
+        await bus.stop()
+
+    run(body())
+
+
+def test_a_dead_nodes_waiting_open_goes(backend: str) -> None:
+    async def body() -> None:
+        bus = await started(backend, break_timeout=5.0)
+        assert isinstance(bus, Coordinator)
+        a = Client(bus, "A", policy="ignore")
+        await a.open("h", share=SHARE_ALL, oplock=OPLOCK_BATCH)
+        # Node B wrote its waiting open, then died (no process left to withdraw it).
+        req = OpenRequest("B/h", "B", F, RW, SHARE_ALL)
+
+        def wait_in_record(st: FileState | None) -> tuple[FileState | None, None]:
+            out = rules.evaluate_waiting_open(
+                st, req, now=time.time(), break_timeout=5.0, first_attempt=True
+            )
+            return out.state, None
+
+        await bus._apply(F, wait_in_record)
+        assert list((await _quiet(bus))["files"][F]["pending"]) == ["B/h"]
+        # Were it left, the break's end would grant the file to nobody.
+        assert await bus.drop_node("B") == 1
+        assert (await _quiet(bus))["files"][F]["pending"] == {}
         await bus.stop()
 
     run(body())

@@ -75,6 +75,7 @@ def _up(tmp_path: Path, nodes: int, *extra: str) -> tuple[subprocess.Popen[str],
         if "Ctrl-C" in line:
             return proc, port, "".join(banner)
     proc.kill()
+    assert proc.stderr is not None
     raise AssertionError(f"cluster did not come up: {''.join(banner)} {proc.stderr.read()}")
 
 

@@ -41,7 +41,14 @@ from oplock_bus.api import (
     OpenRequest,
     Operation,
 )
-from oplock_bus.model import FileState, RangeSpec, lease_id
+from oplock_bus.model import (
+    FileState,
+    RangeSpec,
+    lease_id,
+    request_from_dict,
+    request_to_dict,
+    result_from_list,
+)
 from oplock_bus.ranges import overlap, range_valid
 
 NOW = 1_000.0
@@ -1087,6 +1094,8 @@ def test_state_plain_form_round_trips_and_is_independent() -> None:
     st.leases["g:k"] = LeaseEntry("g:k", "00", "11", 7, 2, 2, opens=["n/1"])
     st.locks.append(ByteRangeLock("n/1", 0, 10, True))
     st.waiters.append(LockWaiter("w1", "n/1", [RangeSpec(5, 1, False)]))
+    st.pending["n/2"] = request_to_dict(req("n/2", lease=lreq(2, "RH", version=2, epoch=4)))
+    st.opens["n/1"].result = [0, 1, 0, 0, 0, 0]
     assert st.to_dict() == dataclasses.asdict(st)
     twin = st.clone()
     assert twin == st
@@ -1096,3 +1105,53 @@ def test_state_plain_form_round_trips_and_is_independent() -> None:
     assert st.opens["n/1"].owner_data == {"c": 1}
     assert st.leases["g:k"].opens == ["n/1"]
     assert st.waiters[0].ranges[0].offset == 5
+
+
+# -- waiting opens, granted by whoever unblocks them -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "r",
+    [
+        req("a/1"),
+        req("a/2", lease=lreq(3, "RWH", version=2, epoch=7), overwrite=True, file_size=9),
+        req("a/3", access=READ_ATTR, directory=True, created=True),
+    ],
+)
+def test_a_waiting_request_round_trips(r: OpenRequest) -> None:
+    import json
+
+    assert request_from_dict(json.loads(json.dumps(request_to_dict(r)))) == r
+
+
+def test_an_ack_grants_waiting_opens_in_order_and_stops_at_one_that_cannot_go() -> None:
+    st = granted(None, req("a/1", share=SH_RW, oplock=OPLOCK_BATCH))
+    waits = []
+    for r in (req("b/1", share=SH_RW), req("c/1", access=DELETE, share=SH_ALL), req("d/1")):
+        out = rules.evaluate_waiting_open(st, r, now=NOW, break_timeout=TIMEOUT, first_attempt=True)
+        st = out.state
+        waits.append(out.result)
+    assert waits == [None, None, None] and list(st.pending) == ["b/1", "c/1", "d/1"]
+    acked = rules.ack_oplock(st, "a/1", OPLOCK_II, now=NOW).state
+    assert acked is not None
+    st, admitted = rules.admit_waiting(acked, now=NOW, break_timeout=TIMEOUT)
+    # b goes in; c (delete access, while a and b do not share delete) would
+    # be refused, so it stops there: d waits behind it, and each of them
+    # evaluates again itself.
+    assert admitted == ["b/1"] and list(st.pending) == ["c/1", "d/1"]
+    result = st.opens["b/1"].result
+    assert result is not None
+    assert result_from_list(result).status == STATUS_SUCCESS
+    assert acked.pending.keys() == {"b/1", "c/1", "d/1"}  # the input is left alone
+    again = rules.evaluate_waiting_open(
+        st, req("b/1", share=SH_RW), now=NOW, break_timeout=TIMEOUT, first_attempt=False
+    )
+    assert again.state is st and again.result == result_from_list(result)
+    refused = rules.evaluate_waiting_open(
+        st, req("c/1", access=DELETE, share=SH_ALL), now=NOW, break_timeout=TIMEOUT,
+        first_attempt=False,
+    )  # fmt: skip
+    assert refused.result is not None and refused.result.status == STATUS_SHARING_VIOLATION
+    assert list(refused.state.pending) == ["d/1"]
+    gone = rules.close(refused.state, "d/1", now=NOW)
+    assert gone.state is not None and gone.state.pending == {}
