@@ -14,6 +14,7 @@ from smbprotocol.open import Open, SMB2QueryInfoRequest, SMB2QueryInfoResponse, 
 
 INFO_FILE = 1
 INFO_FILESYSTEM = 2
+INFO_SECURITY = 3
 FILE_BASIC = 4
 FILE_INTERNAL = 6
 FILE_EA = 7
@@ -38,14 +39,20 @@ def filetime(unix_seconds: int) -> int:
 
 
 def query(
-    handle: Open, info_class: int, out_len: int = 4096, info_type: int = INFO_FILE
+    handle: Open,
+    info_class: int,
+    out_len: int = 4096,
+    info_type: int = INFO_FILE,
+    additional: int = 0,
 ) -> tuple[int, bytes]:
-    """(status, data) of one QUERY_INFO; a failure's data is empty."""
+    """(status, data) of one QUERY_INFO; a failure's data is empty.
+    ``additional``: AdditionalInformation (which parts of a security descriptor)."""
     req = SMB2QueryInfoRequest()
     req["info_type"] = info_type
     req["file_info_class"].enum_strict = False  # smbprotocol lacks some (FileIdInformation)
     req["file_info_class"] = info_class
     req["output_buffer_length"] = out_len
+    req["additional_information"] = additional
     req["file_id"] = handle.file_id
     tree = handle.tree_connect
     conn = tree.session.connection
@@ -67,10 +74,13 @@ def query_ok(handle: Open, info_class: int, out_len: int = 4096) -> bytes:
     return data
 
 
-def set_info(handle: Open, info_class: int, buf: bytes) -> None:
+def set_info(
+    handle: Open, info_class: int, buf: bytes, info_type: int = INFO_FILE, additional: int = 0
+) -> None:
     req = SMB2SetInfoRequest()
-    req["info_type"] = INFO_FILE
+    req["info_type"] = info_type
     req["file_info_class"] = info_class
+    req["additional_information"] = additional
     req["file_id"] = handle.file_id
     req["buffer"] = buf
     tree = handle.tree_connect

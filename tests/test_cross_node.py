@@ -30,9 +30,6 @@ from smbprotocol.open import (
     RequestedOplockLevel,
     ShareAccess,
     SMB2LockElement,
-    SMB2QueryInfoRequest,
-    SMB2QueryInfoResponse,
-    SMB2SetInfoRequest,
 )
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
@@ -241,38 +238,13 @@ def test_kill9_of_node1_frees_its_oplock_and_lock_for_node2(tmp_path: Path) -> N
         cluster.stop()
 
 
-INFO_SECURITY = 3
 OWNER_GROUP_DACL = 0x7
 
 
 def _query_sd(handle: Open, additional: int = OWNER_GROUP_DACL) -> bytes:
-    return _query(handle, INFO_SECURITY, 0, additional)
-
-
-def _query(handle: Open, info_type: int, info_class: int, additional: int = 0) -> bytes:
-    req = SMB2QueryInfoRequest()
-    req["info_type"] = info_type
-    req["file_info_class"] = info_class
-    req["output_buffer_length"] = 4096
-    req["additional_information"] = additional
-    req["file_id"] = handle.file_id
-    tree = handle.tree_connect
-    request = tree.session.connection.send(req, tree.session.session_id, tree.tree_connect_id)
-    resp = SMB2QueryInfoResponse()
-    resp.unpack(tree.session.connection.receive(request)["data"].get_value())
-    return bytes(resp["buffer"].get_value())
-
-
-def _set_sd(handle: Open, data: bytes, additional: int) -> None:
-    req = SMB2SetInfoRequest()
-    req["info_type"] = INFO_SECURITY
-    req["file_info_class"] = 0
-    req["additional_information"] = additional
-    req["file_id"] = handle.file_id
-    req["buffer"] = data
-    tree = handle.tree_connect
-    request = tree.session.connection.send(req, tree.session.session_id, tree.tree_connect_id)
-    tree.session.connection.receive(request)
+    status, data = smbinfo.query(handle, 0, info_type=smbinfo.INFO_SECURITY, additional=additional)
+    assert status == smbinfo.STATUS_SUCCESS, hex(status)
+    return data
 
 
 def test_a_dacl_set_through_node1_holds_on_node2(clients: tuple[Client, Client]) -> None:
@@ -283,7 +255,9 @@ def test_a_dacl_set_through_node1_holds_on_node2(clients: tuple[Client, Client])
     written = sd.SecurityDescriptor(
         sd.SE_SELF_RELATIVE | sd.SE_DACL_PRESENT, dacl=sd.acl_of(read_only)
     )
-    _set_sd(handle, written.encode(), acl.DACL_SECURITY_INFORMATION)
+    smbinfo.set_info(
+        handle, 0, written.encode(), smbinfo.INFO_SECURITY, acl.DACL_SECURITY_INFORMATION
+    )
     mine = _query_sd(handle)
     handle.close()
     # Node 2 reads the same descriptor from the volume...
@@ -445,7 +419,7 @@ STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 
 
 def _stream_names(handle: Open) -> list[str]:
-    buf, names, pos = _query(handle, 1, FILE_STREAM_INFORMATION), [], 0  # SMB2_0_INFO_FILE
+    buf, names, pos = smbinfo.query_ok(handle, FILE_STREAM_INFORMATION), [], 0
     while buf:
         nxt, length = struct.unpack_from("<II", buf, pos)
         names.append(buf[pos + 24 : pos + 24 + length].decode("utf-16-le"))

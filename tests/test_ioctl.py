@@ -40,7 +40,6 @@ from smbprotocol.open import (
     SMB2LockElement,
     SMB2QueryInfoRequest,
     SMB2QueryInfoResponse,
-    SMB2SetInfoRequest,
 )
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
@@ -338,26 +337,14 @@ def _fs_info(handle: Open, info_class: int) -> bytes:
     return bytes(resp["buffer"].get_value())
 
 
-def _set_attributes(handle: Open, attributes: int) -> None:
-    """FileBasicInformation with only the attributes set (times 0: left alone)."""
-    req = SMB2SetInfoRequest()
-    req["info_type"] = 1  # SMB2_0_INFO_FILE
-    req["file_info_class"] = 4  # FileBasicInformation
-    req["file_id"] = handle.file_id
-    req["buffer"] = struct.pack("<QQQQII", 0, 0, 0, 0, attributes, 0)
-    tree = handle.tree_connect
-    request = handle.connection.send(req, sid=tree.session.session_id, tid=tree.tree_connect_id)
-    handle.connection.receive(request)
-
-
 def test_sparse_attribute_only_through_the_fsctl(client: Client, node: GatewayNode) -> None:
     """As on NTFS, FileBasicInformation neither sets nor clears SPARSE."""
     hidden, archive = 0x2, 0x20
     f = client.open("attr.bin")
-    _set_attributes(f, archive | FILE_ATTRIBUTE_SPARSE_FILE)
+    smbinfo.set_basic(f, attributes=archive | FILE_ATTRIBUTE_SPARSE_FILE)
     assert not _attributes(client.open("attr.bin")) & FILE_ATTRIBUTE_SPARSE_FILE
     ioctl(f, FSCTL_SET_SPARSE, b"", max_out=0)  # no buffer: TRUE
-    _set_attributes(f, hidden)
+    smbinfo.set_basic(f, attributes=hidden)
     attributes = _attributes(client.open("attr.bin"))
     assert attributes & FILE_ATTRIBUTE_SPARSE_FILE and attributes & hidden
     assert not attributes & archive
