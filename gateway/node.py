@@ -160,13 +160,11 @@ class Node:
         session.state = "expired"
 
     async def end_previous_session(self, session_id: int, successor: Session) -> None:
-        for conn in list(self.connections):
-            old = conn.sessions.get(session_id)
-            if old is None or old is successor:
-                continue
+        old = self.sessions.get(session_id)
+        if old is not None and old is not successor and old.channels:
             if not _same_user(old, successor.username, successor.domain):
                 return  # another user's session id: leave it alone
-            await self.logoff(conn, old, lost=True)
+            await self.logoff(next(iter(old.channels)), old, lost=True)
             forget(self, old)
             log.info("session %#x replaced by %#x", session_id, successor.session_id)
             return
