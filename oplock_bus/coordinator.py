@@ -220,7 +220,7 @@ class Coordinator(LockBus):
             return OpenResult(STATUS_INVALID_PARAMETER)
         try:
             first = True
-            listening = not self.store.lazy_subscribe
+            listening = self.store.subscribed(file_channel(req.file))
             key = file_doc_key(req.file)
             # A document this node has not seen must be read first anyway:
             # subscribing meanwhile costs no time, and spares a wait the

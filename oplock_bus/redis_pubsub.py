@@ -141,6 +141,12 @@ class PubSubHub:
     async def confirm(self, channels: list[str]) -> None:
         await self._confirmed(channels)
 
+    def confirmed(self, ch: str) -> bool:
+        """Subscribed, and Redis confirmed it: every message from now on arrives."""
+        return (
+            ch in self._wanted and self.connected and self._acked.get(ch, 0) >= self._sent[ch]
+        )
+
     def wake_all(self) -> None:
         self._wake_all()
 

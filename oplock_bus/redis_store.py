@@ -437,6 +437,10 @@ class RedisStore(Store):
             raise BusUnavailable("the bus is not started")
         return self.hub.subscription(self.ns + c for c in channels)
 
+    def subscribed(self, channel: str) -> bool:
+        # A file's channel lingers after use: a busy file's stays subscribed.
+        return self.hub is not None and self.hub.confirmed(self.ns + channel)
+
     def prepare_subscribe(self, channels: Iterable[str]) -> None:
         if self.hub is not None:
             # Subscribed and released at once: the channel lingers, so the

@@ -150,6 +150,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def publish(self, channels: Iterable[str]) -> None: ...
 
+    def subscribed(self, channel: str) -> bool:
+        """Whether a subscription to ``channel`` would be ready at once (a
+        lazy subscriber then subscribes before evaluating: it costs nothing)."""
+        return not self.lazy_subscribe
+
     def prepare_subscribe(self, channels: Iterable[str]) -> None:
         """A subscription to these channels is coming: start it now, so its
         round trip overlaps whatever the caller does next."""
