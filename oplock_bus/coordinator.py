@@ -258,7 +258,7 @@ class Coordinator(LockBus):
                     until = out.wait_until if out.wait_until is not None else now
                     await sub.wait(max(0.0, until - self.clock()))
                     # What woke us may have granted the open already (see
-                    # _admitting): then the record says so, and only reading it
+                    # _admit): then the record says so, and only reading it
                     # is left. A grant once seen stays true, so a value seen
                     # here needs no check that it is current.
                     admitted = _admitted(self.store.peek(key), req.open_id)

@@ -248,9 +248,10 @@ def needs_record(req: OpenRequest) -> bool:
     An attribute-only open without a lease (and without an oplock, which
     only one that creates the file can get) that does not truncate takes
     part in no share check, breaks nothing and keeps no other open from
-    caching: all it needs is a file that is not delete-pending. Storing it anyway made each such
-    open and close a write to a record every node shares, which is what
-    smb2.bench.path-contention-shared (stat opens of the share root) does.
+    caching: all it needs is a file that is not delete-pending. Storing it
+    anyway made each such open and close a write to a record every node
+    shares, which is what smb2.bench.path-contention-shared (stat opens of
+    the share root) does.
     """
     return not (
         is_oplock_stat_open(req.access)
