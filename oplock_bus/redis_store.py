@@ -261,8 +261,7 @@ class RedisStore(Store):
         value = "" if doc is None else self._encode(doc)
         rkey = self.ns + key
         with bus_errors():
-            keys, args = [rkey, rkey + ":claim"], [token or "", value, self._token_prefix, "0", 0]
-            res = await scripts.cas.run(self._call, keys, args)
+            res = await self._cas(rkey, token, value)
         if res == 1:
             self._remember(rkey, value.encode() if value else None)
         else:
@@ -371,13 +370,7 @@ class RedisStore(Store):
                 # From the third try on, a failure claims the next turn (see
                 # the CAS script): another node whose every commit starts on
                 # the value it just wrote would otherwise win every time.
-                claim = "1" if attempt >= 3 else "0"
-                res = await scripts.cas.run(
-                    self._call,
-                    [rkey, rkey + ":claim"],
-                    [token or "", value, self._token_prefix, claim, len(wake), *wake]
-                    + [part for pair in messages for part in pair],
-                )
+                res = await self._cas(rkey, token, value, attempt >= 3, wake, messages)
                 if res == 1:
                     self._remember(rkey, value.encode() if value else None)
                     _resolve(results)
@@ -391,6 +384,28 @@ class RedisStore(Store):
                 raw, fresh = (res if isinstance(res, bytes) else None), True
                 self._remember(rkey, raw)
         raise ConflictRetriesExhausted(rkey[len(self.ns) :])
+
+    async def _cas(
+        self,
+        rkey: str,
+        token: str | None,
+        value: str,
+        claim: bool = False,
+        wake: Sequence[str] = (),
+        messages: Sequence[tuple[str, bytes]] = (),
+    ) -> Any:
+        """The CAS script (redis_scripts.CAS): 1 written, -1 another writer's
+        turn, else the current value (0: absent)."""
+        args: list[str | bytes | int] = [
+            token or "",
+            value,
+            self._token_prefix,
+            "1" if claim else "0",
+            len(wake),
+            *wake,
+        ]
+        args += [part for pair in messages for part in pair]
+        return await scripts.cas.run(self._call, [rkey, rkey + ":claim"], args)
 
     def peek(self, key: str) -> Doc | None:
         return _decode(self._cache.get(self.ns + key))[1]
