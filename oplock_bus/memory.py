@@ -59,19 +59,18 @@ class MemoryStore(Store):
         self._handlers: dict[NodeId, BreakHandler] = {}
 
     async def load(self, key: str) -> tuple[str | None, Doc | None]:
+        return self._read(key)
+
+    def peek(self, key: str) -> Doc | None:
+        return self._read(key)[1]  # always current here
+
+    def _read(self, key: str) -> tuple[str | None, Doc | None]:
         entry = self._docs.get(key)
         if entry is None:
             return None, None
         token, text = entry
         doc: Doc = json.loads(text)
         return token, doc
-
-    def peek(self, key: str) -> Doc | None:
-        entry = self._docs.get(key)
-        if entry is None:
-            return None
-        doc: Doc = json.loads(entry[1])
-        return doc
 
     async def compare_and_set(self, key: str, token: str | None, doc: Doc | None) -> bool:
         entry = self._docs.get(key)
