@@ -143,9 +143,11 @@ class PubSubHub:
 
     def confirmed(self, ch: str) -> bool:
         """Subscribed, and Redis confirmed it: every message from now on arrives."""
-        return (
-            ch in self._wanted and self.connected and self._acked.get(ch, 0) >= self._sent[ch]
-        )
+        return ch in self._wanted and self._all_acked(ch)
+
+    def _all_acked(self, ch: str) -> bool:
+        """Every SUBSCRIBE sent for ``ch`` on the live connection was answered."""
+        return self.connected and self._acked.get(ch, 0) >= self._sent.get(ch, 0)
 
     def wake_all(self) -> None:
         self._wake_all()
@@ -211,9 +213,9 @@ class PubSubHub:
         loop = asyncio.get_running_loop()
         pending: list[asyncio.Future[None]] = []
         for ch in channels:
-            target = self._sent.get(ch, 0)
-            if self._acked.get(ch, 0) >= target and self.connected:
+            if self._all_acked(ch):
                 continue
+            target = self._sent.get(ch, 0)
             fut: asyncio.Future[None] = loop.create_future()
             self._waiting.setdefault(ch, []).append((target, fut))
             pending.append(fut)
