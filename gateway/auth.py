@@ -73,15 +73,9 @@ except ImportError:  # cryptography < 43
 __all__ = [
     "AuthError",
     "Authenticator",
-    "ConfigError",
     "MalformedResponseError",
-    "load_users",
     "spnego_init_token",
 ]
-
-
-class ConfigError(Exception):
-    """An unreadable or malformed users file; the message is one line naming the file."""
 
 
 class AuthError(NtStatusError):
@@ -98,54 +92,6 @@ class MalformedResponseError(AuthError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.status = int(Status.INVALID_PARAMETER)
-
-
-# ---------------------------------------------------------------------------
-# users file
-
-
-def load_users(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read ``user:password`` lines; ``#`` comments and blank lines are ignored.
-
-    The password is everything after the first colon, kept verbatim (only the
-    line ending is removed).  User names are stripped of surrounding blanks,
-    must be non-empty, must not contain a backslash and must be unique ignoring
-    case.  Raises ConfigError with a one-line message naming the file (and line).
-    """
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read users file {path}: {e.strerror or e}") from None
-    users: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for lineno, line_b in enumerate(raw.split(b"\n"), 1):
-        try:
-            line = line_b.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError:
-            raise ConfigError(f"users file {path}, line {lineno}: not valid UTF-8") from None
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        user, sep, password = line.partition(":")
-        user = user.strip()
-        if not sep:
-            raise ConfigError(f"users file {path}, line {lineno}: expected user:password")
-        if not user:
-            raise ConfigError(f"users file {path}, line {lineno}: empty user name")
-        if "\\" in user or any(ord(c) < 32 for c in user):
-            raise ConfigError(f"users file {path}, line {lineno}: invalid user name {user!r}")
-        key = user.lower()
-        if key in seen:
-            raise ConfigError(
-                f"users file {path}, line {lineno}: user {user!r} already defined "
-                f"on line {seen[key]}"
-            )
-        seen[key] = lineno
-        users[user] = password
-    if not users:
-        raise ConfigError(f"users file {path} defines no user")
-    return users
 
 
 # ---------------------------------------------------------------------------
@@ -612,7 +558,7 @@ _START, _WAIT_NEGOTIATE, _CHALLENGE_SENT, _DONE, _FAILED = range(5)
 class Authenticator:
     """One SESSION_SETUP exchange; create a new one for every logon attempt.
 
-    `users` maps user name -> clear-text password (as `load_users` returns).
+    `users` maps user name -> clear-text password (as `gateway.config.load_users` returns).
     After `step()` returned done=True: `username` (the users-file spelling),
     `domain` (as the client sent it), `workstation`, `session_key` (16 bytes,
     the NTLM exported session key: the SMB signing/encryption key source),

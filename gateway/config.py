@@ -10,6 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .fs.acl import check_rid_collisions
+
 
 class ConfigError(Exception):
     """Bad configuration; the message is one line meant for the operator."""
@@ -146,10 +148,6 @@ def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Check everything that would otherwise fail later, with a one-line reason."""
-    from .acl import check_rid_collisions
-    from .auth import ConfigError as UsersError
-    from .auth import load_users
-
     if not cfg.shares:
         raise ConfigError("no share configured (use --share NAME=PATH)")
     seen: set[str] = set()
@@ -164,10 +162,7 @@ def validate(cfg: Config) -> None:
         if not os.access(s.path, os.R_OK | os.X_OK):
             raise ConfigError(f"share {s.name}: directory {s.path} is not readable")
     if cfg.users_file:
-        try:
-            cfg.users = load_users(cfg.users_file)
-        except UsersError as e:
-            raise ConfigError(str(e)) from None
+        cfg.users = load_users(cfg.users_file)
         clashes = check_rid_collisions(cfg.users)
         if clashes:
             a, b = clashes[0]
@@ -182,3 +177,47 @@ def validate(cfg: Config) -> None:
         raise ConfigError("max_io_size must be between 65536 and 8388608")
     if not cfg.node_id:
         cfg.node_id = f"{socket.gethostname()}-{cfg.listen_host}-{cfg.listen_port}"
+
+
+def load_users(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Read ``user:password`` lines; ``#`` comments and blank lines are ignored.
+
+    The password is everything after the first colon, kept verbatim (only the
+    line ending is removed).  User names are stripped of surrounding blanks,
+    must be non-empty, must not contain a backslash and must be unique ignoring
+    case.  Raises ConfigError with a one-line message naming the file (and line).
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read users file {path}: {e.strerror or e}") from None
+    users: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for lineno, line_b in enumerate(raw.split(b"\n"), 1):
+        try:
+            line = line_b.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            raise ConfigError(f"users file {path}, line {lineno}: not valid UTF-8") from None
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        user, sep, password = line.partition(":")
+        user = user.strip()
+        if not sep:
+            raise ConfigError(f"users file {path}, line {lineno}: expected user:password")
+        if not user:
+            raise ConfigError(f"users file {path}, line {lineno}: empty user name")
+        if "\\" in user or any(ord(c) < 32 for c in user):
+            raise ConfigError(f"users file {path}, line {lineno}: invalid user name {user!r}")
+        key = user.lower()
+        if key in seen:
+            raise ConfigError(
+                f"users file {path}, line {lineno}: user {user!r} already defined "
+                f"on line {seen[key]}"
+            )
+        seen[key] = lineno
+        users[user] = password
+    if not users:
+        raise ConfigError(f"users file {path} defines no user")
+    return users

@@ -193,8 +193,17 @@ BreakHandler = Callable[[BreakNotice], Awaitable[None]]
 BroadcastHandler = Callable[[dict[str, Any]], None]
 
 
+FenceHandler = Callable[[NodeId], Awaitable[None]]
+
+
 class LockBus(abc.ABC):
     """One lock space. Implementations differ only in where the state lives."""
+
+    # Awaited with a node id when the bus can no longer vouch for that node (no
+    # heartbeat for most of its TTL, or its registration lapsed): the other
+    # nodes are about to release its grants, so its clients must stop caching
+    # under them. A bus no node can drop out of (in-process) never calls it.
+    fence_handler: FenceHandler | None = None
 
     @abc.abstractmethod
     async def start(self) -> None: ...

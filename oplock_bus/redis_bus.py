@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from .api import (
@@ -27,13 +27,8 @@ log = logging.getLogger("oplock_bus.redis")
 
 
 class RedisBus(Coordinator):
-    """One lock space shared by every node on the same Redis (and namespace).
-
-    ``fence_handler``, when set, is awaited with a node id when that node
-    can no longer prove it is alive (no heartbeat for most of its TTL, or
-    its registration lapsed): its clients' caching grants are about to be
-    released by the other nodes, so the gateway should drop them.
-    """
+    """One lock space shared by every node on the same Redis (and namespace);
+    calls ``fence_handler`` (see ``LockBus``) when a node of this process lapses."""
 
     def __init__(
         self,
@@ -49,7 +44,6 @@ class RedisBus(Coordinator):
         self.redis_store = RedisStore(target, local_delivery=local_delivery)
         super().__init__(self.redis_store, break_timeout=break_timeout, clock=clock)
         self.node_id = node_id
-        self.fence_handler: Callable[[NodeId], Awaitable[None]] | None = None
         self.liveness = Liveness(
             self.redis_store,
             ttl=node_ttl,

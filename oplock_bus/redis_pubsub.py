@@ -149,9 +149,6 @@ class PubSubHub:
         """Every SUBSCRIBE sent for ``ch`` on the live connection was answered."""
         return self.connected and self._acked.get(ch, 0) >= self._sent.get(ch, 0)
 
-    def wake_all(self) -> None:
-        self._wake_all()
-
     def _attach(self, sub: RedisSubscription) -> None:
         for ch in sub.channels:
             subs = self._local.get(ch)

@@ -6,7 +6,7 @@ import os
 import time
 from pathlib import Path
 
-from gateway.caseindex import CaseIndex
+from gateway.fs.caseindex import CaseIndex
 
 
 def _dir(tmp_path: Path, entries: int) -> Path:

@@ -15,9 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.auth import load_users
 from gateway.cli import build_parser
-from gateway.config import Config, apply_toml
+from gateway.config import Config, apply_toml, load_users
 
 from .conftest import REPO
 

@@ -34,8 +34,8 @@ from smbprotocol.open import (
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from gateway import acl, sd
 from gateway.cluster import ClusterSpec, LocalCluster
+from gateway.fs import acl, sd
 
 from . import smbinfo
 from .conftest import PASSWORD, USER, free_port, write_users

@@ -7,8 +7,8 @@ import struct
 import pytest
 from smbprotocol.file_info import FileFullEaInformation
 
-from gateway import eas
-from gateway.eas import Ea
+from gateway.fs import eas
+from gateway.fs.eas import Ea
 from gateway.protocol.constants import NtStatusError, Status
 
 

@@ -21,7 +21,9 @@ from impacket import smb3structs
 from impacket.ldap import ldaptypes
 from smbprotocol import file_info as sp
 
-from gateway import security
+from gateway.fs import acl, descriptors
+from gateway.fs import sd as sd_codec
+from gateway.fs.vfs import ShareFS
 from gateway.protocol import infoclass
 from gateway.protocol.constants import (
     FileAttributes,
@@ -31,7 +33,7 @@ from gateway.protocol.constants import (
     NtStatusError,
     Status,
 )
-from gateway.vfs import FILETIME_EPOCH, FileInfo, ShareFS, VolumeSize
+from gateway.protocol.fileinfo import FILETIME_EPOCH, FileInfo, VolumeSize
 
 # FILETIMEs in whole microseconds (smbprotocol's datetimes keep microseconds).
 CREATED, ACCESSED, WRITTEN, CHANGED = (FILETIME_EPOCH + 10 * (1_700_000_000_000_000 + k)
@@ -515,10 +517,10 @@ def sd(data: bytes) -> Any:
 
 
 def test_default_descriptor_for_a_file() -> None:
-    data = security.default_descriptor(1000, 100, False, 0x7)
+    data = descriptors.default_descriptor(1000, 100, False, 0x7)
     d = sd(data)
     assert d["Revision"] == b"\x01"
-    assert d["Control"] == security.SE_SELF_RELATIVE | security.SE_DACL_PRESENT
+    assert d["Control"] == sd_codec.SE_SELF_RELATIVE | sd_codec.SE_DACL_PRESENT
     assert d["OwnerSid"].formatCanonical() == "S-1-22-1-1000"
     assert d["GroupSid"].formatCanonical() == "S-1-22-2-100"
     assert d["OffsetSacl"] == 0
@@ -535,7 +537,7 @@ def test_default_descriptor_for_a_file() -> None:
 
 
 def test_default_descriptor_for_a_directory_inherits() -> None:
-    d = sd(security.default_descriptor(0, 0, True, security.DACL_SECURITY_INFORMATION))
+    d = sd(descriptors.default_descriptor(0, 0, True, acl.DACL_SECURITY_INFORMATION))
     assert all(a["AceFlags"] == 0x3 for a in d["Dacl"].aces)  # object + container inherit
     assert d["OffsetOwner"] == d["OffsetGroup"] == 0
 
@@ -555,25 +557,25 @@ def test_default_descriptor_for_a_directory_inherits() -> None:
 def test_descriptor_holds_what_was_asked(
     additional: int, owner: bool, group: bool, dacl: bool
 ) -> None:
-    data = security.default_descriptor(1000, 100, False, additional)
+    data = descriptors.default_descriptor(1000, 100, False, additional)
     revision, _sbz, control, o_owner, o_group, o_sacl, o_dacl = struct.unpack_from("<BBHIIII",
                                                                                   data)  # fmt: skip
     assert revision == 1 and o_sacl == 0
     assert bool(o_owner) is owner and bool(o_group) is group and bool(o_dacl) is dacl
-    assert bool(control & security.SE_DACL_PRESENT) is dacl
-    assert not control & security.SE_SACL_PRESENT and control & security.SE_SELF_RELATIVE
+    assert bool(control & sd_codec.SE_DACL_PRESENT) is dacl
+    assert not control & sd_codec.SE_SACL_PRESENT and control & sd_codec.SE_SELF_RELATIVE
     if additional == 0:
         assert len(data) == 20
 
 
 def test_sid_bytes() -> None:
-    assert security.sid_bytes("S-1-5-18") == bytes.fromhex("010100000000000512000000")
-    assert ldaptypes.LDAP_SID(data=security.sid_bytes("S-1-5-21-1-2-3-500")).formatCanonical() == (
+    assert sd_codec.sid_bytes("S-1-5-18") == bytes.fromhex("010100000000000512000000")
+    assert ldaptypes.LDAP_SID(data=sd_codec.sid_bytes("S-1-5-21-1-2-3-500")).formatCanonical() == (
         "S-1-5-21-1-2-3-500"
     )
     for bad in ("X-1-5", "S-1", "S-2-5-1", "S-1-x-1", "S-1-5-" + "-".join(["1"] * 16)):
         with pytest.raises(ValueError):
-            security.sid_bytes(bad)
+            sd_codec.sid_bytes(bad)
 
 
 def test_info_type_constants_match() -> None:

@@ -1,4 +1,4 @@
-"""The CHANGE_NOTIFY hub (gateway/notify.py), and change notify against a real node."""
+"""The CHANGE_NOTIFY hub (gateway/smb/notify.py), and change notify against a real node."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
-from gateway.notify import ChangeEvent, NotifyHub, Watch, encode_changes
 from gateway.protocol.constants import CompletionFilter as CF
 from gateway.protocol.constants import NotifyAction as NA
 from gateway.protocol.constants import Status
+from gateway.smb.notify import ChangeEvent, NotifyHub, Watch, encode_changes
 
 from .conftest import PASSWORD, USER, GatewayNode
 

@@ -1,5 +1,6 @@
-"""Security descriptors: the codec (gateway.sd), access checks and inheritance
-(gateway.acl), and their storage on a share (gateway.security, ShareFS)."""
+"""Security descriptors: the codec (gateway.fs.sd), access checks and inheritance
+(gateway.fs.acl), their storage on a share (gateway.fs.descriptors, ShareFS), and
+what handles may do with them (gateway.smb.security)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,10 @@ from typing import Any
 import pytest
 from impacket.ldap import ldaptypes
 
-from gateway import acl, sd, security
-from gateway.acl import (
-    AUTHENTICATED_USERS,
-    CREATOR_OWNER,
-    EVERYONE,
-    OWNER_RIGHTS,
-    Token,
-)
+from gateway.fs import acl, descriptors, sd
+from gateway.fs.acl import AUTHENTICATED_USERS, CREATOR_OWNER, EVERYONE, OWNER_RIGHTS, Token
+from gateway.fs.sd import Ace, Acl, SecurityDescriptor
+from gateway.fs.vfs import ShareFS
 from gateway.protocol.constants import (
     FILE_ALL_ACCESS,
     FILE_GENERIC_READ,
@@ -26,9 +23,8 @@ from gateway.protocol.constants import (
     NtStatusError,
     Status,
 )
-from gateway.sd import Ace, Acl, SecurityDescriptor
-from gateway.state import Open, Session, TreeConnect
-from gateway.vfs import ShareFS
+from gateway.smb import security
+from gateway.smb.state import Open, Session, TreeConnect
 
 ALICE = acl.token_for("alice", guest=False)
 BOB = acl.token_for("bob", guest=False)
@@ -355,7 +351,7 @@ def test_a_read_only_file_still_takes_its_descriptor(fs: ShareFS, tmp_path: Path
 def test_default_descriptor_when_none_stored(fs: ShareFS, tmp_path: Path) -> None:
     path = tmp_path / "host-made"
     path.write_bytes(b"")
-    got = security.load(fs, str(path), False)
+    got = descriptors.load(fs, str(path), False)
     st = os.stat(path)
     assert got.owner == f"S-1-22-1-{st.st_uid}" and got.group == f"S-1-22-2-{st.st_gid}"
     assert acl.maximal_access(got, BOB) == FILE_ALL_ACCESS
@@ -374,21 +370,22 @@ def test_create_set_and_query_through_a_share(fs: ShareFS, tmp_path: Path) -> No
     top_sd = desc(ALICE.user, allow(ALICE.user, FILE_ALL_ACCESS, OI | CI))
     fs.write_sd(str(top), top_sd.encode())
     child = top / "c.txt"
-    assert status_of(security.new_descriptor, fs, BOB, str(child), False, None, 0) == (
+    assert status_of(descriptors.new_descriptor, fs, BOB, str(child), False, None, 0) == (
         Status.ACCESS_DENIED
     )
-    data = security.new_descriptor(fs, ALICE, str(child), False, None, 0)
+    data = descriptors.new_descriptor(fs, ALICE, str(child), False, None, 0)
     child.write_bytes(b"")
-    security.store_new(fs, str(child), data)
+    descriptors.store_new(fs, str(child), data)
     op = _open(fs, child, RC_WD)
     got = sd.parse(security.query_security(op, 0x7))
     assert got.owner == ALICE.user and got.dacl == Acl((allow(ALICE.user, FILE_ALL_ACCESS),))
     # Bob may not open it; alice may, and may hand it over with a NULL DACL.
-    assert (
-        security.open_maximal_access(fs, BOB, str(child), str(child), False, FILE_ALL_ACCESS) == 0
+    bob_rights = descriptors.open_maximal_access(
+        fs, BOB, str(child), str(child), False, FILE_ALL_ACCESS
     )
+    assert bob_rights == 0
     security.set_security(op, acl.DACL_SECURITY_INFORMATION, null_dacl().encode())
-    assert security.open_maximal_access(
+    assert descriptors.open_maximal_access(
         fs, BOB, str(child), str(child), False, FILE_ALL_ACCESS
     ) == (FILE_ALL_ACCESS)
     # Without WRITE_DAC on the handle, or READ_CONTROL for a query: refused.
@@ -407,7 +404,7 @@ def test_delete_child_on_the_parent_grants_delete(fs: ShareFS, tmp_path: Path) -
     child = top / "f"
     child.write_bytes(b"")
     fs.write_sd(str(child), desc(None, allow(BOB.user, AccessMask.FILE_READ_DATA)).encode())
-    got = security.open_maximal_access(fs, BOB, str(child), str(child), False, FILE_ALL_ACCESS)
+    got = descriptors.open_maximal_access(fs, BOB, str(child), str(child), False, FILE_ALL_ACCESS)
     assert got == AccessMask.FILE_READ_DATA | AccessMask.DELETE
 
 

@@ -30,7 +30,7 @@ from smbprotocol.open import (
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
-from gateway.streams import SIDECAR, XATTR_ID
+from gateway.fs.streamstore import SIDECAR, XATTR_ID
 
 from . import smbinfo
 from .conftest import PASSWORD, USER, GatewayNode

@@ -1,4 +1,4 @@
-"""gateway.vfs on real files in tmp_path: names, confinement, identity, metadata, errno mapping.
+"""gateway.fs.vfs on real files in tmp_path: names, confinement, identity, metadata, errno mapping.
 
 No filesystem call is mocked. The only switch flipped is the module's use of
 /proc/self/fd, so that the os.path.realpath fallback is held to the same
@@ -24,20 +24,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import vfs
+from gateway.fs import vfs
+from gateway.fs.vfs import FsError, ShareFS, split_name, status_from_oserror, wildcard_match
 from gateway.protocol.constants import FileAttributes, NtStatusError, Status
+from gateway.protocol.fileinfo import FILETIME_EPOCH, FileInfo, from_filetime, to_filetime
 from gateway.protocol.infoclass import BasicInfo
-from gateway.vfs import (
-    FILETIME_EPOCH,
-    FileInfo,
-    FsError,
-    ShareFS,
-    from_filetime,
-    split_name,
-    status_from_oserror,
-    to_filetime,
-    wildcard_match,
-)
 
 from .conftest import REPO
 
@@ -95,7 +86,7 @@ def test_volume_id_is_kept_on_the_root_and_shared_by_processes(tmp_path: Path) -
     again = ShareFS(str(tmp_path))
     assert first.volume_id == again.volume_id != 0
     assert first.volume_created == again.volume_created != 0
-    code = "import sys; from gateway.vfs import ShareFS; print(ShareFS(sys.argv[1]).volume_id)"
+    code = "import sys; from gateway.fs.vfs import ShareFS; print(ShareFS(sys.argv[1]).volume_id)"
     out = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path)], cwd=REPO, capture_output=True, text=True,
         check=True,
@@ -182,7 +173,7 @@ NAMES_REFUSED = [
     ("a\x00b", Status.OBJECT_NAME_INVALID),
     ("a\x1fb", Status.OBJECT_NAME_INVALID),
     ("d\\x\ty", Status.OBJECT_NAME_INVALID),
-    ("file:stream", Status.OBJECT_NAME_INVALID),  # streams: gateway.streams parses them first
+    ("file:stream", Status.OBJECT_NAME_INVALID),  # streams: streamstore parses them first
     ("dir\\a.txt:secret", Status.OBJECT_NAME_INVALID),
     ("file:stream:$DATA", Status.OBJECT_NAME_INVALID),
     ("file::$INDEX_ALLOCATION", Status.OBJECT_NAME_INVALID),

@@ -9,7 +9,7 @@ File-system answers: the name is "NTFS", as Samba's default ``fstype`` and what
 Windows applications test for before using features (Office and Access among
 them); the attributes are what a POSIX tree behind the gateway really does:
 case-sensitive lookups, preserved case, Unicode names, named streams
-(``gateway.streams``), file-level TRIM, and sparse files where the volume
+(``gateway.fs.streamstore``), file-level TRIM, and sparse files where the volume
 keeps xattrs (the caller passes that bit). No persistent ACLs (the security
 descriptor is synthesised), no object ids, no 8.3 names (directory entries
 carry an empty ShortName).
@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING, Protocol
 from .constants import FileInfoClass, FsInfoClass, NtStatusError, Status
 
 if TYPE_CHECKING:
-    from ..vfs import FileInfo, VolumeSize
+    from .fileinfo import FileInfo, VolumeSize
 
 
 class VolumeSource(Protocol):
-    """What the file-system classes need of a share (``gateway.vfs.ShareFS``)."""
+    """What the file-system classes need of a share (``gateway.fs.vfs.ShareFS``)."""
 
     @property
     def volume_serial(self) -> int: ...
@@ -167,7 +167,7 @@ def file_internal(info: FileInfo) -> bytes:
 
 
 def file_ea(ea_size: int = 0) -> bytes:
-    """FileEaInformation (2.4.13): the size of the file's EAs (``gateway.eas``)."""
+    """FileEaInformation (2.4.13): the size of the file's EAs (``gateway.fs.eas``)."""
     return _U32.pack(ea_size)
 
 
@@ -447,14 +447,6 @@ def pack_directory(
     return bytes(out), used
 
 
-def directory_entry(info_class: int, name: str, info: FileInfo) -> bytes:
-    """One directory entry on its own (NextEntryOffset 0)."""
-    data, used = pack_directory(info_class, [(name, info)], 1 << 30)
-    if not used:
-        raise NtStatusError(Status.OBJECT_NAME_INVALID)
-    return data
-
-
 # -- QUERY_INFO, file-system classes (MS-FSCC 2.5) --------------------------------------------
 
 _FS_VOLUME = struct.Struct("<QIIBx")  # 18 + label
@@ -497,7 +489,7 @@ FILE_SUPPORTS_EXTENDED_ATTRIBUTES = 0x00800000
 
 
 def fs_attribute(extra: int = 0) -> bytes:
-    """FileFsAttributeInformation (2.5.1); extended attributes are kept (``gateway.eas``),
+    """FileFsAttributeInformation (2.5.1); extended attributes are kept (``gateway.fs.eas``),
     ``extra`` adds what the volume supports."""
     attributes = FS_ATTRIBUTES | FILE_SUPPORTS_EXTENDED_ATTRIBUTES | extra
     return _FS_ATTRIBUTE.pack(attributes, MAX_COMPONENT_LENGTH, len(FS_NAME_UTF16)) + FS_NAME_UTF16

@@ -1,0 +1,178 @@
+"""Durable and resilient handles (MS-SMB2 3.3.5.9.6-3.3.5.9.12, 3.3.5.15.9).
+
+A durable handle outlives its connection: when the transport drops, the
+open keeps its bus registration (share mode, oplock or lease, byte-range
+locks) for a while, so a client that reconnects gets the same handle back
+and nobody else slipped in between. The node parks such opens in a
+``DurableTable``; a reconnect request (DHnC/DH2C) takes them back. A break
+aimed at a parked open cannot be delivered, so the open is closed instead
+and the opener waiting for it proceeds at once (Samba does the same).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from ..protocol.constants import Dialect, NtStatusError, OplockLevel, Status
+from .state import Open
+
+log = logging.getLogger("smbgw.durable")
+
+DHNQ, DH2Q, DHNC, DH2C = b"DHnQ", b"DH2Q", b"DHnC", b"DH2C"
+LEASE_HANDLE_CACHING = 0x02
+DH2_FLAG_PERSISTENT = 0x02
+# Timeouts as Samba gives them: 60 s when the client leaves it to us,
+# never more than 300 s (smbtorture smb2.durable-v2-open.create-blob).
+DEFAULT_TIMEOUT_MS = 60_000
+MAX_TIMEOUT_MS = 300_000
+
+_DH2Q = struct.Struct("<II8s16s")  # timeout, flags, reserved, CreateGuid
+_DH2C = struct.Struct("<QQ16sI")  # FileId, CreateGuid, flags
+
+
+@dataclass(frozen=True)
+class DurableAsk:
+    """A create that asks for a durable handle."""
+
+    version: int  # 1 = DHnQ, 2 = DH2Q
+    timeout_ms: int = 0
+    # A v1 handle counts as CreateGuid zero, so a DH2C naming it with a zero
+    # guid reclaims it (smbtorture smb2.durable-open.reopen2-lease).
+    create_guid: bytes = bytes(16)
+
+
+@dataclass(frozen=True)
+class Reclaim:
+    """A create that asks for a disconnected durable handle back."""
+
+    version: int  # 1 = DHnC, 2 = DH2C
+    persistent_id: int
+    create_guid: bytes = b""
+
+
+def parse(contexts: dict[bytes, bytes], dialect: int) -> tuple[DurableAsk | None, Reclaim | None]:
+    """The durable request in a create's contexts; contradictory sets are refused."""
+    v2 = dialect >= Dialect.SMB3_0
+    present = {n for n in (DHNQ, DH2Q, DHNC, DH2C) if n in contexts}
+    if not v2:
+        present -= {DH2Q, DH2C}
+    if len(present) > 1:
+        # A v1 ask beside a v1 reconnect is tolerated by Windows; any other
+        # mix is a malformed request (MS-SMB2 3.3.5.9.6, 3.3.5.9.10).
+        if present != {DHNQ, DHNC}:
+            raise NtStatusError(Status.INVALID_PARAMETER, "conflicting durable contexts")
+        present = {DHNC}
+    if not present:
+        return None, None
+    name = present.pop()
+    data = contexts[name]
+    if name == DHNQ:
+        if len(data) != 16:
+            raise NtStatusError(Status.INVALID_PARAMETER, "bad DHnQ")
+        return DurableAsk(1), None
+    if name == DH2Q:
+        if len(data) != _DH2Q.size:
+            raise NtStatusError(Status.INVALID_PARAMETER, "bad DH2Q")
+        timeout, _flags, _r, guid = _DH2Q.unpack(data)
+        return DurableAsk(2, timeout, guid), None
+    if name == DHNC:
+        if len(data) != 16:
+            raise NtStatusError(Status.INVALID_PARAMETER, "bad DHnC")
+        return None, Reclaim(1, struct.unpack_from("<Q", data)[0])
+    if len(data) != _DH2C.size:
+        raise NtStatusError(Status.INVALID_PARAMETER, "bad DH2C")
+    pid, _vid, guid, _flags = _DH2C.unpack(data)
+    return None, Reclaim(2, pid, guid)
+
+
+def grant(ask: DurableAsk | None, op: Open, lease_state: int) -> list[tuple[bytes, bytes]]:
+    """Make ``op`` durable if its caching allows it; the response context, if any.
+
+    Only a batch oplock or a handle lease makes a handle durable: without
+    handle caching the client could not have kept the handle across a
+    disconnect anyway (MS-SMB2 3.3.5.9.6).
+    """
+    if ask is None or op.is_dir:
+        return []
+    if op.oplock_level == OplockLevel.BATCH:
+        pass
+    elif op.oplock_level != OplockLevel.LEASE or not lease_state & LEASE_HANDLE_CACHING:
+        return []
+    op.durable = True
+    op.create_guid = ask.create_guid
+    if ask.version == 1:
+        op.durable_timeout_ms = DEFAULT_TIMEOUT_MS
+        return [(DHNQ, bytes(8))]
+    timeout = ask.timeout_ms or DEFAULT_TIMEOUT_MS
+    op.durable_timeout_ms = min(timeout, MAX_TIMEOUT_MS)
+    return [(DH2Q, struct.pack("<II", op.durable_timeout_ms, 0))]
+
+
+class DurableTable:
+    """Opens whose connection is gone, waiting to be reclaimed or to expire."""
+
+    def __init__(self, close: Callable[[Open], Coroutine[Any, Any, None]]) -> None:
+        self._close = close
+        self._parked: dict[int, Open] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._parked)
+
+    def keeps(self, op: Open) -> bool:
+        """Whether a dropped connection should park ``op`` rather than close it."""
+        return (op.durable or op.resilient) and op.pipe is None
+
+    def park(self, op: Open) -> None:
+        op.connection = None
+        self._parked[op.persistent_id] = op
+        timeout = (op.durable_timeout_ms if op.durable else op.resilient_timeout_ms) / 1000
+        loop = asyncio.get_running_loop()
+        self._timers[op.persistent_id] = loop.call_later(
+            timeout, self._spawn_close, op.persistent_id, "expired"
+        )
+        log.debug("parked %s (%s) for %.0f s", op.bus_open_id, op.smb_name, timeout)
+
+    def find(self, persistent_id: int) -> Open | None:
+        return self._parked.get(persistent_id)
+
+    def take(self, persistent_id: int) -> Open | None:
+        """Hand a parked open back to a reconnecting client."""
+        op = self._parked.pop(persistent_id, None)
+        timer = self._timers.pop(persistent_id, None)
+        if timer is not None:
+            timer.cancel()
+        return op
+
+    def lease_holders(self, client_guid: bytes, lease_key: bytes) -> list[Open]:
+        return [
+            op
+            for op in self._parked.values()
+            if op.lease_key == lease_key and op.client_guid == client_guid
+        ]
+
+    def purge(self, op: Open, why: str) -> None:
+        """Close a parked open without waiting (e.g. a break it cannot answer)."""
+        if op.persistent_id in self._parked:
+            self._spawn_close(op.persistent_id, why)
+
+    def _spawn_close(self, persistent_id: int, why: str) -> None:
+        op = self.take(persistent_id)
+        if op is None:
+            return
+        log.debug("closing parked %s: %s", op.bus_open_id, why)
+        task = asyncio.get_running_loop().create_task(self._close(op))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close_all(self) -> None:
+        for pid in list(self._parked):
+            self._spawn_close(pid, "node stopping")
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,637 @@
+"""CREATE (MS-SMB2 2.2.13-2.2.14, 3.3.5.9)."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+
+from oplock_bus import api as bus_api
+
+from ...fs import acl, eas, streamstore
+from ...fs.descriptors import store_new
+from ...fs.streamstore import Stream
+from ...fs.vfs import ShareFS, status_from_oserror
+from ...protocol.constants import (
+    AccessMask,
+    CreateAction,
+    CreateDisposition,
+    CreateOptions,
+    Dialect,
+    FileAttributes,
+    ImpersonationLevel,
+    NtStatusError,
+    OplockLevel,
+    Status,
+)
+from ...protocol.contexts import build_create_contexts, parse_create_contexts
+from ...protocol.fileinfo import FileInfo
+from ...protocol.wire import check_size
+from ...rpc.srvsvc import SrvsvcPipe
+from .. import durable, opens, security, streams
+from ..context import Reply, RequestContext
+from ..state import Open
+
+log = logging.getLogger("smbgw.create")
+
+_REQ = struct.Struct("<HBBIQQIIIIIHHII")
+_RESP = struct.Struct("<HBBIQQQQQQIIQQII")
+
+LEASE_FLAG_BREAK_IN_PROGRESS = 0x02
+LEASE_FLAG_PARENT_LEASE_KEY_SET = 0x04
+_VALID_OPTIONS = 0x00FFFFFF
+_PIPE_NAMES = {"srvsvc"}
+
+
+@dataclass
+class CreateRequest:
+    oplock: int
+    impersonation: int
+    access: int
+    attributes: int
+    share: int
+    disposition: int
+    options: int
+    name: str
+    contexts: dict[bytes, bytes] = field(default_factory=dict)
+
+
+def parse_create(body: bytes) -> CreateRequest:
+    check_size(body, 56, 57)
+    (
+        _s, _sec, oplock, imp, _flags, _res, access, attrs, share, disp, options,
+        name_off, name_len, ctx_off, ctx_len,
+    ) = _REQ.unpack_from(body)  # fmt: skip
+    if name_len:
+        start = name_off - 64
+        if start < _REQ.size or start + name_len > len(body) or name_len % 2:
+            raise NtStatusError(Status.INVALID_PARAMETER, "name outside the message")
+        try:
+            name = body[start : start + name_len].decode("utf-16-le")
+        except UnicodeDecodeError:
+            raise NtStatusError(Status.OBJECT_NAME_INVALID) from None
+    else:
+        name = ""
+    return CreateRequest(
+        oplock=oplock,
+        impersonation=imp,
+        access=access,
+        attributes=attrs,
+        share=share,
+        disposition=disp,
+        options=options,
+        name=name,
+        contexts=parse_create_contexts(body, ctx_off, ctx_len, _REQ.size),
+    )
+
+
+def _validate(req: CreateRequest) -> None:
+    if req.impersonation > ImpersonationLevel.DELEGATE:
+        raise NtStatusError(Status.BAD_IMPERSONATION_LEVEL)
+    if req.disposition > CreateDisposition.OVERWRITE_IF:
+        raise NtStatusError(Status.INVALID_PARAMETER, "bad CreateDisposition")
+    if req.options & ~_VALID_OPTIONS:
+        raise NtStatusError(Status.INVALID_PARAMETER, "reserved CreateOptions")
+    opts = req.options
+    if opts & CreateOptions.DIRECTORY_FILE and opts & CreateOptions.NON_DIRECTORY_FILE:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    if opts & CreateOptions.DIRECTORY_FILE and req.disposition not in (
+        CreateDisposition.CREATE,
+        CreateDisposition.OPEN,
+        CreateDisposition.OPEN_IF,
+    ):
+        raise NtStatusError(Status.INVALID_PARAMETER, "directory with overwrite")
+    if req.share & ~0x7 or req.attributes & ~0x7FB7 and req.attributes != 0:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    if req.oplock not in (0x00, 0x01, 0x08, 0x09, 0xFF):
+        raise NtStatusError(Status.INVALID_PARAMETER, "bad RequestedOplockLevel")
+    if req.access & 0x0CE0FE00 or req.access == 0:
+        # Reserved bits, or no access at all (MS-SMB2 3.3.5.9).
+        raise NtStatusError(Status.ACCESS_DENIED)
+    if opts & CreateOptions.DELETE_ON_CLOSE and not req.access & (
+        AccessMask.DELETE | AccessMask.GENERIC_ALL
+    ):
+        raise NtStatusError(Status.INVALID_PARAMETER, "delete-on-close without DELETE")
+
+
+async def handle_create(ctx: RequestContext) -> Reply:
+    tree = ctx.require_tree()
+    req = parse_create(ctx.body)
+    ask, reclaim = durable.parse(req.contexts, ctx.conn.codec.dialect)
+    if reclaim is not None and tree.fs is not None:
+        # A reconnect names the handle; the rest of the request is not checked.
+        return await _reconnect(ctx, req, reclaim)
+    _validate(req)
+    if tree.fs is None:
+        return _open_pipe(ctx, req)
+    return await _open_file(ctx, req, ask)
+
+
+def _open_pipe(ctx: RequestContext, req: CreateRequest) -> Reply:
+    name = req.name.lstrip("\\").lower()
+    if name not in _PIPE_NAMES:
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND)
+    node = ctx.node
+    tree = ctx.require_tree()
+    shares = [(s.name, 0, s.comment) for s in node.config.shares]
+    pipe = SrvsvcPipe(shares, node.config.server_name)
+    op = Open(
+        persistent_id=node.next_id(),
+        volatile_id=node.next_id(),
+        tree=tree,
+        smb_name=name,
+        host_path="",
+        is_dir=False,
+        access=acl.map_generic(req.access),
+        share_access=req.share,
+        create_options=req.options,
+        pipe=pipe,
+        connection=ctx.conn,
+    )
+    ctx.conn.opens[op.volatile_id] = op
+    body = _RESP.pack(89, 0, 0, CreateAction.OPENED, 0, 0, 0, 0, 4096, 0, 0x80, 0,
+                      op.persistent_id, op.volatile_id, 0, 0)  # fmt: skip
+    return Reply(Status.SUCCESS, body, file_id=op.file_id)
+
+
+def _granted_access(req: CreateRequest, maximal: int, info: FileInfo | None) -> int:
+    maximal_here = maximal
+    if info is not None and info.attributes & FileAttributes.READONLY:
+        maximal_here &= ~(AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA)
+    if req.access & AccessMask.MAXIMUM_ALLOWED:
+        # Rights named beside MAXIMUM_ALLOWED must still be granted (smb2.acls.MXAC-NOT-GRANTED).
+        wanted = acl.map_generic(req.access & ~AccessMask.MAXIMUM_ALLOWED)
+        if wanted & ~maximal_here & ~AccessMask.SYNCHRONIZE:
+            raise NtStatusError(Status.ACCESS_DENIED)
+        return maximal_here | wanted
+    wanted = acl.map_generic(req.access)
+    if wanted & ~maximal_here & ~AccessMask.SYNCHRONIZE:
+        raise NtStatusError(Status.ACCESS_DENIED)
+    return wanted
+
+
+def _open_flags(access: int, is_dir: bool) -> int:
+    if is_dir:
+        return os.O_RDONLY | os.O_DIRECTORY
+    writes = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
+    if access & writes:
+        return os.O_RDWR
+    return os.O_RDONLY
+
+
+def _open_fd(path: str, flags: int) -> int:
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except PermissionError:
+        if flags & os.O_RDWR:
+            raise NtStatusError(Status.ACCESS_DENIED) from None
+        # Metadata-only opens of an unreadable file still work.
+        return os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+@dataclass(slots=True)
+class _Target:
+    """What a CREATE's name resolves to, checked, before anything is made or opened."""
+
+    path: str
+    info: FileInfo | None  # None: nothing has that name yet
+    stream: Stream | None
+    access: int  # what the open is granted
+    new_sd: bytes | None  # the descriptor of what the CREATE makes
+
+
+class _CreatedMeanwhile(Exception):
+    """Another client created the name between our lookup and our create."""
+
+
+async def _open_file(
+    ctx: RequestContext, req: CreateRequest, ask: durable.DurableAsk | None
+) -> Reply:
+    """Open or create by name.
+
+    Two races start it again. The name may appear between the lookup and the
+    create: it is then opened as existing, checked against its own descriptor.
+    The open we waited for may delete the file as it closes (delete on close of
+    a purged durable handle, say): the CREATE looks the name up once more.
+    """
+    tree = ctx.require_tree()
+    fs = tree.fs
+    assert fs is not None
+    ext_a = req.contexts.get(b"ExtA")
+    new_eas = eas.parse_full(ext_a) if ext_a is not None else None  # kept if it creates
+    may_retry_unlinked = True
+    while True:
+        target = _resolve(ctx, req, fs)
+        try:
+            created = _create(req, target, fs)
+        except _CreatedMeanwhile:
+            continue
+        fd = _open_target(req, target)
+        op, info, result, lease_req = await _bus_open(ctx, req, target, fd, created)
+        if may_retry_unlinked and _unlinked(fd):
+            may_retry_unlinked = False
+            await opens.close(ctx.node, op)
+            continue
+        break
+    op.oplock_level = result.oplock
+    if result.oplock != OplockLevel.LEASE:
+        op.lease_key = None
+    if lease_req is not None and result.oplock == OplockLevel.LEASE:
+        opens.set_lease_state(
+            ctx.node, op.client_guid, lease_req.key.key, result.lease_state, result.lease_epoch
+        )
+    overwrite = _overwrites(req, created)
+    try:
+        info = _prepare(req, target, fs, fd, info, created, overwrite, new_eas)
+    except OSError as e:
+        await opens.close(ctx.node, op)
+        raise NtStatusError(status_from_oserror(e)) from None
+    except NtStatusError:
+        await opens.close(ctx.node, op)
+        raise
+    if req.options & CreateOptions.DELETE_ON_CLOSE:
+        if info.attributes & FileAttributes.READONLY:
+            await opens.close(ctx.node, op)
+            raise NtStatusError(Status.CANNOT_DELETE)
+        op.delete_on_close = True
+    ctx.conn.opens[op.volatile_id] = op
+    if created and (target.stream is None or target.stream.base_created):
+        ctx.node.notify_change(tree, op.host_path, "added", info.is_dir)
+    elif overwrite:
+        ctx.node.notify_change(tree, op.host_path, "modified", False)
+    if created:
+        action = CreateAction.CREATED
+    elif overwrite and req.disposition == CreateDisposition.SUPERSEDE:
+        action = CreateAction.SUPERSEDED
+    elif overwrite:
+        action = CreateAction.OVERWRITTEN
+    else:
+        action = CreateAction.OPENED
+    contexts = _response_contexts(ctx, req, op, info, result, lease_req)
+    contexts += durable.grant(ask, op, result.lease_state)
+    oplock = result.oplock if result.oplock != OplockLevel.LEASE or lease_req else 0
+    return _create_reply(op, info, action, oplock, contexts)
+
+
+def _resolve(ctx: RequestContext, req: CreateRequest, fs: ShareFS) -> _Target:
+    """Look the name up and check the disposition and the user's rights."""
+    tree = ctx.require_tree()
+    stream = streamstore.parse(fs, req.name, req.options)
+    path, info = fs.lookup(req.name) if stream is None else (stream.path, stream.info)
+    # A stream is checked against its file's descriptor and attributes.
+    acl_path, acl_info = (path, info) if stream is None else (stream.base_path, stream.base_info)
+    disp = req.disposition
+    opts = req.options
+    if info is None and disp in (CreateDisposition.OPEN, CreateDisposition.OVERWRITE):
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND)
+    if info is not None and disp == CreateDisposition.CREATE:
+        raise NtStatusError(Status.OBJECT_NAME_COLLISION)
+    if info is not None:
+        if info.is_dir and opts & CreateOptions.NON_DIRECTORY_FILE:
+            raise NtStatusError(Status.FILE_IS_A_DIRECTORY)
+        if not info.is_dir and opts & CreateOptions.DIRECTORY_FILE:
+            raise NtStatusError(Status.NOT_A_DIRECTORY)
+        if info.is_dir and disp not in (
+            CreateDisposition.OPEN,
+            CreateDisposition.OPEN_IF,
+        ):
+            raise NtStatusError(Status.INVALID_PARAMETER, "overwrite of a directory")
+    maximal, new_sd = security.check_open(
+        fs, tree.session, acl_path, None if acl_info is None else acl_info.is_dir, req.access,
+        bool(opts & CreateOptions.DIRECTORY_FILE), req.contexts.get(b"SecD"), tree.maximal_access,
+        overwrite=disp in (CreateDisposition.SUPERSEDE, CreateDisposition.OVERWRITE,
+                           CreateDisposition.OVERWRITE_IF),
+    )  # fmt: skip
+    access = _granted_access(req, maximal, acl_info)
+    if tree.share.read_only and (disp != CreateDisposition.OPEN or info is None):
+        if info is None or disp != CreateDisposition.OPEN_IF:
+            raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
+    return _Target(path, info, stream, access, new_sd)
+
+
+def _create(req: CreateRequest, target: _Target, fs: ShareFS) -> bool:
+    """Make the file, directory or stream if the name is free; whether it did."""
+    if target.info is not None:
+        return False
+    opts = req.options
+    if opts & CreateOptions.DELETE_ON_CLOSE and req.attributes & FileAttributes.READONLY:
+        # MS-FSA 2.1.5.1.2.1: refused before anything is created.
+        raise NtStatusError(Status.CANNOT_DELETE)
+    is_dir = bool(opts & CreateOptions.DIRECTORY_FILE)
+    try:
+        if target.stream is not None:
+            target.path = target.stream.create(req.attributes, target.new_sd)
+        elif is_dir:
+            os.mkdir(target.path, 0o777)
+        else:
+            flags = os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC
+            os.close(os.open(target.path, flags, 0o666))
+    except FileExistsError:
+        if req.disposition == CreateDisposition.CREATE:
+            raise NtStatusError(Status.OBJECT_NAME_COLLISION) from None
+        raise _CreatedMeanwhile from None
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise NtStatusError(Status.OBJECT_PATH_NOT_FOUND) from None
+        raise NtStatusError(status_from_oserror(e)) from None
+    if target.new_sd is not None and target.stream is None:
+        try:
+            store_new(fs, target.path, target.new_sd)
+        except OSError:
+            _remove_created(target.path, is_dir)
+            raise
+    return True
+
+
+def _open_target(req: CreateRequest, target: _Target) -> int:
+    """The descriptor of the handle (read-write, read-only, or O_PATH for metadata)."""
+    opts = req.options
+    try:
+        return _open_fd(
+            target.path, _open_flags(target.access, bool(opts & CreateOptions.DIRECTORY_FILE))
+        )
+    except IsADirectoryError:
+        if opts & CreateOptions.NON_DIRECTORY_FILE:
+            raise NtStatusError(Status.FILE_IS_A_DIRECTORY) from None
+        return _open_fd(target.path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as e:
+        raise NtStatusError(status_from_oserror(e)) from None
+
+
+async def _bus_open(
+    ctx: RequestContext, req: CreateRequest, target: _Target, fd: int, created: bool
+) -> tuple[Open, FileInfo, bus_api.OpenResult, bus_api.LeaseRequest | None]:
+    """Make the handle and enter it on the bus (share modes, oplock or lease).
+
+    Refused, cancelled or failed, the descriptor is closed and what the CREATE
+    made is removed again.
+    """
+    node = ctx.node
+    tree = ctx.require_tree()
+    fs = tree.fs
+    assert fs is not None
+    stream = target.stream
+    op: Open | None = None
+    try:
+        info = fs.stat_fd(fd) if stream is None else stream.stat(fs, fd)
+        op = Open(
+            persistent_id=node.next_id(),
+            volatile_id=node.next_id(),
+            tree=tree,
+            smb_name=req.name,
+            host_path=target.path,
+            is_dir=info.is_dir,
+            access=target.access,
+            share_access=req.share,
+            create_options=req.options,
+            file_key=info.file_key,
+            fd=fd,
+            connection=ctx.conn,
+            client_guid=ctx.conn.client_guid,
+        )
+        op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
+        if stream is not None:
+            streams.attach(stream, op, info)
+        # Directories still pass their lease key: the bus checks it is not bound
+        # to another file, and grants directories nothing.
+        lease_req = _lease_request(ctx, req)
+        oplock = req.oplock if not info.is_dir or lease_req is not None else 0
+        if oplock == OplockLevel.LEASE and lease_req is None:
+            oplock = 0
+        overwrite = _overwrites(req, created)
+        bus_req = bus_api.OpenRequest(
+            open_id=op.bus_open_id,
+            node_id=node.node_id,
+            file=op.file_key,
+            access=target.access,
+            share=req.share,
+            oplock=oplock,
+            lease=lease_req,
+            disposition=bus_api.Disposition.OVERWRITE if overwrite else bus_api.Disposition.OPEN,
+            is_directory=info.is_dir,
+            file_size=info.size,
+            created=created,
+        )
+        if lease_req is not None:
+            # Known before the bus answers: a break of this lease decided by
+            # another open while ours is in flight must find its holder.
+            op.lease_key = lease_req.key.key
+            op.lease_version = lease_req.version
+        node.opens[op.bus_open_id] = op
+        result = await streams.bus_open(ctx, op, bus_req)
+    except BaseException:
+        if op is not None:
+            node.opens.pop(op.bus_open_id, None)
+        os.close(fd)
+        raise
+    if result.status != Status.SUCCESS:
+        node.opens.pop(op.bus_open_id, None)
+        os.close(fd)
+        if created:
+            _remove_created(target.path, info.is_dir)
+        raise NtStatusError(result.status)
+    return op, info, result, lease_req
+
+
+def _overwrites(req: CreateRequest, created: bool) -> bool:
+    return not created and req.disposition in (
+        CreateDisposition.OVERWRITE,
+        CreateDisposition.OVERWRITE_IF,
+        CreateDisposition.SUPERSEDE,
+    )
+
+
+def _prepare(
+    req: CreateRequest,
+    target: _Target,
+    fs: ShareFS,
+    fd: int,
+    info: FileInfo,
+    created: bool,
+    overwrite: bool,
+    new_eas: list[eas.Ea] | None,
+) -> FileInfo:
+    """Truncate what is overwritten, set a new file's attributes and EAs; the file now."""
+    path, stream = target.path, target.stream
+    if overwrite:
+        # By path: an attributes-only open may overwrite (its fd is read-only).
+        os.truncate(path, 0)
+        if stream is None:
+            streamstore.remove_all(fs, path, fd)  # the file's named streams go with its data
+    if (created or overwrite) and stream is None:
+        attrs = req.attributes & ~FileAttributes.NORMAL
+        if not info.is_dir:
+            attrs |= FileAttributes.ARCHIVE  # NTFS marks new and rewritten files
+        fs.set_attributes(path, attrs, is_dir=info.is_dir)
+        if new_eas is not None:
+            eas.write(path, eas.merged([], new_eas))
+    return fs.stat_fd(fd) if stream is None else stream.stat(fs, fd)
+
+
+async def _reconnect(ctx: RequestContext, req: CreateRequest, reclaim: durable.Reclaim) -> Reply:
+    """Give a parked durable handle to the client reconnecting for it (3.3.5.9.7/12)."""
+    node = ctx.node
+    tree = ctx.require_tree()
+    session = ctx.session
+    assert tree.fs is not None and session is not None
+    op = node.durable.find(reclaim.persistent_id)
+    if op is None or op.tree.share.name.lower() != tree.share.name.lower():
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "no such durable handle")
+    if reclaim.version == 2 and op.create_guid != reclaim.create_guid:
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "CreateGuid differs")
+    # A reconnect's RequestedOplockLevel is ignored; only the lease key counts.
+    lease_req = _lease_request(ctx, req, any_level=True)
+    if op.lease_key is None:
+        if lease_req is not None:
+            raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "lease on an oplock handle")
+    elif (
+        lease_req is None
+        or lease_req.key.key != op.lease_key
+        or ctx.conn.client_guid != op.client_guid
+    ):
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "lease key differs")
+    elif _name_key(req.name) != _name_key(op.smb_name):
+        # With a lease the name must match too (MS-SMB2 3.3.5.9.7; Windows
+        # answers INVALID_PARAMETER, unlike for an oplock handle).
+        raise NtStatusError(Status.INVALID_PARAMETER, "lease reconnect for another name")
+    owner = op.tree.session
+    if (owner.username.lower(), owner.domain.lower()) != (
+        session.username.lower(),
+        session.domain.lower(),
+    ):
+        raise NtStatusError(Status.ACCESS_DENIED, "durable handle of another user")
+    node.durable.take(reclaim.persistent_id)
+    op.tree = tree
+    op.connection = ctx.conn
+    op.volatile_id = node.next_id()
+    ctx.conn.opens[op.volatile_id] = op
+    try:
+        info = streams.stat_open(tree.fs, op)
+    except OSError as e:
+        await opens.close(node, op)
+        raise NtStatusError(status_from_oserror(e)) from None
+    contexts: list[tuple[bytes, bytes]] = []
+    if lease_req is not None:
+        held = bus_api.OpenResult(
+            Status.SUCCESS, OplockLevel.LEASE, op.lease_state, op.lease_epoch,
+            lease_version=op.lease_version,
+        )  # fmt: skip
+        contexts = _response_contexts(ctx, req, op, info, held, lease_req)
+    # No durable context in the reply: the handle is simply back (smbtorture
+    # smb2.durable-open.reopen2a, smb2.durable-v2-open.reopen2).
+    return _create_reply(op, info, CreateAction.OPENED, op.oplock_level, contexts)
+
+
+def _name_key(name: str) -> str:
+    return name.replace("/", "\\").strip("\\").lower()
+
+
+def _create_reply(
+    op: Open, info: FileInfo, action: int, oplock: int, contexts: list[tuple[bytes, bytes]]
+) -> Reply:
+    ctx_bytes = build_create_contexts(contexts)
+    ctx_off = 64 + _RESP.size if ctx_bytes else 0
+    pad = b""
+    if ctx_bytes and ctx_off % 8:
+        pad = b"\x00" * (8 - ctx_off % 8)
+        ctx_off += len(pad)
+    body = _RESP.pack(
+        89,
+        oplock,
+        0,
+        action,
+        info.creation_time,
+        info.last_access_time,
+        info.last_write_time,
+        info.change_time,
+        info.allocation_size,
+        info.size,
+        info.attributes,
+        0,
+        op.persistent_id,
+        op.volatile_id,
+        ctx_off,
+        len(ctx_bytes),
+    )
+    return Reply(Status.SUCCESS, body + pad + ctx_bytes, file_id=op.file_id)
+
+
+def _unlinked(fd: int) -> bool:
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return False
+
+
+def _remove_created(path: str, is_dir: bool) -> None:
+    try:
+        if is_dir:
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+def _lease_request(
+    ctx: RequestContext, req: CreateRequest, any_level: bool = False
+) -> bus_api.LeaseRequest | None:
+    """The RqLs context; ``any_level`` reads it whatever oplock level was asked."""
+    if ctx.conn.codec.dialect < Dialect.SMB2_1:
+        return None
+    if req.oplock != OplockLevel.LEASE and not any_level:
+        return None
+    data = req.contexts.get(b"RqLs")
+    if data is None:
+        return None
+    if len(data) >= 52 and ctx.conn.codec.dialect >= Dialect.SMB3_0:
+        key, state, flags, _dur, parent, epoch = struct.unpack_from("<16sIIQ16sH", data)
+        return bus_api.LeaseRequest(
+            key=bus_api.LeaseKey(ctx.conn.client_guid, key),
+            state=state,
+            version=2,
+            epoch=epoch,
+            parent_key=parent if flags & LEASE_FLAG_PARENT_LEASE_KEY_SET else None,
+        )
+    if len(data) >= 32:
+        key, state, _flags, _dur = struct.unpack_from("<16sIIQ", data)
+        return bus_api.LeaseRequest(key=bus_api.LeaseKey(ctx.conn.client_guid, key), state=state)
+    raise NtStatusError(Status.INVALID_PARAMETER, "short lease context")
+
+
+def _response_contexts(
+    ctx: RequestContext,
+    req: CreateRequest,
+    op: Open,
+    info: FileInfo,
+    result: bus_api.OpenResult,
+    lease_req: bus_api.LeaseRequest | None,
+) -> list[tuple[bytes, bytes]]:
+    out: list[tuple[bytes, bytes]] = []
+    if b"MxAc" in req.contexts:
+        maximal = security.handle_maximal_access(op)
+        if info.attributes & FileAttributes.READONLY:
+            maximal &= ~(AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA)
+        out.append((b"MxAc", struct.pack("<II", 0, maximal)))
+    if b"QFid" in req.contexts:
+        vol = int(info.file_key.split(":", 1)[0], 16)
+        out.append((b"QFid", struct.pack("<QQ16s", info.inode, vol, b"")))
+    if lease_req is not None and result.oplock == OplockLevel.LEASE:
+        # The lease's own version answers, not this request's (smb2.lease.v2_epoch2).
+        if result.lease_version == 2:
+            flags = result.lease_flags
+            parent = lease_req.parent_key or bytes(16)
+            if lease_req.parent_key is not None:
+                flags |= LEASE_FLAG_PARENT_LEASE_KEY_SET
+            data = struct.pack(
+                "<16sIIQ16sHH", lease_req.key.key, result.lease_state, flags, 0, parent,
+                result.lease_epoch, 0,
+            )  # fmt: skip
+        else:
+            data = struct.pack(
+                "<16sIIQ", lease_req.key.key, result.lease_state, result.lease_flags, 0
+            )
+        out.append((b"RqLs", data))
+    return out

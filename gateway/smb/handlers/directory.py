@@ -1,0 +1,88 @@
+"""QUERY_DIRECTORY (MS-SMB2 2.2.33-2.2.34, 3.3.5.18)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import struct
+from collections.abc import Iterator
+
+from ...fs.vfs import ShareFS, wildcard_match
+from ...protocol import infoclass
+from ...protocol.constants import AccessMask, NtStatusError, QueryDirectoryFlags, Status
+from ...protocol.fileinfo import FileInfo
+from ...protocol.wire import check_size
+from ..context import Reply, RequestContext
+
+_REQ = struct.Struct("<HBBIQQHHI")
+_RESP = struct.Struct("<HHI")
+
+
+async def handle_query_directory(ctx: RequestContext) -> Reply:
+    body = ctx.body
+    check_size(body, 32, 33)
+    _s, info_class, flags, _index, _p, _v, name_off, name_len, out_len = _REQ.unpack_from(body)
+    op = ctx.open_at(8)
+    if not op.is_dir or op.tree.fs is None:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    if not op.access & AccessMask.FILE_READ_DATA:
+        raise NtStatusError(Status.ACCESS_DENIED)
+    if info_class not in infoclass.DIRECTORY_CLASSES:
+        raise NtStatusError(Status.INVALID_INFO_CLASS)
+    if out_len == 0 or out_len > ctx.node.config.max_io_size:
+        raise NtStatusError(Status.INVALID_PARAMETER)
+    pattern = "*"
+    if name_len:
+        start = name_off - 64
+        if start < 32 or start + name_len > len(body) or name_len % 2:
+            raise NtStatusError(Status.INVALID_PARAMETER)
+        pattern = body[start : start + name_len].decode("utf-16-le", "replace")
+    restart = flags & (QueryDirectoryFlags.RESTART_SCANS | QueryDirectoryFlags.REOPEN)
+    first = op.dir_entries is None or bool(restart)
+    if first:
+        listing = op.tree.fs.listdir(op.host_path)
+        op.dir_entries = [e for e in listing if wildcard_match(pattern, e[0])]
+        op.dir_pattern = pattern
+        op.dir_index = 0
+    entries = op.dir_entries or []
+    positions: list[int] = []
+    remaining: Iterator[tuple[str, FileInfo]] = _entries_from(
+        op.tree.fs, op.host_path, entries, op.dir_index, positions, refresh=not first
+    )
+    if flags & QueryDirectoryFlags.RETURN_SINGLE_ENTRY:
+        remaining = itertools.islice(remaining, 1)
+    data, count = infoclass.pack_directory(info_class, remaining, out_len)
+    if not positions:
+        if first:
+            raise NtStatusError(Status.NO_SUCH_FILE)
+        raise NtStatusError(Status.NO_MORE_FILES)
+    if count == 0:
+        raise NtStatusError(Status.INFO_LENGTH_MISMATCH)
+    op.dir_index = positions[count - 1] + 1
+    return Reply(Status.SUCCESS, _RESP.pack(9, 64 + 8, len(data)) + data)
+
+
+def _entries_from(
+    fs: ShareFS,
+    directory: str,
+    entries: list[tuple[str, FileInfo]],
+    start: int,
+    positions: list[int],
+    *,
+    refresh: bool,
+) -> Iterator[tuple[str, FileInfo]]:
+    """The listed entries from ``start`` on, appending the index of each one given.
+
+    A listing resumed by a later query shows the directory as it is now: an
+    entry deleted since the first query is left out and the others carry
+    their current metadata (smb2.dir.fixed), as NTFS and Samba do.
+    """
+    for pos in range(start, len(entries)):
+        name, info = entries[pos]
+        if refresh and name not in (".", ".."):
+            fresh = fs.listed_entry(os.path.join(directory, name))
+            if fresh is None:
+                continue
+            info = fresh
+        positions.append(pos)
+        yield name, info

@@ -1,0 +1,100 @@
+"""Ending handles, on every path: CLOSE, TREE_DISCONNECT, LOGOFF, a dropped
+connection, an expired or purged durable handle, a CREATE undone, a node stopping.
+
+``close`` is the one place an open is released: it leaves the connection's and
+the node's tables, answers a pending CHANGE_NOTIFY, settles the write time,
+leaves the bus (breaking others' handle caching first when it deletes), closes
+its descriptor and carries out delete-on-close, streams included. The others
+decide which opens end and which are parked for a durable reconnect instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from oplock_bus.api import Operation
+
+from . import streams, writetime
+from .notify import end_watch
+from .services import NodeServices
+from .state import ConnectionState, Open, Session, SessionState, TreeConnect
+
+log = logging.getLogger("smbgw.opens")
+
+
+async def close(node: NodeServices, op: Open) -> None:
+    """Release a handle: tables, notify, write time, bus, descriptor, delete-on-close."""
+    if op.closed:
+        return
+    op.closed = True
+    if op.connection is not None:
+        op.connection.opens.pop(op.volatile_id, None)
+    node.opens.pop(op.bus_open_id, None)
+    if op.notify is not None:
+        op.notify.cleanup()
+    delete = op.delete_on_close
+    writetime.closing(op)  # before the bus lets another open see the file
+    if delete and await streams.defer_delete(node, op):
+        delete = False  # the file's open streams keep it, delete-pending (MS-FSA)
+    if op.file_key and op.bus_open_id:
+        # The handle must close whatever the bus says, so bus errors are logged.
+        try:
+            if delete:
+                # Others' handle caching goes before the name does (Samba
+                # smb2_close; smbtorture smb2.lease.unlink).
+                await node.bus.break_for(op.file_key, op.bus_open_id, Operation.DELETE)
+            await node.bus.close(op.file_key, op.bus_open_id)
+        except Exception:  # noqa: BLE001
+            log.exception("bus close of %s failed", op.bus_open_id)
+    op.close_fd()
+    if await streams.closed(node, op, delete):
+        return
+    if delete and op.host_path:
+        try:
+            if op.is_dir:
+                os.rmdir(op.host_path)
+            else:
+                os.unlink(op.host_path)
+            node.notify_change(op.tree, op.host_path, "removed", op.is_dir)
+        except OSError as e:
+            log.info("delete-on-close of %s failed: %s", op.host_path, e)
+
+
+async def disconnect_tree(
+    node: NodeServices, conn: ConnectionState, tree: TreeConnect, lost: bool = False
+) -> None:
+    """End a tree connect; ``lost`` (the transport dropped) parks durable handles."""
+    # The tree's opens may have been made through any channel of its session.
+    tables = [conn.opens] + [c.opens for c in tree.session.channels if c is not conn]
+    for opens in tables:
+        for op in [o for o in opens.values() if o.tree is tree]:
+            if lost and node.durable.keeps(op):
+                # A parked handle has no connection to answer a pending notify on.
+                end_watch(op.notify)
+                op.notify = None
+                opens.pop(op.volatile_id, None)
+                node.durable.park(op)
+            else:
+                await close(node, op)
+    tree.session.trees.pop(tree.tree_id, None)
+
+
+async def logoff(
+    node: NodeServices, conn: ConnectionState, session: Session, lost: bool = False
+) -> None:
+    """End a session's trees; ``lost`` (the transport dropped) keeps durable handles."""
+    for tree in list(session.trees.values()):
+        await disconnect_tree(node, conn, tree, lost)
+    session.state = SessionState.EXPIRED
+
+
+def set_lease_state(
+    node: NodeServices, client_guid: bytes, lease_key: bytes, state: int, epoch: int | None
+) -> None:
+    """Remember a lease's state on its opens, for a durable reconnect to report."""
+    for op in node.opens.values():
+        if op.lease_key == lease_key and op.client_guid == client_guid:
+            op.lease_state = state
+            if epoch is not None:
+                op.lease_epoch = epoch
