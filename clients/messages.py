@@ -22,6 +22,11 @@ from gateway.protocol.constants import (
     OplockLevel,
     SigningAlgorithm,
 )
+from gateway.protocol.contexts import (
+    build_create_contexts,
+    join_negotiate_contexts,
+    negotiate_context,
+)
 from gateway.protocol.header import pad8
 
 FileId = tuple[int, int]  # (Persistent, Volatile)
@@ -75,10 +80,6 @@ def _blob(body: bytes, offset: int, length: int) -> bytes:
 # -- NEGOTIATE -------------------------------------------------------------------
 
 
-def _neg_context(ctype: int, data: bytes) -> bytes:
-    return _NEG_CTX.pack(ctype, len(data), 0) + data
-
-
 def negotiate_request(
     dialects: tuple[int, ...], security_mode: int, capabilities: int, client_guid: bytes
 ) -> bytes:
@@ -91,15 +92,15 @@ def negotiate_request(
         )
         return head + dialect_bytes
     contexts = [
-        _neg_context(
+        negotiate_context(
             NegotiateContextType.PREAUTH_INTEGRITY_CAPABILITIES,
             struct.pack("<HHH", 1, 32, HashAlgorithm.SHA512) + os.urandom(32),
         ),
-        _neg_context(
+        negotiate_context(
             NegotiateContextType.ENCRYPTION_CAPABILITIES,
             struct.pack(f"<H{len(CIPHERS)}H", len(CIPHERS), *CIPHERS),
         ),
-        _neg_context(
+        negotiate_context(
             NegotiateContextType.SIGNING_CAPABILITIES,
             struct.pack(
                 f"<H{len(SIGNING_ALGORITHMS)}H", len(SIGNING_ALGORITHMS), *SIGNING_ALGORITHMS
@@ -108,11 +109,7 @@ def negotiate_request(
     ]
     pad = pad8(HEADER_SIZE + fixed)
     ctx_offset = HEADER_SIZE + fixed + pad
-    joined = b""
-    for i, c in enumerate(contexts):
-        joined += c
-        if i != len(contexts) - 1:
-            joined += b"\x00" * pad8(len(joined))
+    joined = join_negotiate_contexts(contexts)
     head = _NEG_REQ.pack(
         36, len(dialects), security_mode, 0, capabilities, client_guid,
         ctx_offset, len(contexts), 0,
@@ -207,19 +204,6 @@ class LeaseRequest:
     epoch: int = 0
 
 
-def _create_contexts(items: list[tuple[bytes, bytes]]) -> bytes:
-    chunks: list[bytes] = []
-    for i, (name, data) in enumerate(items):
-        last = i == len(items) - 1
-        data_off = _CTX_HDR.size + len(name) + pad8(_CTX_HDR.size + len(name))
-        size = data_off + len(data)
-        nxt = 0 if last else size + pad8(size)
-        chunk = _CTX_HDR.pack(nxt, _CTX_HDR.size, len(name), 0, data_off, len(data)) + name
-        chunk += b"\x00" * (data_off - len(chunk)) + data
-        chunks.append(chunk if last else chunk + b"\x00" * pad8(size))
-    return b"".join(chunks)
-
-
 def create_request(
     name: str,
     *,
@@ -243,7 +227,7 @@ def create_request(
     name_off = HEADER_SIZE + _CREATE_REQ.size
     # The Buffer field is never empty (MS-SMB2 2.2.13), hence the NUL for "".
     buf = name_bytes or b"\x00"
-    ctx_bytes = _create_contexts(contexts)
+    ctx_bytes = build_create_contexts(contexts)
     ctx_off = 0
     if ctx_bytes:
         buf += b"\x00" * pad8(name_off + len(buf))
@@ -274,6 +258,10 @@ def parse_create_response(body: bytes) -> CreateResponse:
         persistent, volatile, ctx_off, ctx_len,
     ) = _CREATE_RESP.unpack_from(body)  # fmt: skip
     out = CreateResponse(oplock, action, size, attrs, (persistent, volatile))
+    # Not gateway.protocol.contexts.parse_create_contexts: that is the server's
+    # strict request parser (it raises NtStatusError, a status the server never
+    # sent, and refuses unaligned or duplicate contexts); a response is read
+    # leniently here, taking only the lease context and skipping the rest.
     contexts = _blob(body, ctx_off, ctx_len)
     pos = 0
     while ctx_len and pos + _CTX_HDR.size <= len(contexts):

@@ -486,7 +486,3 @@ class Open:
             await self._request(Command.CLOSE, m.close_request(self.file_id))
         finally:
             self.client.unregister(self)
-
-
-def lease_state_name(state: int) -> str:
-    return "".join(c for bit, c in ((1, "R"), (2, "H"), (4, "W")) if state & bit) or "none"
