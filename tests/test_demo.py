@@ -177,6 +177,10 @@ def test_table_and_progress_without_json() -> None:
     assert "OK" in proc.stdout
 
 
+def _sigint_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @needs_redis
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
@@ -186,6 +190,9 @@ def test_interrupt_stops_everything(tmp_path: Path, how: signal.Signals) -> None
         [sys.executable, "-m", "gateway.cli", "demo", "access", "--updates", "10000000"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True,
+        # As from a terminal: a suite started in the background of a script
+        # inherits SIGINT ignored, and the demo would too.
+        preexec_fn=_sigint_default,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30
