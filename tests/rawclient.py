@@ -48,7 +48,8 @@ class RawClient:
             buf += chunk
         return buf
 
-    def request(self, command: int, body: bytes, credits: int = 1) -> Header:
+    def send(self, command: int, body: bytes, credits: int = 1) -> None:
+        """One request, its reply left unread."""
         hdr = Header(
             command=command,
             message_id=self.mid,
@@ -59,6 +60,9 @@ class RawClient:
         )
         self.mid += 1
         self.send_raw(hdr.pack() + body)
+
+    def request(self, command: int, body: bytes, credits: int = 1) -> Header:
+        self.send(command, body, credits)
         while True:
             frame = self.recv()
             if frame is None:

@@ -53,6 +53,10 @@ class SmbConnection(ConnectionState):
         self.pending: dict[int, tuple[RequestContext, asyncio.Task[Reply]]] = {}
         self.pending_by_mid: dict[int, int] = {}
         self._chain_tasks: set[asyncio.Task[None]] = set()
+        # Set once teardown has begun. Not ``closed``: a failed write marks the
+        # transport closed long before teardown runs, and teardown must still
+        # release every open, lock and session of the connection.
+        self._torn_down = False
 
     # -- main loop ---------------------------------------------------------
 
@@ -63,6 +67,8 @@ class SmbConnection(ConnectionState):
                 if not data:
                     break
                 for frame in self.decoder.feed(data):
+                    if self.closed:
+                        break  # nobody is left to answer: run nothing more
                     await self._handle_frame(frame)
         except (FramingError, Disconnect, wire.WireError) as e:
             log.info("%s: disconnecting: %s", self.peer, e)
@@ -75,8 +81,10 @@ class SmbConnection(ConnectionState):
             await self.teardown()
 
     async def teardown(self) -> None:
-        if self.closed:
+        """Release everything the connection holds, whatever ended it (once)."""
+        if self._torn_down:
             return
+        self._torn_down = True
         self.closed = True
         for _ctx, task in list(self.pending.values()):
             task.cancel()
@@ -96,6 +104,9 @@ class SmbConnection(ConnectionState):
     ) -> None:
         """Sign each message, chain them, encrypt the chain if needed, frame it."""
         if self.closed:
+            return
+        if self.writer.is_closing():  # the peer reset the connection: nobody to answer
+            self.closed = True
             return
         data = self.codec.encode(messages, encrypt_for)
         self.writer.write(data)
