@@ -21,7 +21,7 @@ import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import spnego
 
@@ -58,10 +58,21 @@ _MAX_IO = 1024 * 1024
 BreakHandler = Callable[["Open", BreakNotice], Awaitable[None] | None]
 
 
-class SMB2Client:
-    """One connection with one authenticated session."""
+@dataclass(frozen=True)
+class _Negotiated:
+    """What every session of a connection starts from."""
 
-    def __init__(self, transport: Transport, host: str) -> None:
+    response: m.NegotiateResponse
+    security_mode: int
+    preauth: bytes  # the connection's preauth integrity hash after NEGOTIATE (3.1.1)
+    cipher: int | None
+    require_signing: bool
+
+
+class SMB2Client:
+    """One connection with one authenticated session (``add_session`` for more)."""
+
+    def __init__(self, transport: Transport, host: str, *, receives_breaks: bool = True) -> None:
         self.transport = transport
         self.host = host
         self.client_guid = os.urandom(16)
@@ -76,7 +87,9 @@ class SMB2Client:
         self._opens: dict[FileId, Open] = {}
         self._parked: list[BreakNotice] = []
         self._tasks: set[asyncio.Future[None]] = set()
-        transport.on_notification = self._on_notification
+        self._negotiated: _Negotiated | None = None
+        if receives_breaks:
+            transport.on_notification = self._on_notification
 
     @classmethod
     async def connect(
@@ -114,6 +127,12 @@ class SMB2Client:
         require_signing: bool,
         encrypt: bool,
     ) -> None:
+        await self._negotiate(dialects, require_signing, encrypt)
+        await self._session_setup(user, password, domain, encrypt)
+
+    async def _negotiate(
+        self, dialects: tuple[int, ...], require_signing: bool, encrypt: bool
+    ) -> None:
         sec_mode = SecurityMode.SIGNING_ENABLED
         if require_signing:
             sec_mode |= SecurityMode.SIGNING_REQUIRED
@@ -144,6 +163,31 @@ class SMB2Client:
             cipher = neg.cipher
         elif neg.dialect >= Dialect.SMB3_0 and neg.capabilities & Capabilities.ENCRYPTION:
             cipher = 0x0001  # 3.0 and 3.0.2 only know AES-128-CCM
+        if encrypt and cipher is None:
+            raise SmbProtocolError("encryption asked for, but the server offers no cipher")
+        self._negotiated = _Negotiated(neg, int(sec_mode), preauth, cipher, require_signing)
+
+    async def add_session(
+        self, user: str, password: str, domain: str = "", *, encrypt: bool = False
+    ) -> SMB2Client:
+        """Another session on this connection (a server may hold several per
+        connection, MS-SMB2 3.3.5.5): a client of its own over the same transport
+        and negotiation. Breaks keep going to this client's opens."""
+        assert self._negotiated is not None, "negotiate first"
+        other = SMB2Client(self.transport, self.host, receives_breaks=False)
+        other.client_guid = self.client_guid
+        other.dialect = self.dialect
+        other.server_capabilities = self.server_capabilities
+        other.max_read, other.max_write = self.max_read, self.max_write
+        other._negotiated = self._negotiated
+        await other._session_setup(user, password, domain, encrypt)
+        return other
+
+    async def _session_setup(self, user: str, password: str, domain: str, encrypt: bool) -> None:
+        assert self._negotiated is not None
+        neg, sec_mode = self._negotiated.response, self._negotiated.security_mode
+        preauth, cipher = self._negotiated.preauth, self._negotiated.cipher
+        require_signing = self._negotiated.require_signing
         if encrypt and cipher is None:
             raise SmbProtocolError("encryption asked for, but the server offers no cipher")
         principal = f"{domain}\\{user}" if domain else user

@@ -368,6 +368,11 @@ class SmbConnection(ConnectionState):
             session: Session | None = chain.related_session(self.sessions)
         else:
             session = self.sessions.get(hdr.session_id)
+        if encrypted_session is not None and session is not encrypted_session:
+            # The key that decrypted the message vouches for its own session
+            # only: naming another would act as that session's user (MS-SMB2
+            # 3.3.5.2.1.1; ksmbd and smbd refuse it too).
+            raise Disconnect("encrypted with one session's key, naming another session")
         if session is None:
             if hdr.command == Command.SESSION_SETUP:
                 return foreign_session(self.node, self, hdr, raw)  # a bind: the handler answers

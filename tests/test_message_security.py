@@ -1,0 +1,99 @@
+"""What a message must prove before a node acts on it (issue 16).
+
+Built with the project's own codec (``clients.transport``, ``gateway.protocol``)
+since no client library sends these messages on purpose.
+
+- An encrypted message acts as the session whose key decrypted it, never as
+  another session its inner header names (MS-SMB2 3.3.5.2.1.1): one key and
+  another's SessionId used to read and create files as that session's user.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients import messages
+from clients.smb2client import SMB2Client
+from clients.transport import Response, SessionChannel, Transport, _Pending
+from gateway.protocol.constants import Command, CreateDisposition, Dialect
+from gateway.protocol.framing import frame
+from gateway.protocol.header import Header
+
+from .conftest import PASSWORD, USER, GatewayNode, start_gateway
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayNode]:
+    gw = start_gateway(tmp_path_factory.mktemp("msgsec"))
+    yield gw
+    assert gw.stop() == 0
+    assert "Traceback" not in gw.log(), gw.log()[-4000:]
+
+
+def _send(
+    transport: Transport, key: SessionChannel, session_id: int, tree_id: int, body: bytes
+) -> asyncio.Future[Response]:
+    """A CREATE naming ``session_id``, encrypted with ``key``'s session whatever
+    session that is; the future gets the answer, or the disconnect."""
+    hdr = Header(
+        command=Command.CREATE,
+        message_id=transport._next_mid,
+        credits=1,
+        session_id=session_id,
+        tree_id=tree_id,
+    )
+    transport._next_mid += 1
+    transport._credits -= 1
+    raw = hdr.pack() + body
+    assert key.encryptor is not None
+    future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+    transport._pending[hdr.message_id] = _Pending(future, raw, key, True)
+    transport._writer.write(frame(key.encryptor.encrypt(raw, key.session_id)))
+    return future
+
+
+async def _two_sessions(node: GatewayNode, dialect: int) -> tuple[SMB2Client, SMB2Client, int]:
+    """Sessions A and B on one connection, both encrypting; B's tree id."""
+    a = await SMB2Client.connect(
+        node.host, node.port, user=USER, password=PASSWORD, dialects=(dialect,), encrypt=True
+    )
+    b = await a.add_session(USER, PASSWORD, encrypt=True)
+    tree = await b.tree_connect(node.share)
+    return a, b, tree.tree_id
+
+
+def _create(name: str) -> bytes:
+    return messages.create_request(
+        name, access=0x0012019F, share=0x7, disposition=CreateDisposition.CREATE
+    )
+
+
+@pytest.mark.parametrize("dialect", [Dialect.SMB3_0_2, Dialect.SMB3_1_1])
+def test_encrypted_message_names_only_its_own_session(node: GatewayNode, dialect: int) -> None:
+    async def run() -> tuple[int, BaseException | None]:
+        a, b, tree_id = await _two_sessions(node, dialect)
+        assert b.channel is not None and a.channel is not None
+        # The forging path works: B's key with B's SessionId creates the file.
+        ok = await asyncio.wait_for(
+            _send(b.transport, b.channel, b.session_id, tree_id, _create(f"b{dialect}")), 10
+        )
+        # A's key with B's SessionId: the node must drop the connection.
+        forged = _send(a.transport, a.channel, b.session_id, tree_id, _create(f"forged{dialect}"))
+        try:
+            await asyncio.wait_for(forged, 10)
+            error: BaseException | None = None
+        except (ConnectionError, OSError) as e:
+            error = e
+        await a.transport.close()
+        return ok.status, error
+
+    status, error = asyncio.run(run())
+    assert status == 0, f"B's own encrypted CREATE failed: {status:#x}"
+    share = Path(node.share_dir)
+    assert (share / f"b{dialect}").exists()
+    assert isinstance(error, ConnectionError), "the node answered a message naming another session"
+    assert not (share / f"forged{dialect}").exists()
