@@ -6,6 +6,12 @@ since no client library sends these messages on purpose.
 - An encrypted message acts as the session whose key decrypted it, never as
   another session its inner header names (MS-SMB2 3.3.5.2.1.1): one key and
   another's SessionId used to read and create files as that session's user.
+- On a session that requires signing, an unsigned request is refused, a break
+  acknowledgement too (3.3.5.2.4): whoever sits between client and node could
+  otherwise acknowledge a break for the client, and let another client in on
+  data it still caches.
+- A 3.1.1 TREE_CONNECT must be signed (3.3.5.7): its signature protects the
+  share flags of the answer (ENCRYPT_DATA); unsigned, the node disconnects.
 """
 
 from __future__ import annotations
@@ -17,9 +23,10 @@ from pathlib import Path
 import pytest
 
 from clients import messages
-from clients.smb2client import SMB2Client
+from clients.messages import BreakNotice
+from clients.smb2client import SMB2Client, SmbError
 from clients.transport import Response, SessionChannel, Transport, _Pending
-from gateway.protocol.constants import Command, CreateDisposition, Dialect
+from gateway.protocol.constants import Command, CreateDisposition, Dialect, OplockLevel, Status
 from gateway.protocol.framing import frame
 from gateway.protocol.header import Header
 
@@ -97,3 +104,66 @@ def test_encrypted_message_names_only_its_own_session(node: GatewayNode, dialect
     assert (share / f"b{dialect}").exists()
     assert isinstance(error, ConnectionError), "the node answered a message naming another session"
     assert not (share / f"forged{dialect}").exists()
+
+
+def test_unsigned_break_acknowledgement_is_refused_on_a_signed_session(node: GatewayNode) -> None:
+    async def run() -> tuple[int, bool, int]:
+        breaks: asyncio.Queue[BreakNotice] = asyncio.Queue()
+        a = await SMB2Client.connect(
+            node.host, node.port, user=USER, password=PASSWORD, dialects=(Dialect.SMB3_1_1,),
+            require_signing=True,
+        )  # fmt: skip
+        b = await SMB2Client.connect(node.host, node.port, user=USER, password=PASSWORD)
+        ta, tb = await a.tree_connect(node.share), await b.tree_connect(node.share)
+        held = await ta.create(
+            "cached.bin", oplock=OplockLevel.BATCH, on_break=lambda _op, n: breaks.put_nowait(n)
+        )
+        assert held.oplock_level == OplockLevel.BATCH and a.channel is not None
+        opener = asyncio.ensure_future(tb.create("cached.bin"))
+        notice = await asyncio.wait_for(breaks.get(), 10)
+        # The acknowledgement a man in the middle would send: unsigned.
+        forged = await a.transport.request(
+            Command.OPLOCK_BREAK, messages.oplock_ack_request(held.file_id, notice.new_oplock),
+            session=a.channel, sign=False, expect=(Status.ACCESS_DENIED, Status.SUCCESS),
+        )  # fmt: skip
+        await asyncio.sleep(0.5)
+        still_waiting = not opener.done()
+        level = await held.acknowledge(notice)  # the client's own, signed
+        opened = await asyncio.wait_for(opener, 10)
+        await opened.close()
+        await held.close()
+        await a.close()
+        await b.close()
+        return forged.status, still_waiting, level
+
+    forged, still_waiting, level = asyncio.run(run())
+    assert forged == Status.ACCESS_DENIED, f"unsigned acknowledgement answered {forged:#x}"
+    assert still_waiting, "the other client's open went ahead on an unsigned acknowledgement"
+    assert level in (OplockLevel.NONE, OplockLevel.II)
+
+
+def test_unsigned_tree_connect_in_311_disconnects(node: GatewayNode) -> None:
+    async def run() -> tuple[int, BaseException | None]:
+        client = await SMB2Client.connect(
+            node.host, node.port, user=USER, password=PASSWORD, dialects=(Dialect.SMB3_1_1,)
+        )
+        assert client.channel is not None
+        unc = f"\\\\{node.host}\\{node.share}"
+        signed = await client.transport.request(
+            Command.TREE_CONNECT, messages.tree_connect_request(unc), session=client.channel,
+            sign=True,
+        )  # fmt: skip
+        error: BaseException | None = None
+        try:
+            await client.transport.request(
+                Command.TREE_CONNECT, messages.tree_connect_request(unc),
+                session=client.channel, sign=False,
+            )  # fmt: skip
+        except (ConnectionError, SmbError) as e:  # SmbError: answered, with a refusal
+            error = e
+        await client.close()
+        return signed.status, error
+
+    signed, error = asyncio.run(run())
+    assert signed == Status.SUCCESS
+    assert isinstance(error, ConnectionError), "an unsigned 3.1.1 TREE_CONNECT was answered"

@@ -393,7 +393,10 @@ class SmbConnection(ConnectionState):
         if hdr.is_signed and key.signing_key:
             if not self.codec.verify(raw, key):
                 raise NtStatusError(Status.ACCESS_DENIED)
-        elif session.signing_required and hdr.command != Command.OPLOCK_BREAK:
+        elif session.signing_required:
+            # No exemption, break acknowledgements included: whoever could
+            # acknowledge a break for the client could let another client in
+            # on data it still caches.
             raise NtStatusError(Status.ACCESS_DENIED)
         return session
 

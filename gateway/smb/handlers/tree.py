@@ -17,7 +17,7 @@ from ...protocol.constants import (
 )
 from ...protocol.wire import check_size
 from .. import opens
-from ..context import Reply, RequestContext
+from ..context import Disconnect, Reply, RequestContext
 from ..state import TreeConnect
 
 _REQ = struct.Struct("<HHHH")
@@ -32,6 +32,14 @@ async def handle_tree_connect(ctx: RequestContext) -> Reply:
     session = ctx.session
     if session is None:
         raise NtStatusError(Status.USER_SESSION_DELETED)
+    if (
+        ctx.conn.codec.dialect == Dialect.SMB3_1_1
+        and not (ctx.header.is_signed or ctx.encrypted)
+        and not (session.is_guest or session.is_anonymous)
+    ):
+        # MS-SMB2 3.3.5.7: in 3.1.1 the signature of TREE_CONNECT is what
+        # protects its answer (ENCRYPT_DATA among the share flags) on the way.
+        raise Disconnect("unsigned 3.1.1 TREE_CONNECT")
     _s, flags, path_off, path_len = _REQ.unpack_from(body)
     start = path_off - 64
     if ctx.conn.codec.dialect == Dialect.SMB3_1_1 and flags & _EXTENSION_PRESENT:
