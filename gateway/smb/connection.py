@@ -185,11 +185,14 @@ class SmbConnection(ConnectionState):
                 reply_hdr = self._reply_header(hdr, Status.INVALID_PARAMETER)
                 replies.append((reply_hdr, error_body(), None))
                 continue
+            session = None
             try:
                 session = self._session_for(hdr, state, raw, run.encrypted_session)
-                tree = self._tree_for(hdr, session, state)
+                tree = self._tree_for(hdr, session, state, run.encrypted_session is not None)
             except NtStatusError as e:
-                session = state.session if hdr.is_related else None
+                # A tree refused on a session found (and verified) signs with its key.
+                if session is None and hdr.is_related:
+                    session = state.session
                 state.lookup_failed()
                 reply_hdr = self._reply_header(hdr, e.status)
                 signer = self._signer(hdr, session)
@@ -401,15 +404,21 @@ class SmbConnection(ConnectionState):
         return session
 
     def _tree_for(
-        self, hdr: Header, session: Session | None, chain: ChainState
+        self, hdr: Header, session: Session | None, chain: ChainState, encrypted: bool
     ) -> TreeConnect | None:
         if session is None or not _entry(hdr.command).needs_tree:
             return None
         if hdr.is_related:
-            return chain.related_tree(session)
-        tree = session.trees.get(hdr.tree_id)
-        if tree is None:
-            raise NtStatusError(Status.NETWORK_NAME_DELETED)
+            tree = chain.related_tree(session)
+        else:
+            found = session.trees.get(hdr.tree_id)
+            if found is None:
+                raise NtStatusError(Status.NETWORK_NAME_DELETED)
+            tree = found
+        if tree.encrypt_data and not encrypted:
+            # MS-SMB2 3.3.5.2.11: a share that demands encryption takes no
+            # plaintext request, signed or not.
+            raise NtStatusError(Status.ACCESS_DENIED, "unencrypted request on an encrypted share")
         return tree
 
     async def _handle_smb1_negotiate(self, frame: bytes) -> None:

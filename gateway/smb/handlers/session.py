@@ -43,6 +43,11 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
         status = Status.SUCCESS if done else Status.MORE_PROCESSING_REQUIRED
         return Reply(status, _response(session_flags, out))
     session = ctx.session
+    encrypt_required = ctx.node.config.encrypt_required
+    if encrypt_required and session is None and not conn.codec.cipher:
+        # MS-SMB2 3.3.5.5 (RejectUnencryptedAccess): a connection that cannot
+        # encrypt (2.x, no common cipher) gets no session at all.
+        raise NtStatusError(Status.ACCESS_DENIED, "encryption required; no cipher here")
     if ctx.header.session_id and session is None:
         raise NtStatusError(Status.USER_SESSION_DELETED)
     if session is not None and conn.sessions.get(session.session_id) is not session:
@@ -83,6 +88,10 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
     if reauth and not (auth.is_anonymous or auth.username.lower() == session.owner.lower()):
         # Only back to the user who logged on: opens keep the access granted to it.
         raise NtStatusError(Status.ACCESS_DENIED, "re-authentication as another user")
+    if encrypt_required and not reauth and (auth.is_guest or auth.is_anonymous):
+        # A guest or anonymous session has no key to encrypt with.
+        channels.forget(ctx.node, session)
+        raise NtStatusError(Status.ACCESS_DENIED, "encryption required; guests cannot encrypt")
     session.username = auth.username
     session.domain = auth.domain
     session.is_guest = auth.is_guest
@@ -110,8 +119,7 @@ async def handle_session_setup(ctx: RequestContext) -> Reply:
             ctx.node.config.signing_required or sec_mode & SecurityMode.SIGNING_REQUIRED
         )
         session.sign_final = dialect == Dialect.SMB3_1_1 or session.signing_required
-        if ctx.node.config.encrypt_required and conn.codec.cipher:
-            session.encrypt_data = True
+        session.encrypt_data = encrypt_required
     if session.encrypt_data:
         session_flags |= SessionFlags.ENCRYPT_DATA
     session.state = SessionState.VALID

@@ -61,6 +61,10 @@ async def handle_tree_connect(ctx: RequestContext) -> Reply:
             raise NtStatusError(Status.BAD_NETWORK_NAME)
         if (session.is_guest or session.is_anonymous) and not cfg.guest_ok:
             raise NtStatusError(Status.ACCESS_DENIED)
+        if cfg.encrypt and not _can_encrypt(ctx):
+            # MS-SMB2 3.3.5.7, RejectUnencryptedAccess: no plaintext access to
+            # a share that demands encryption (2.x, no cipher, guest).
+            raise NtStatusError(Status.ACCESS_DENIED, "the share demands encryption")
         share, fs = cfg, node.share_fs[cfg.name.lower()]
         share_type = ShareType.DISK
         access = (FILE_GENERIC_READ | FILE_GENERIC_EXECUTE) if cfg.read_only else FILE_ALL_ACCESS
@@ -70,7 +74,7 @@ async def handle_tree_connect(ctx: RequestContext) -> Reply:
         share=share,
         fs=fs,
         maximal_access=access,
-        encrypt_data=share.encrypt and bool(ctx.conn.codec.cipher),
+        encrypt_data=share.encrypt,
     )
     session.trees[tree.tree_id] = tree
     ctx.tree = tree
@@ -79,6 +83,16 @@ async def handle_tree_connect(ctx: RequestContext) -> Reply:
     if tree.encrypt_data:
         share_flags |= ShareFlags.ENCRYPT_DATA
     return Reply(Status.SUCCESS, _RESP.pack(16, share_type, 0, share_flags, 0, access))
+
+
+def _can_encrypt(ctx: RequestContext) -> bool:
+    session = ctx.session
+    return (
+        ctx.conn.codec.dialect >= Dialect.SMB3_0
+        and bool(ctx.conn.codec.cipher)
+        and session is not None
+        and bool(session.encryption_key)
+    )
 
 
 async def handle_tree_disconnect(ctx: RequestContext) -> Reply:
