@@ -30,15 +30,31 @@ from smbprotocol.open import (
 from smbprotocol.session import Session
 from smbprotocol.tree import TreeConnect
 
+from gateway.fs.acl import EVERYONE
+from gateway.fs.sd import (
+    ACCESS_ALLOWED,
+    SE_DACL_PRESENT,
+    SE_SELF_RELATIVE,
+    Ace,
+    SecurityDescriptor,
+    acl_of,
+)
 from gateway.fs.streamstore import SIDECAR, XATTR_ID
+from gateway.fs.vfs import ShareFS
 
 from . import smbinfo
 from .conftest import PASSWORD, USER, GatewayNode
 
+STATUS_ACCESS_DENIED = 0xC0000022
 STATUS_OBJECT_NAME_INVALID = 0xC0000033
 STATUS_OBJECT_NAME_NOT_FOUND = 0xC0000034
 STATUS_SHARING_VIOLATION = 0xC0000043
 RW = FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE
+READ_ATTRIBUTES = FilePipePrinterAccessMask.FILE_READ_ATTRIBUTES
+READ_ATTRIBUTES_AND_DELETE = (
+    READ_ATTRIBUTES | FilePipePrinterAccessMask.DELETE | FilePipePrinterAccessMask.READ_CONTROL
+    | FilePipePrinterAccessMask.SYNCHRONIZE
+)  # fmt: skip
 
 
 @pytest.fixture
@@ -210,3 +226,23 @@ def test_a_stream_handle_reports_its_file_id_name_and_eas(tree: _Tree) -> None:
     assert ea_size == smbinfo.query_ok(base, smbinfo.FILE_EA) != b"\0\0\0\0"
     stream.close()
     base.close()
+
+
+def test_adding_a_stream_needs_write_access_to_its_file(
+    tree: _Tree, module_gateway: GatewayNode
+) -> None:
+    """A user who may only read a file's attributes (or delete it) cannot hang
+    a stream on it: adding a stream writes to the file (issue 16, finding 8)."""
+    name = f"guarded-{uuid.uuid4().hex}.txt"
+    tree.open(name).close(False)
+    everyone_reads_attributes = SecurityDescriptor(
+        SE_SELF_RELATIVE | SE_DACL_PRESENT, "S-1-22-1-0", "S-1-22-2-0", None,
+        acl_of(Ace(ACCESS_ALLOWED, 0, READ_ATTRIBUTES_AND_DELETE, EVERYONE)),
+    )  # fmt: skip
+    ShareFS(str(module_gateway.share_dir)).write_sd(
+        str(module_gateway.share_dir / name), everyone_reads_attributes.encode()
+    )
+    tree.open(name, access=READ_ATTRIBUTES, share=7).close(False)  # the file itself opens
+    status = _status(lambda: tree.open(f"{name}:added", access=READ_ATTRIBUTES, share=7))
+    assert status == STATUS_ACCESS_DENIED
+    assert _stream_files(module_gateway, name) == []

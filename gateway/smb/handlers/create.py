@@ -6,7 +6,7 @@ import errno
 import logging
 import os
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from oplock_bus import api as bus_api
 
@@ -305,6 +305,10 @@ def _resolve(ctx: RequestContext, req: CreateRequest, fs: ShareFS) -> _Target:
                            CreateDisposition.OVERWRITE_IF),
     )  # fmt: skip
     access = _granted_access(req, maximal, acl_info)
+    if stream is not None and info is None and acl_info is not None:
+        # Adding a stream writes to its file: NTFS asks FILE_WRITE_DATA of the
+        # file, whatever the opener asks for itself.
+        _granted_access(replace(req, access=AccessMask.FILE_WRITE_DATA), maximal, acl_info)
     if tree.share.read_only and (disp != CreateDisposition.OPEN or info is None):
         if info is None or disp != CreateDisposition.OPEN_IF:
             raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
