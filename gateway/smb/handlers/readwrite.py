@@ -21,7 +21,6 @@ _WRITE_REQ = struct.Struct("<HHIQQQIIHHI")
 _WRITE_RESP = struct.Struct("<HHIIHH")
 _READ_ACCESS = AccessMask.FILE_READ_DATA | AccessMask.FILE_EXECUTE
 _WRITE_ACCESS = AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA
-_APPEND_OFFSET = 0xFFFFFFFFFFFFFFFF
 _MAX_OFFSET = 0x7FFFFFFFFFFFFFFF
 _MAX_FILE_SIZE = 0xFFFFFFF0000
 
@@ -89,8 +88,9 @@ async def handle_write(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.ACCESS_DENIED)
     if op.tree.share.read_only:
         raise NtStatusError(Status.MEDIA_WRITE_PROTECTED)
-    append_only = not op.access & AccessMask.FILE_WRITE_DATA
-    if offset == _APPEND_OFFSET and append_only:
+    if not op.access & AccessMask.FILE_WRITE_DATA:
+        # FILE_APPEND_DATA alone writes at the end of the file, whatever the
+        # offset asked (NtWriteFile; Windows, as Wine's tests check it).
         offset = os.fstat(op.fd).st_size
     elif offset > _MAX_OFFSET or (length and offset + length > _MAX_FILE_SIZE):
         # Samba's limit too: offsets past MAXFILESIZE are refused, not DISK_FULL.
