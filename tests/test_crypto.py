@@ -843,3 +843,23 @@ def test_prepared_transform_cipher_round_trips_large_chains() -> None:
         data = out_side.encrypt(memoryview(chain), 42)
         assert crypto.TransformCipher(key, cipher).decrypt(bytearray(data)) == (42, chain)
         assert crypto.decrypt_message(data, key, cipher) == (42, chain)
+
+
+@pytest.mark.parametrize("cipher", [Cipher.AES_128_CCM, Cipher.AES_128_GCM])
+def test_nonces_count_and_run_out(cipher: int) -> None:
+    """Nonces are a per-instance random prefix and a counter, never repeated under
+    a key; past its limit a cipher refuses to seal (SMB cannot rekey: the session ends)."""
+    key = bytes(range(16))
+    sealer = crypto.TransformCipher(key, cipher, limit=3)
+    n = sealer.nonce_size
+    fields = [sealer.encrypt(b"x" * 64, 1)[20:36] for _ in range(3)]
+    nonces = [f[:n] for f in fields]
+    assert all(f[n:] == bytes(16 - n) for f in fields)
+    assert len({nonce[:-4] for nonce in nonces}) == 1  # one prefix
+    assert [int.from_bytes(nonce[-4:], "little") for nonce in nonces] == [0, 1, 2]
+    with pytest.raises(crypto.NonceExhausted):
+        sealer.encrypt(b"x", 1)
+    other = crypto.TransformCipher(key, cipher)  # another channel: another prefix
+    assert other.encrypt(b"x", 1)[20 : 20 + n - 4] != nonces[0][:-4]
+    # What is sealed with a counted nonce opens with the same key.
+    assert crypto.TransformCipher(key, cipher).decrypt(other.encrypt(b"y", 1)) == (1, b"y")

@@ -40,6 +40,8 @@ from .constants import (
 __all__ = [
     "PREAUTH_HASH_INITIAL",
     "CryptoError",
+    "NONCE_LIMIT",
+    "NonceExhausted",
     "SessionKeys",
     "Signer",
     "TransformCipher",
@@ -61,6 +63,10 @@ KeySource = bytes | Callable[[int], bytes | None]
 
 class CryptoError(Exception):
     """A message failed authentication, or is not a well-formed transform."""
+
+
+class NonceExhausted(CryptoError):
+    """A key has sealed as many messages as its nonces allow: the session must end."""
 
 
 # -- key derivation (MS-SMB2 3.1.4.2) ------------------------------------------
@@ -287,17 +293,25 @@ _CCM = (Cipher.AES_128_CCM, Cipher.AES_256_CCM)
 _GCM = (Cipher.AES_128_GCM, Cipher.AES_256_GCM)
 
 
+# Messages one TransformCipher seals before it refuses: its 32-bit counter's range.
+NONCE_LIMIT = 2**32 - 1
+
+
 class TransformCipher:
     """An encryption or decryption key prepared for one cipher; keep one per direction.
 
-    Nonces are random (11 bytes for CCM, 12 for GCM, the rest of the 16-byte
-    Nonce field zero) unless the caller passes one. Random 96-bit GCM nonces
-    are within NIST's bounds for up to 2**32 messages per key.
+    The AEAD nonce (11 bytes for CCM, 12 for GCM, the rest of the 16-byte Nonce
+    field zero) is a random prefix drawn once per instance and a 32-bit counter,
+    unless the caller passes one: no nonce repeats under the key, which random
+    nonces only make unlikely (and CCM's 88 bits less so than GCM's 96). After
+    ``limit`` messages it raises NonceExhausted; SMB has no rekeying, so the
+    sender ends the session. Another instance with the same key (another
+    channel of the session) draws another prefix: 56 or 64 random bits.
     """
 
-    __slots__ = ("cipher", "nonce_size", "_aead")
+    __slots__ = ("cipher", "nonce_size", "_aead", "_prefix", "_sealed", "_limit")
 
-    def __init__(self, key: bytes, cipher: int) -> None:
+    def __init__(self, key: bytes, cipher: int, *, limit: int = NONCE_LIMIT) -> None:
         self.cipher = Cipher(cipher)
         want = 32 if self.cipher in _AES_256 else 16
         if len(key) != want:
@@ -309,6 +323,16 @@ class TransformCipher:
         else:
             self.nonce_size = 12
             self._aead = AESGCM(key)
+        self._prefix = os.urandom(self.nonce_size - 4)
+        self._sealed = 0
+        self._limit = min(limit, NONCE_LIMIT)
+
+    def _next_nonce(self) -> bytes:
+        if self._sealed >= self._limit:
+            raise NonceExhausted(f"{self._sealed} messages sealed with this key")
+        nonce = self._prefix + self._sealed.to_bytes(4, "little")
+        self._sealed += 1
+        return nonce
 
     def encrypt(self, plain: Buffer, session_id: int, nonce: bytes | None = None) -> bytes:
         """TRANSFORM_HEADER + ciphertext of one SMB2 message or compound chain.
@@ -319,7 +343,7 @@ class TransformCipher:
         """
         n = self.nonce_size
         if nonce is None:
-            field = os.urandom(n) + bytes(16 - n)
+            field = self._next_nonce() + bytes(16 - n)
         elif len(nonce) == n:
             field = bytes(nonce) + bytes(16 - n)
         elif len(nonce) == 16:

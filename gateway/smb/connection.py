@@ -108,7 +108,14 @@ class SmbConnection(ConnectionState):
         if self.writer.is_closing():  # the peer reset the connection: nobody to answer
             self.closed = True
             return
-        data = self.codec.encode(messages, encrypt_for)
+        try:
+            data = self.codec.encode(messages, encrypt_for)
+        except crypto.NonceExhausted as e:
+            # SMB cannot rekey a session: the client reconnects and logs on afresh.
+            log.warning("%s: disconnecting: %s", self.peer, e)
+            self.closed = True
+            self.writer.close()  # the read loop ends, and teardown runs
+            return
         self.writer.write(data)
 
     def _observe_reply(self, hdr: Header, msg: bytes) -> None:
