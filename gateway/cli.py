@@ -10,9 +10,11 @@ import signal
 import sys
 
 from .config import (
+    BUS_PASSWORD_ENV,
     Config,
     ConfigError,
     apply_toml,
+    bus_password,
     load_toml,
     parse_listen,
     parse_share,
@@ -37,6 +39,8 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.node_id = args.node_id
     if args.bus:
         cfg.bus_url = args.bus
+    if args.bus_password_file:
+        cfg.bus_password_file = args.bus_password_file
     if args.break_timeout is not None:
         cfg.break_timeout = args.break_timeout
     if args.node_ttl is not None:
@@ -55,19 +59,21 @@ def build_config(args: argparse.Namespace) -> Config:
 
 async def serve(cfg: Config) -> int:
     from oplock_bus import make_bus
+    from oplock_bus.redis_url import redact
 
     from .node import Node
 
     try:
         bus = make_bus(
             cfg.bus_url,
+            password=bus_password(cfg.bus_password_file) if cfg.bus_url else None,
             node_id=cfg.node_id,
             break_timeout=cfg.break_timeout,
             node_ttl=cfg.node_ttl,
             node_address=f"{cfg.listen_host}:{cfg.listen_port}",
         )
     except ValueError as e:
-        raise ConfigError(f"--bus {cfg.bus_url}: {e}") from None
+        raise ConfigError(f"--bus {redact(cfg.bus_url or '')}: {e}") from None
     node = Node(cfg, bus)
     try:
         server = await node.start()
@@ -86,7 +92,7 @@ async def serve(cfg: Config) -> int:
     shares = ", ".join(f"{s.name}={s.path}" for s in cfg.shares)
     log.info(
         "node %s listening on %s (shares: %s; bus: %s)",
-        cfg.node_id, addrs, shares, cfg.bus_url or "in-process",
+        cfg.node_id, addrs, shares, redact(cfg.bus_url) if cfg.bus_url else "in-process",
     )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -105,6 +111,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--users", metavar="FILE", help="file of user:password lines")
     p.add_argument("--node-id", help="this node's id on the bus (default: host-address-port)")
     p.add_argument("--bus", metavar="URL", help="bus URL (default: in-process, single node)")
+    _add_bus_password(p)
     p.add_argument("--config", metavar="FILE.toml", help="settings file (flags override it)")
     p.add_argument("--break-timeout", type=float, help="seconds to wait for a break ack (35)")
     p.add_argument(
@@ -175,9 +182,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_bus_password(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bus-password-file", metavar="FILE",
+        help=f"read the bus password from FILE, not the URL (or set ${BUS_PASSWORD_ENV})",
+    )  # fmt: skip
+
+
 def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("status", help="show nodes, opens, oplocks, leases and locks on a bus")
     p.add_argument("--bus", metavar="URL", required=True, help="the Redis bus URL")
+    _add_bus_password(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
@@ -197,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             from oplock_bus.status import main as status_main
 
-            return status_main(args.bus, args.json)
+            return status_main(args.bus, args.json, bus_password(args.bus_password_file))
         if args.command == "demo":
             from clients.demo_cli import run as run_demo
 

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .config import ConfigError, parse_share
+from oplock_bus.redis_url import redact, split_password
+
+from .config import BUS_PASSWORD_ENV, ConfigError, parse_share
 from .localredis import LocalRedis, RedisError
 
 MAX_NODES = 16
@@ -116,8 +118,14 @@ class LocalCluster:
         ]  # fmt: skip
         for share in self.spec.shares:
             cmd += ["--share", share]
+        env = None
         if self.bus_url and not self.spec.uncoordinated:
-            cmd += ["--bus", self.bus_url]
+            # A password in the URL goes to the node in its environment, so
+            # that no process list shows it.
+            url, password = split_password(self.bus_url)
+            cmd += ["--bus", url]
+            if password is not None:
+                env = dict(os.environ, **{BUS_PASSWORD_ENV: password})
         cmd += self.spec.node_args
         log_path: Path | None = None
         out: int | IO[bytes]
@@ -127,7 +135,9 @@ class LocalCluster:
             out = open(log_path, "wb")  # noqa: SIM115 - the child owns it from here
         else:
             out = subprocess.PIPE
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
+        )
         if not isinstance(out, int):
             out.close()
         elif proc.stdout is not None:
@@ -210,7 +220,8 @@ def connect_help(cluster: LocalCluster, user: str = "USER") -> str:
     for node in cluster.nodes:
         lines.append(f"  {node.node_id}: smbclient //{node.host}/{share}{port_opt} -U {user}")
     if cluster.bus_url:
-        lines.append(f"bus: {cluster.bus_url}  (smbgw status --bus {cluster.bus_url})")
+        bus = redact(cluster.bus_url)
+        lines.append(f"bus: {bus}  (smbgw status --bus {bus})")
     else:
         lines.append("bus: none (--uncoordinated: every node decides alone)")
     lines.append("Ctrl-C stops the cluster.")

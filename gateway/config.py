@@ -36,6 +36,9 @@ class Config:
     users: dict[str, str] = field(default_factory=dict)
     node_id: str = ""
     bus_url: str | None = None
+    # The bus password kept out of the URL, so that it is in no command line:
+    # read from this file, else from $SMBGW_BUS_PASSWORD (see bus_password()).
+    bus_password_file: str | None = None
     server_name: str = "SMBGW"
     signing_required: bool = False
     encrypt_required: bool = False
@@ -99,6 +102,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("users", "users_file", str),
     ("node_id", "node_id", str),
     ("bus", "bus_url", str),
+    ("bus_password_file", "bus_password_file", str),
     ("server_name", "server_name", str),
     ("signing_required", "signing_required", bool),
     ("encrypt_required", "encrypt_required", bool),
@@ -221,3 +225,21 @@ def load_users(path: str | os.PathLike[str]) -> dict[str, str]:
     if not users:
         raise ConfigError(f"users file {path} defines no user")
     return users
+
+
+BUS_PASSWORD_ENV = "SMBGW_BUS_PASSWORD"
+
+
+def bus_password(password_file: str | None) -> str | None:
+    """The bus password from ``password_file`` (its first line), else from
+    $SMBGW_BUS_PASSWORD, else None (a password in the URL, or none at all)."""
+    if password_file:
+        try:
+            with open(password_file, encoding="utf-8") as f:
+                line = f.readline().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read bus password file {password_file}: {e}") from None
+        if not line:
+            raise ConfigError(f"bus password file {password_file} is empty")
+        return line
+    return os.environ.get(BUS_PASSWORD_ENV) or None

@@ -15,6 +15,7 @@ from .api import LockBus, NodeId
 def make_bus(
     url: str | None,
     *,
+    password: str | None = None,
     node_id: NodeId | None = None,
     break_timeout: float = 35.0,
     node_ttl: float = 5.0,
@@ -28,7 +29,8 @@ def make_bus(
     node counts as dead and its opens, oplocks, leases and locks are
     released. ``node_address`` is shown by ``smbgw status``.
     ``local_delivery=False`` sends even breaks for nodes on this same bus
-    through Redis (for tests of the cross-node path).
+    through Redis (for tests of the cross-node path). ``password`` is the
+    Redis password when the URL carries none.
     """
     scheme = urlsplit(url).scheme.lower() if url else "memory"
     if scheme == "memory":
@@ -43,11 +45,14 @@ def make_bus(
         from .redis_url import parse_url
 
         return RedisBus(
-            parse_url(url),
+            parse_url(url, password=password),
             node_id=node_id,
             break_timeout=break_timeout,
             node_ttl=node_ttl,
             node_address=node_address,
             local_delivery=local_delivery,
         )
-    raise ValueError(f"unknown bus URL scheme {scheme!r} in {url!r}; use memory:// or redis://")
+    from .redis_url import redact
+
+    shown = redact(url) if url else ""
+    raise ValueError(f"unknown bus URL scheme {scheme!r} in {shown!r}; use memory:// or redis://")

@@ -17,9 +17,9 @@ as unavailable, default 2), ``ssl_ca_certs``, ``ssl_certfile``,
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -67,8 +67,54 @@ class RedisTarget:
         return f"{scheme}://{hosts}{path}"
 
 
-def parse_url(url: str) -> RedisTarget:
-    """Parse a bus URL; ValueError names what is wrong."""
+_USERINFO_SECRET = re.compile(r"(//(?:[^/@:]*:)?)[^/@]+@")
+_QUERY_SECRET = re.compile(r"(sentinel_password=)[^&]*")
+
+
+def redact(url: str) -> str:
+    """The URL with its passwords replaced by ``***``, for logs and messages."""
+    def hide(m: re.Match[str]) -> str:
+        # user:password@ keeps the user; a bare secret@ is all password.
+        return f"{m.group(1)}***@"
+
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO_SECRET.sub(hide, url, count=1))
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """The URL without its password, and that password (None if it has none)."""
+    parts = urlsplit(url)
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    if not at:
+        return url, None
+    user, sep, password = userinfo.partition(":")
+    if not sep:  # redis://secret@host: a bare secret is a password
+        user, password = "", user
+    netloc = f"{user}@{hostlist}" if user else hostlist
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(password) or None
+
+
+def parse_url(url: str, *, password: str | None = None) -> RedisTarget:
+    """Parse a bus URL; ValueError names what is wrong (the URL's secrets hidden).
+
+    ``password``, read from a file or the environment so that it appears in
+    no command line, goes with the URL; a URL that has one as well is refused.
+    """
+    try:
+        target = _parse(url)
+    except ValueError as e:
+        raise ValueError(str(e).replace(repr(url), repr(redact(url)))) from None
+    if password is not None:
+        userinfo = urlsplit(url).netloc.rpartition("@")[0]
+        if userinfo and ":" not in userinfo:
+            # redis://user@host: with the password apart, a bare name is the user.
+            target = replace(target, username=target.password, password=None)
+        if target.password is not None:
+            raise ValueError("the bus password is given twice: in the URL and apart from it")
+        target = replace(target, password=password)
+    return target
+
+
+def _parse(url: str) -> RedisTarget:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
@@ -79,7 +125,7 @@ def parse_url(url: str) -> RedisTarget:
     if userinfo:
         user, sep, pw = userinfo.partition(":")
         username = unquote(user) or None
-        password = unquote(pw) if sep else None
+        password = (unquote(pw) or None) if sep else None
         if not sep:  # redis://secret@host: a bare secret is a password
             username, password = None, unquote(user)
     hosts = tuple(_host_port(h, url) for h in hostlist.split(",") if h)

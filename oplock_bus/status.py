@@ -15,7 +15,7 @@ from .api import OPLOCK_BATCH, OPLOCK_EXCLUSIVE, OPLOCK_II, OPLOCK_LEASE, BusUna
 from .coordinator import Coordinator
 from .liveness import read_members
 from .redis_store import RedisStore
-from .redis_url import SCHEMES, parse_url
+from .redis_url import SCHEMES, parse_url, redact
 
 OPLOCK_NAMES = {
     0: "none", OPLOCK_II: "II", OPLOCK_EXCLUSIVE: "exclusive", OPLOCK_BATCH: "batch",
@@ -27,12 +27,12 @@ def lease_bits(state: int) -> str:
     return "".join(c for bit, c in ((1, "R"), (2, "H"), (4, "W")) if state & bit) or "none"
 
 
-async def collect(url: str) -> dict[str, Any]:
+async def collect(url: str, password: str | None = None) -> dict[str, Any]:
     """Read everything from the bus at ``url``; ValueError/BusUnavailable."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in SCHEMES:
-        raise ValueError(f"status needs a Redis bus URL (redis://...), not {url!r}")
-    target = parse_url(url)
+        raise ValueError(f"status needs a Redis bus URL (redis://...), not {redact(url)!r}")
+    target = parse_url(url, password=password)
     store = RedisStore(target)
     try:
         await store.start(subscriber=False)
@@ -116,12 +116,12 @@ def render(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(url: str, as_json: bool) -> int:
+def main(url: str, as_json: bool, password: str | None = None) -> int:
     """Print the status; 2 with one line on stderr if the bus cannot be read."""
     import asyncio
 
     try:
-        st = asyncio.run(collect(url))
+        st = asyncio.run(collect(url, password))
     except (ValueError, BusUnavailable) as e:
         print(f"smbgw status: {e}", file=sys.stderr)
         return 2

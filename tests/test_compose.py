@@ -22,7 +22,10 @@ from .conftest import REPO
 
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
-NODES = sorted(name for name, svc in SERVICES.items() if svc.get("build") or "smbgw" in str(svc))
+NODES = sorted(
+    name for name, svc in SERVICES.items()
+    if svc.get("build") or str(svc.get("image", "")).startswith("smbgw")
+)  # fmt: skip
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
@@ -63,7 +66,7 @@ def test_node_command_is_accepted_by_the_cli(name: str) -> None:
     cfg = Config()
     apply_toml(cfg, tomllib.loads(toml_host.read_text()), str(toml_host))
     assert cfg.bus_url and cfg.bus_url.startswith("redis://")
-    redis_host = re.match(r"redis://([^:/]+)", cfg.bus_url)
+    redis_host = re.match(r"redis://(?:[^@/]*@)?([^:/]+)", cfg.bus_url)
     assert redis_host and redis_host.group(1) in SERVICES, cfg.bus_url
     # Every share lives on the one named volume all nodes mount.
     for share in cfg.shares:
@@ -79,7 +82,7 @@ def test_nodes_have_their_own_address_and_port_445() -> None:
         args = build_parser().parse_args(SERVICES[name]["command"])
         assert args.listen.endswith(":445")
         nets = SERVICES[name]["networks"]
-        addresses |= {net["ipv4_address"] for net in nets.values()}
+        addresses |= {net["ipv4_address"] for net in nets.values() if "ipv4_address" in net}
     assert len(addresses) == len(NODES)
 
 
@@ -102,3 +105,36 @@ def test_dockerfile_entrypoint_and_sources_exist() -> None:
         if word == "CMD":
             args = build_parser().parse_args(yaml.safe_load(rest))
             assert args.command == "serve"
+
+
+def test_redis_is_behind_the_nodes_with_the_documented_acl() -> None:
+    """Clients reach the nodes, never Redis; Redis lets in only the bus's ACL
+    user, the one docs/operations.md shows, whose password is a secret file."""
+    redis = next(svc for svc in SERVICES.values() if "redis" in str(svc.get("image", "")))
+    client_nets = {net for name in NODES for net in SERVICES[name]["networks"]
+                   if "ipv4_address" in SERVICES[name]["networks"][net]}  # fmt: skip
+    redis_nets = set(redis["networks"])
+    assert redis_nets and not redis_nets & client_nets
+    for net in redis_nets:
+        assert COMPOSE["networks"][net].get("internal") is True
+        assert all(net in SERVICES[name]["networks"] for name in NODES)
+    script = " ".join(redis["command"])
+    assert "user default off" in script
+    documented = next(
+        ln.strip() for ln in (REPO / "docs" / "operations.md").read_text().splitlines()
+        if ln.strip().startswith("ACL SETUSER")
+    )  # fmt: skip
+    rules = documented.split(">PASSWORD", 1)[1].split()
+    assert " ".join(rules) in " ".join(script.split())
+    secret = COMPOSE["secrets"]["bus_password"]["file"]
+    assert (REPO / secret).read_text().strip()
+    for name in NODES:
+        service = SERVICES[name]
+        assert "bus_password" in service["secrets"]
+        mounts = _mounts(service)
+        args = build_parser().parse_args(service["command"])
+        cfg = Config()
+        toml_host = REPO / mounts[args.config]
+        apply_toml(cfg, tomllib.loads(toml_host.read_text()), str(toml_host))
+        assert cfg.bus_url and ":" not in cfg.bus_url.split("//", 1)[1].split("@")[0]
+        assert cfg.bus_password_file == "/run/secrets/bus_password"
