@@ -12,6 +12,9 @@ since no client library sends these messages on purpose.
   data it still caches.
 - A 3.1.1 TREE_CONNECT must be signed (3.3.5.7): its signature protects the
   share flags of the answer (ENCRYPT_DATA); unsigned, the node disconnects.
+- Every request spends MessageIds the node granted, once (3.3.5.2.3): a
+  replayed message or an id never granted ends the connection; a READ or
+  other transfer must pay 64 KiB a credit (3.3.5.2.5).
 """
 
 from __future__ import annotations
@@ -167,3 +170,88 @@ def test_unsigned_tree_connect_in_311_disconnects(node: GatewayNode) -> None:
     signed, error = asyncio.run(run())
     assert signed == Status.SUCCESS
     assert isinstance(error, ConnectionError), "an unsigned 3.1.1 TREE_CONNECT was answered"
+
+
+def _capture(transport: Transport) -> list[bytes]:
+    """Every frame the transport writes, as sent (signed or encrypted)."""
+    sent: list[bytes] = []
+    write = transport._writer.write
+
+    def record(data: bytes | bytearray | memoryview) -> None:
+        sent.append(bytes(data))
+        write(data)
+
+    transport._writer.write = record  # type: ignore[method-assign]
+    return sent
+
+
+async def _disconnected(transport: Transport, timeout: float = 10) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not transport.closed and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    return transport.closed
+
+
+@pytest.mark.parametrize("encrypt", [False, True])
+def test_a_replayed_request_ends_the_connection(node: GatewayNode, encrypt: bool) -> None:
+    """The exact bytes of a signed (or encrypted) CREATE, sent again, used to
+    create the file again; a MessageId already used now ends the connection
+    (MS-SMB2 3.3.5.2.3), as smbd does."""
+    name = f"replayed-{int(encrypt)}.txt"
+
+    async def run() -> bool:
+        client = await SMB2Client.connect(
+            node.host, node.port, user=USER, password=PASSWORD, dialects=(Dialect.SMB3_1_1,),
+            require_signing=True, encrypt=encrypt,
+        )  # fmt: skip
+        tree = await client.tree_connect(node.share)
+        sent = _capture(client.transport)
+        f = await tree.create(name, disposition=CreateDisposition.CREATE)
+        captured = sent[-1]
+        await f.close()
+        (Path(node.share_dir) / name).unlink()
+        client.transport._writer.write(captured)
+        return await _disconnected(client.transport)
+
+    assert asyncio.run(run()), "the node answered a replayed request"
+    assert not (Path(node.share_dir) / name).exists(), "the replay created the file again"
+
+
+def test_a_message_id_never_granted_ends_the_connection(node: GatewayNode) -> None:
+    async def run() -> bool:
+        client = await SMB2Client.connect(node.host, node.port, user=USER, password=PASSWORD)
+        client.transport._next_mid = 10**15  # far past anything granted
+        with pytest.raises((ConnectionError, SmbError)):
+            await asyncio.wait_for(client.echo(), 10)
+        return await _disconnected(client.transport)
+
+    assert asyncio.run(run())
+
+
+def test_a_read_needs_the_credits_it_moves(node: GatewayNode) -> None:
+    """A 1 MiB READ paid with one credit is INVALID_PARAMETER (3.3.5.2.5), as smbd
+    answers; paid with 16 it reads. Replies stay bounded by what the client paid."""
+    (Path(node.share_dir) / "big.bin").write_bytes(b"z" * (1 << 20))
+
+    async def run() -> tuple[int, int]:
+        client = await SMB2Client.connect(
+            node.host, node.port, user=USER, password=PASSWORD, dialects=(Dialect.SMB3_1_1,)
+        )
+        tree = await client.tree_connect(node.share)
+        f = await tree.create("big.bin", disposition=CreateDisposition.OPEN)
+        assert client.channel is not None
+        body = messages.read_request(f.file_id, 0, 1 << 20)
+        cheap = await client.transport.request(
+            Command.READ, body, session=client.channel, tree_id=tree.tree_id, payload=0,
+            expect=(Status.SUCCESS, Status.INVALID_PARAMETER),
+        )  # fmt: skip
+        paid = await client.transport.request(
+            Command.READ, body, session=client.channel, tree_id=tree.tree_id, payload=1 << 20,
+        )  # fmt: skip
+        await f.close()
+        await client.close()
+        return cheap.status, len(messages.parse_read_response(paid.body))
+
+    cheap, read = asyncio.run(run())
+    assert cheap == Status.INVALID_PARAMETER
+    assert read == 1 << 20

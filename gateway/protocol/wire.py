@@ -16,12 +16,12 @@ from .constants import (
     SMB1_PROTOCOL_ID,
     TRANSFORM_HEADER_SIZE,
     TRANSFORM_PROTOCOL_ID,
-    Command,
     Dialect,
     NtStatusError,
     SigningAlgorithm,
     Status,
 )
+from .credits import CreditWindow
 from .framing import frame_header
 from .header import Header, pad8, split_compound
 
@@ -74,8 +74,7 @@ class WireCodec:
         self.dialect = 0
         self.signing_algorithm: int | None = None
         self.cipher: int | None = None
-        self.max_credits = 8192
-        self._outstanding = 0
+        self.credits = CreditWindow()
         # Called with each reply as sent (before encryption): the 3.1.1
         # preauth integrity hash must cover NEGOTIATE and SESSION_SETUP replies.
         self.observer: Callable[[Header, bytes], None] | None = None
@@ -83,18 +82,8 @@ class WireCodec:
     # -- credits -------------------------------------------------------------
 
     def grant_credits(self, req: Header) -> int:
-        """Grant what the client asks for, keeping at most max_credits outstanding."""
-        charge = max(1, req.credit_charge)
-        self._outstanding = max(0, self._outstanding - charge)
-        want = max(1, req.credits)
-        grant = min(want, self.max_credits - self._outstanding)
-        if grant < 1 and self._outstanding == 0:
-            grant = 1
-        grant = max(grant, 0)
-        if req.command == Command.NEGOTIATE and grant == 0:
-            grant = 1
-        self._outstanding += grant
-        return grant
+        """What a reply to ``req`` grants (see ``gateway.protocol.credits``)."""
+        return self.credits.grant(req.credits)
 
     # -- signing -------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..protocol import crypto, wire
 from ..protocol.constants import Command, Dialect, HeaderFlags, NtStatusError, Status
+from ..protocol.credits import SequenceError
 from ..protocol.framing import FrameDecoder, FramingError
 from ..protocol.header import Header, error_body
 from ..protocol.wire import KeyedSession
@@ -47,7 +48,7 @@ class SmbConnection(ConnectionState):
         self.node = node
         self.reader = reader
         self.writer = writer
-        self.codec.max_credits = node.config.max_credits
+        self.codec.credits.max_credits = node.config.max_credits
         self.codec.observer = self._observe_reply
         self.decoder = FrameDecoder(self.codec.max_frame)
         self.pending: dict[int, tuple[RequestContext, asyncio.Task[Reply]]] = {}
@@ -166,6 +167,14 @@ class SmbConnection(ConnectionState):
             chain = wire.split_messages(frame)
         except NtStatusError as e:
             raise Disconnect(str(e)) from None
+        multi_credit = self.multi_credit
+        for hdr, _body, _raw in chain:
+            if hdr.command == Command.CANCEL:
+                continue  # it names the request it cancels, and takes no id
+            try:
+                self.codec.credits.consume(hdr.message_id, hdr.credit_charge if multi_credit else 1)
+            except SequenceError as e:
+                raise Disconnect(str(e)) from None
         run = _ChainRun(chain, encrypted_session)
         await self._process_chain(run, 0)
 
@@ -439,8 +448,12 @@ class SmbConnection(ConnectionState):
         else:
             raise Disconnect("client offers no SMB2 dialect")
         body = smb1_negotiate_response(self.node, dialect)
+        try:
+            self.codec.credits.consume(0, 1)  # an SMB1 NEGOTIATE counts as MessageId 0
+        except SequenceError as e:
+            raise Disconnect(str(e)) from None
         hdr = Header(command=Command.NEGOTIATE, message_id=0, flags=HeaderFlags.SERVER_TO_REDIR)
-        hdr.credits = 1
+        hdr.credits = self.codec.credits.grant(1)
         self.send_messages([(hdr, body, None)], None)
         await self.drain()
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..protocol.constants import NtStatusError, Status
+from ..protocol.credits import check_payload
 from ..protocol.header import Header
 
 if TYPE_CHECKING:
@@ -85,6 +86,12 @@ class RequestContext:
         self.async_id = self.conn.new_async_id()
         if not self._went_async.done():
             self._went_async.set_result(self.async_id)
+
+    def check_payload(self, size: int) -> None:
+        """A READ, WRITE, IOCTL, QUERY or CHANGE_NOTIFY moving ``size`` bytes must
+        have paid for them: 64 KiB a credit (MS-SMB2 3.3.5.2.5)."""
+        if not check_payload(size, self.header.credit_charge, self.conn.multi_credit):
+            raise NtStatusError(Status.INVALID_PARAMETER, f"{size} bytes need more credits")
 
     def require_tree(self) -> TreeConnect:
         if self.tree is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..protocol import wire
+from ..protocol.constants import Capabilities, Dialect
 
 if TYPE_CHECKING:
     from ..auth import Authenticator
@@ -59,6 +60,13 @@ class ConnectionState:
 
     def new_async_id(self) -> int:
         return next(self._async_ids)
+
+    @property
+    def multi_credit(self) -> bool:
+        """MS-SMB2 Connection.SupportsMultiCredit: 2.1 and later with LARGE_MTU."""
+        return self.codec.dialect >= Dialect.SMB2_1 and bool(
+            self.server_capabilities & Capabilities.LARGE_MTU
+        )
 
     def send_notification(self, command: int, body: bytes, session: Session | None) -> None:
         """Send a server-initiated message (a break); only a transport can."""

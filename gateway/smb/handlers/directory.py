@@ -29,6 +29,7 @@ async def handle_query_directory(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.ACCESS_DENIED)
     if info_class not in infoclass.DIRECTORY_CLASSES:
         raise NtStatusError(Status.INVALID_INFO_CLASS)
+    ctx.check_payload(out_len)
     if out_len == 0 or out_len > ctx.node.config.max_io_size:
         raise NtStatusError(Status.INVALID_PARAMETER)
     pattern = "*"

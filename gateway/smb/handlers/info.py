@@ -51,6 +51,7 @@ async def handle_query_info(ctx: RequestContext) -> Reply:
         _QUERY.unpack_from(body)
     )
     op = ctx.open_at(24)
+    ctx.check_payload(max(out_len, in_len))
     if out_len > ctx.node.config.max_io_size:
         raise NtStatusError(Status.INVALID_PARAMETER)
     if info_type == InfoType.FILE:
@@ -180,6 +181,7 @@ async def handle_set_info(ctx: RequestContext) -> Reply:
     body = ctx.body
     check_size(body, 32, 33)
     _s, info_type, info_class, buf_len, buf_off, _r, additional, _p, _v = _SET.unpack_from(body)
+    ctx.check_payload(buf_len)
     start = buf_off - 64
     if buf_len and (start < 32 or start + buf_len > len(body)):
         raise NtStatusError(Status.INVALID_PARAMETER)

@@ -32,6 +32,7 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
     if flags != IOCTL_IS_FSCTL:
         raise NtStatusError(Status.NOT_SUPPORTED)
     start = in_off - 64
+    ctx.check_payload(max(in_len, max_out))
     if in_len and (start < 56 or start + in_len > len(body)):
         raise NtStatusError(Status.INVALID_PARAMETER, "input outside the message")
     data = bytes(body[start : start + in_len]) if in_len else b""

@@ -20,6 +20,7 @@ async def handle_change_notify(ctx: RequestContext) -> Reply:
     _s, flags, out_len, _p, _v, completion_filter, _r = _REQ.unpack_from(ctx.body)
     if out_len > ctx.node.config.max_io_size:
         raise NtStatusError(Status.INVALID_PARAMETER)
+    ctx.check_payload(out_len)
     op = ctx.open_at(8)
     watch = op.notify
     if watch is None:

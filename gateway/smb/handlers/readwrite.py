@@ -41,6 +41,7 @@ async def handle_read(ctx: RequestContext) -> Reply:
     op = _data_open(ctx, 16)
     if length > ctx.node.config.max_io_size:
         raise NtStatusError(Status.INVALID_PARAMETER, "read larger than MaxReadSize")
+    ctx.check_payload(length)
     if op.pipe is not None:
         data = op.pipe.read(length)
         if not data:
@@ -79,6 +80,7 @@ async def handle_write(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.INVALID_PARAMETER, "write data outside the message")
     if length > ctx.node.config.max_io_size:
         raise NtStatusError(Status.INVALID_PARAMETER, "write larger than MaxWriteSize")
+    ctx.check_payload(length)
     op = _data_open(ctx, 16)
     data = memoryview(body)[start : start + length]
     if op.pipe is not None:
