@@ -51,6 +51,15 @@ class Config:
     node_ttl: float = 5.0
     max_io_size: int = 8 * 1024 * 1024
     max_credits: int = 8192
+    # What one client may take of a node (docs/configuration.md#limits).
+    logon_timeout: float = 30.0  # seconds a connection may go without a session
+    max_connections_per_address: int = 256
+    max_sessions_per_connection: int = 64
+    max_opens_per_connection: int = 16384
+    # 0: what the descriptor limit leaves after sockets (the node raises its
+    # RLIMIT_NOFILE to the hard limit at start and keeps 1024 for connections).
+    max_opens_per_node: int = 0
+    max_pending_per_connection: int = 1024  # requests waiting (locks, notify, breaks)
     # Samba's test-only FSCTL_SMBTORTURE controls (smbd:FSCTL_SMBTORTURE = yes):
     # only for running smbtorture, never in production.
     torture_hooks: bool = False
@@ -110,6 +119,12 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("break_timeout", "break_timeout", float),
     ("node_ttl", "node_ttl", float),
     ("max_io_size", "max_io_size", int),
+    ("logon_timeout", "logon_timeout", float),
+    ("max_connections_per_address", "max_connections_per_address", int),
+    ("max_sessions_per_connection", "max_sessions_per_connection", int),
+    ("max_opens_per_connection", "max_opens_per_connection", int),
+    ("max_opens_per_node", "max_opens_per_node", int),
+    ("max_pending_per_connection", "max_pending_per_connection", int),
     ("log_level", "log_level", lambda v: str(v).upper()),
     ("torture_hooks", "torture_hooks", bool),
 ]
@@ -179,6 +194,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("node_ttl must be positive")
     if not 65536 <= cfg.max_io_size <= 8 * 1024 * 1024:
         raise ConfigError("max_io_size must be between 65536 and 8388608")
+    for name in ("logon_timeout", "max_connections_per_address", "max_sessions_per_connection",
+                 "max_opens_per_connection", "max_pending_per_connection"):  # fmt: skip
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{name} must be positive")
     if not cfg.node_id:
         cfg.node_id = f"{socket.gethostname()}-{cfg.listen_host}-{cfg.listen_port}"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import resource
 import socket
 import uuid
 from typing import Any
@@ -20,10 +21,13 @@ from .smb import breaks, channels, opens
 from .smb.channels import SESSION_TOPIC
 from .smb.connection import SmbConnection
 from .smb.durable import DurableTable
+from .smb.limits import log_limit
 from .smb.notify import ChangeEvent, NotifyHub, local_event
 from .smb.state import Open, Session, TreeConnect
 
 log = logging.getLogger("smbgw.node")
+
+_SOCKET_RESERVE = 1024
 
 NOTIFY_TOPIC = "notify"
 
@@ -37,6 +41,7 @@ class Node:
         self.share_fs = {s.name.lower(): ShareFS(s.path) for s in config.shares}
         self.allows_guest = any(s.guest_ok for s in config.shares)
         self.connections: set[SmbConnection] = set()
+        self._per_address: dict[str, int] = {}  # open connections by client address
         self.opens: dict[str, Open] = {}  # by bus open id
         self.sessions: dict[int, Session] = {}  # by id, whatever their connections (channels.py)
         self._ids = itertools.count(1)
@@ -51,7 +56,21 @@ class Node:
 
     # -- lifecycle -----------------------------------------------------------
 
+    def _raise_descriptor_limit(self) -> None:
+        """Every open holds a descriptor: take all the system allows, and keep
+        1024 of them for sockets so that new clients can still connect."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (OSError, ValueError) as e:
+                log.warning("descriptor limit stays %d: %s", soft, e)
+        if not self.config.max_opens_per_node:
+            self.config.max_opens_per_node = max(64, soft - _SOCKET_RESERVE)
+
     async def start(self) -> asyncio.base_events.Server:
+        self._raise_descriptor_limit()
         # Registered before the bus starts, so it listens before we serve.
         self.bus.register_node(self.node_id, self._deliver_break)
         self.bus.on_broadcast(NOTIFY_TOPIC, self._remote_change)
@@ -109,12 +128,22 @@ class Node:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = writer.get_extra_info("peername")
+        address = peer[0] if peer else "?"
+        if self._per_address.get(address, 0) >= self.config.max_connections_per_address:
+            log_limit(f"{address}:0", "max_connections_per_address")
+            writer.close()
+            return
+        self._per_address[address] = self._per_address.get(address, 0) + 1
         conn = SmbConnection(self, reader, writer)
         self.connections.add(conn)
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            left = self._per_address.pop(address) - 1
+            if left:
+                self._per_address[address] = left
 
     async def _close(self, op: Open) -> None:
         await opens.close(self, op)

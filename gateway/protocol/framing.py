@@ -34,7 +34,7 @@ class FrameDecoder:
 
     def __init__(self, max_size: int) -> None:
         self._buf = bytearray()
-        self._max = max_size
+        self.max_size = max_size  # the connection may raise it once a client logs on
 
     def feed(self, data: bytes) -> list[bytes]:
         self._buf += data
@@ -45,8 +45,8 @@ class FrameDecoder:
             word = _LEN.unpack_from(buf, pos)[0]
             if word >> 24:
                 raise FramingError("first byte of a Direct TCP frame must be zero")
-            if word > self._max:
-                raise FramingError(f"frame of {word} bytes exceeds the limit of {self._max}")
+            if word > self.max_size:
+                raise FramingError(f"frame of {word} bytes exceeds the limit of {self.max_size}")
             if len(buf) - pos - 4 < word:
                 break
             out.append(bytes(buf[pos + 4 : pos + 4 + word]))

@@ -43,6 +43,7 @@ from ..protocol.header import Header
 from ..protocol.wire import KeyedSession
 from . import opens
 from .context import RequestContext
+from .limits import log_limit
 from .services import NodeServices
 from .state import Channel, ConnectionState, Session, SessionState
 
@@ -57,6 +58,9 @@ def connection_signing_algorithm(conn: ConnectionState) -> int:
 
 def create_session(node: NodeServices, conn: ConnectionState) -> Session:
     """A new session on ``conn``, in the node's table and the connection's."""
+    if len(conn.sessions) >= node.config.max_sessions_per_connection:
+        log_limit(conn.peer, "max_sessions_per_connection")
+        raise NtStatusError(Status.INSUFFICIENT_RESOURCES, "too many sessions on a connection")
     table = node.sessions
     while True:
         sid = int.from_bytes(os.urandom(8), "little") & 0x7FFFFFFFFFFFFFFF

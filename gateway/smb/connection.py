@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from typing import Any
 
 from ..protocol import crypto, wire
@@ -25,10 +26,17 @@ from .compound import ChainState, is_error
 from .context import Disconnect, Reply, RequestContext
 from .dispatch import TABLE, Entry, Handler
 from .handlers.negotiate import smb1_negotiate_response
+from .limits import log_limit
 from .services import NodeServices
 from .state import ConnectionState, Session, SessionState, TreeConnect
 
 log = logging.getLogger("smbgw.conn")
+
+# Before any session is valid a frame is at most this (smbd's bound too): a
+# stranger cannot make the node buffer megabytes per socket.
+PRE_LOGON_MAX_FRAME = 65536
+# Requests in one compound chain; clients send a handful.
+MAX_COMPOUND = 128
 
 _SERVER_TO_REDIR = int(HeaderFlags.SERVER_TO_REDIR)
 _RELATED = int(HeaderFlags.RELATED_OPERATIONS)
@@ -50,7 +58,8 @@ class SmbConnection(ConnectionState):
         self.writer = writer
         self.codec.credits.max_credits = node.config.max_credits
         self.codec.observer = self._observe_reply
-        self.decoder = FrameDecoder(self.codec.max_frame)
+        self.decoder = FrameDecoder(PRE_LOGON_MAX_FRAME)
+        self._sessionless_since: float | None = time.monotonic()
         self.pending: dict[int, tuple[RequestContext, asyncio.Task[Reply]]] = {}
         self.pending_by_mid: dict[int, int] = {}
         self._chain_tasks: set[asyncio.Task[None]] = set()
@@ -64,7 +73,14 @@ class SmbConnection(ConnectionState):
     async def run(self) -> None:
         try:
             while not self.closed:
-                data = await self.reader.read(256 * 1024)
+                try:
+                    data = await asyncio.wait_for(
+                        self.reader.read(256 * 1024), self._read_timeout()
+                    )
+                except TimeoutError:
+                    log.info("%s: disconnecting: no session for %.0f s", self.peer,
+                             self.node.config.logon_timeout)  # fmt: skip
+                    break
                 if not data:
                     break
                 for frame in self.decoder.feed(data):
@@ -80,6 +96,18 @@ class SmbConnection(ConnectionState):
             log.exception("%s: connection failed", self.peer)
         finally:
             await self.teardown()
+
+    def _read_timeout(self) -> float | None:
+        """None while a session is valid here; else what is left of logon_timeout
+        (counted from the connection's start, or from its last session's end)."""
+        if any(s.state is SessionState.VALID for s in self.sessions.values()):
+            self._sessionless_since = None
+            self.decoder.max_size = self.codec.max_frame
+            return None
+        now = time.monotonic()
+        if self._sessionless_since is None:
+            self._sessionless_since = now
+        return max(0.0, self._sessionless_since + self.node.config.logon_timeout - now)
 
     async def teardown(self) -> None:
         """Release everything the connection holds, whatever ended it (once)."""
@@ -167,6 +195,8 @@ class SmbConnection(ConnectionState):
             chain = wire.split_messages(frame)
         except NtStatusError as e:
             raise Disconnect(str(e)) from None
+        if len(chain) > MAX_COMPOUND:
+            raise Disconnect(f"a compound of {len(chain)} requests (at most {MAX_COMPOUND})")
         multi_credit = self.multi_credit
         for hdr, _body, _raw in chain:
             if hdr.command == Command.CANCEL:
@@ -293,6 +323,11 @@ class SmbConnection(ConnectionState):
         # The handler went async: queue the interim reply; the caller finishes it.
         async_id = went_async.result()
         hdr = ctx.header
+        if len(self.pending) >= self.node.config.max_pending_per_connection:
+            # Each waiting request holds memory, and a bus waiter or a watch.
+            task.cancel()
+            log_limit(self.peer, "max_pending_per_connection")
+            return Reply(Status.INSUFFICIENT_RESOURCES)
         self.pending[async_id] = (ctx, task)
         self.pending_by_mid[hdr.message_id] = async_id
         interim = self._reply_header(hdr, Status.PENDING, ctx.session)

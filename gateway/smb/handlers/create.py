@@ -32,6 +32,7 @@ from ...protocol.wire import check_size
 from ...rpc.srvsvc import SrvsvcPipe
 from .. import durable, opens, security, streams
 from ..context import Reply, RequestContext
+from ..limits import log_limit
 from ..state import Open
 
 log = logging.getLogger("smbgw.create")
@@ -118,6 +119,7 @@ def _validate(req: CreateRequest) -> None:
 
 async def handle_create(ctx: RequestContext) -> Reply:
     tree = ctx.require_tree()
+    _check_open_limits(ctx)
     req = parse_create(ctx.body)
     ask, reclaim = durable.parse(req.contexts, ctx.conn.codec.dialect)
     if reclaim is not None and tree.fs is not None:
@@ -127,6 +129,19 @@ async def handle_create(ctx: RequestContext) -> Reply:
     if tree.fs is None:
         return _open_pipe(ctx, req)
     return await _open_file(ctx, req, ask)
+
+
+def _check_open_limits(ctx: RequestContext) -> None:
+    """One client must not hold every descriptor of the node (smbd answers so too)."""
+    config = ctx.node.config
+    if len(ctx.conn.opens) >= config.max_opens_per_connection:
+        limit = "max_opens_per_connection"
+    elif config.max_opens_per_node and len(ctx.node.opens) >= config.max_opens_per_node:
+        limit = "max_opens_per_node"
+    else:
+        return
+    log_limit(ctx.conn.peer, limit)
+    raise NtStatusError(Status.TOO_MANY_OPENED_FILES, limit)
 
 
 def _open_pipe(ctx: RequestContext, req: CreateRequest) -> Reply:
