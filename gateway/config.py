@@ -119,6 +119,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("break_timeout", "break_timeout", float),
     ("node_ttl", "node_ttl", float),
     ("max_io_size", "max_io_size", int),
+    ("max_credits", "max_credits", int),
     ("logon_timeout", "logon_timeout", float),
     ("max_connections_per_address", "max_connections_per_address", int),
     ("max_sessions_per_connection", "max_sessions_per_connection", int),
@@ -194,8 +195,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError("node_ttl must be positive")
     if not 65536 <= cfg.max_io_size <= 8 * 1024 * 1024:
         raise ConfigError("max_io_size must be between 65536 and 8388608")
-    for name in ("logon_timeout", "max_connections_per_address", "max_sessions_per_connection",
-                 "max_opens_per_connection", "max_pending_per_connection"):  # fmt: skip
+    positive = (
+        "max_credits", "logon_timeout", "max_connections_per_address",
+        "max_sessions_per_connection", "max_opens_per_connection", "max_pending_per_connection",
+    )  # fmt: skip
+    for name in positive:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     if not cfg.node_id:
