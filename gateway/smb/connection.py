@@ -425,7 +425,7 @@ class SmbConnection(ConnectionState):
         if encrypted_session is not None and session is not encrypted_session:
             # The key that decrypted the message vouches for its own session
             # only: naming another would act as that session's user (MS-SMB2
-            # 3.3.5.2.1.1; ksmbd and smbd refuse it too).
+            # 3.3.5.2.1.1; ksmbd checks it too).
             raise Disconnect("encrypted with one session's key, naming another session")
         if session is None:
             if hdr.command == Command.SESSION_SETUP:
