@@ -1,10 +1,13 @@
 """QUERY_DIRECTORY against a node: a listing resumed after the directory
 changed shows it as it is now (smb2.dir.fixed), RESTART_SCANS starts over,
-and smbclient's ``ls`` masks select names."""
+smbclient's ``ls`` masks select names, and a costly pattern stalls nobody."""
 
 from __future__ import annotations
 
 import re
+import struct
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,10 +22,15 @@ from smbprotocol.open import (
     QueryDirectoryFlags,
 )
 
-from .conftest import GatewayNode, smbclient
+from gateway.protocol.constants import Command
+
+from .conftest import PASSWORD, USER, GatewayNode, smbclient
+from .rawclient import RawClient
 from .smbp import SmbpTree
 
 NO_MORE_FILES = 0x80000006
+NO_SUCH_FILE = 0xC000000F
+OBJECT_NAME_INVALID = 0xC0000033
 LISTING = FileInformationClass.FILE_DIRECTORY_INFORMATION
 
 
@@ -110,3 +118,51 @@ def test_smbclient_ls_masks(module_gateway: GatewayNode) -> None:
     assert names("*.txt") == {"alpha.txt", "beta.txt", "ab.txt"}
     assert names("a?.txt") == {"ab.txt"}
     assert names("ALPHA.TXT") == {"alpha.txt"}
+
+
+def test_a_costly_pattern_stalls_nobody(module_gateway: GatewayNode) -> None:
+    """Issue 16: a pattern is at most 255 characters (OBJECT_NAME_INVALID past
+    that), and the costliest one over 3,000 names is matched off the event loop:
+    another client's requests keep their p99 under 50 ms meanwhile."""
+    folder = module_gateway.share_dir / "qd_costly"
+    folder.mkdir()
+    for i in range(3000):
+        (folder / f"file{i:05d}.name").write_bytes(b"")
+    t = SmbpTree(module_gateway)
+    d = open_in(t, "qd_costly", directory=True)
+    with pytest.raises(SMBResponseException) as err:
+        d.query_directory("*" + "a" * 255, LISTING, max_output=65536)
+    assert err.value.status == OBJECT_NAME_INVALID
+    costly = "*a" * 127 + "x"  # 255 characters, 127 stars: the slow matcher's worst
+    done = threading.Event()
+    result: list[int] = []
+
+    def query_costly() -> None:
+        try:
+            d.query_directory(costly, LISTING, max_output=65536)
+            result.append(0)
+        except SMBResponseException as e:
+            result.append(e.status)
+        finally:
+            done.set()
+
+    honest = RawClient(module_gateway.host, module_gateway.port)
+    honest.login(USER, PASSWORD, module_gateway.share, module_gateway.host)
+    worker = threading.Thread(target=query_costly)
+    started = time.perf_counter()
+    worker.start()
+    latencies: list[float] = []
+    while not done.is_set():
+        t0 = time.perf_counter()
+        assert honest.request(Command.ECHO, struct.pack("<HH", 4, 0)).status == 0
+        latencies.append(time.perf_counter() - t0)
+    took = time.perf_counter() - started
+    worker.join()
+    honest.close()
+    d.close()
+    t.close()
+    assert result == [NO_SUCH_FILE]  # nothing ends in 'x'
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99)]
+    print(f"costly query {took:.2f} s; {len(latencies)} echoes meanwhile, p99 {p99 * 1000:.1f} ms")
+    assert p99 < 0.050, f"p99 {p99 * 1000:.1f} ms while the costly pattern was matched"

@@ -1,13 +1,20 @@
-"""QUERY_DIRECTORY (MS-SMB2 2.2.33-2.2.34, 3.3.5.18)."""
+"""QUERY_DIRECTORY (MS-SMB2 2.2.33-2.2.34, 3.3.5.18).
+
+A pattern is at most 255 characters, a name component's length on NTFS
+(OBJECT_NAME_INVALID beyond): the matcher's cost grows with the pattern, and
+a client sent 8,000 characters of stars to freeze the node. A large listing
+is matched off the event loop, so one client's query does not stall the rest.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
-from ...fs.vfs import ShareFS, wildcard_match
+from ...fs.vfs import ShareFS, compile_pattern
 from ...protocol import infoclass
 from ...protocol.constants import AccessMask, NtStatusError, QueryDirectoryFlags, Status
 from ...protocol.fileinfo import FileInfo
@@ -15,6 +22,8 @@ from ...protocol.wire import check_size
 from ..context import Reply, RequestContext
 
 _REQ = struct.Struct("<HBBIQQHHI")
+MAX_PATTERN = 255
+_MATCH_INLINE = 512  # entries matched on the event loop; a larger listing goes to a thread
 _RESP = struct.Struct("<HHI")
 
 
@@ -38,11 +47,17 @@ async def handle_query_directory(ctx: RequestContext) -> Reply:
         if start < 32 or start + name_len > len(body) or name_len % 2:
             raise NtStatusError(Status.INVALID_PARAMETER)
         pattern = body[start : start + name_len].decode("utf-16-le", "replace")
+        if len(pattern) > MAX_PATTERN:
+            raise NtStatusError(Status.OBJECT_NAME_INVALID, "pattern longer than a name")
     restart = flags & (QueryDirectoryFlags.RESTART_SCANS | QueryDirectoryFlags.REOPEN)
     first = op.dir_entries is None or bool(restart)
     if first:
         listing = op.tree.fs.listdir(op.host_path)
-        op.dir_entries = [e for e in listing if wildcard_match(pattern, e[0])]
+        match = compile_pattern(pattern)
+        if len(listing) > _MATCH_INLINE:
+            op.dir_entries = await asyncio.to_thread(_matching, listing, match)
+        else:
+            op.dir_entries = _matching(listing, match)
         op.dir_pattern = pattern
         op.dir_index = 0
     entries = op.dir_entries or []
@@ -61,6 +76,12 @@ async def handle_query_directory(ctx: RequestContext) -> Reply:
         raise NtStatusError(Status.INFO_LENGTH_MISMATCH)
     op.dir_index = positions[count - 1] + 1
     return Reply(Status.SUCCESS, _RESP.pack(9, 64 + 8, len(data)) + data)
+
+
+def _matching(
+    listing: list[tuple[str, FileInfo]], match: Callable[[str], bool]
+) -> list[tuple[str, FileInfo]]:
+    return [entry for entry in listing if match(entry[0])]
 
 
 def _entries_from(
