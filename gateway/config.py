@@ -56,6 +56,7 @@ class Config:
     max_connections_per_address: int = 256
     max_sessions_per_connection: int = 64
     max_opens_per_connection: int = 16384
+    max_opens_per_session: int = 16384
     # 0: what the descriptor limit leaves after sockets (the node raises its
     # RLIMIT_NOFILE to the hard limit at start and keeps 1024 for connections).
     max_opens_per_node: int = 0
@@ -124,6 +125,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("max_connections_per_address", "max_connections_per_address", int),
     ("max_sessions_per_connection", "max_sessions_per_connection", int),
     ("max_opens_per_connection", "max_opens_per_connection", int),
+    ("max_opens_per_session", "max_opens_per_session", int),
     ("max_opens_per_node", "max_opens_per_node", int),
     ("max_pending_per_connection", "max_pending_per_connection", int),
     ("log_level", "log_level", lambda v: str(v).upper()),
@@ -197,7 +199,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("max_io_size must be between 65536 and 8388608")
     positive = (
         "max_credits", "logon_timeout", "max_connections_per_address",
-        "max_sessions_per_connection", "max_opens_per_connection", "max_pending_per_connection",
+        "max_sessions_per_connection", "max_opens_per_connection", "max_opens_per_session",
+        "max_pending_per_connection",
     )  # fmt: skip
     for name in positive:
         if getattr(cfg, name) <= 0:

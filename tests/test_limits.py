@@ -15,18 +15,28 @@ from collections.abc import Iterator
 
 import pytest
 
+from clients import messages as m
 from clients.smb2client import SMB2Client, SmbError
-from gateway.protocol.constants import Command, CompletionFilter, CreateOptions, Status
+from gateway.protocol.constants import (
+    Command,
+    CompletionFilter,
+    CreateOptions,
+    HeaderFlags,
+    Status,
+)
 from gateway.protocol.header import Header
+from gateway.protocol.wire import split_messages
 
 from .conftest import PASSWORD, USER, GatewayNode, start_gateway
 from .rawclient import RawClient
 
+ALL_ONES = (0xFFFFFFFFFFFFFFFF, 0xFFFFFFFFFFFFFFFF)
 LIMITS = {
     "logon_timeout": 1.5,
     "max_connections_per_address": 4,
     "max_sessions_per_connection": 2,
     "max_opens_per_connection": 5,
+    "max_opens_per_session": 4,
     "max_pending_per_connection": 3,
 }
 
@@ -92,17 +102,24 @@ def test_connections_per_address(node: GatewayNode) -> None:
 
 
 def test_sessions_opens_and_waiting_requests_per_connection(node: GatewayNode) -> None:
-    async def run() -> tuple[int, int, int, int]:
+    async def run() -> tuple[int, int, int, int, int]:
         client = await SMB2Client.connect(node.host, node.port, user=USER, password=PASSWORD)
-        await client.add_session(USER, PASSWORD)  # the second of two
+        second = await client.add_session(USER, PASSWORD)  # the second of two
         with pytest.raises(SmbError) as sessions:
             await client.add_session(USER, PASSWORD)
         tree = await client.tree_connect(node.share)
-        limit = LIMITS["max_opens_per_connection"]
-        opens = [await tree.create(f"held{i}.txt") for i in range(int(limit))]
-        with pytest.raises(SmbError) as too_many:
+        second_tree = await second.tree_connect(node.share)
+        per_session = int(LIMITS["max_opens_per_session"])
+        opens = [await tree.create(f"held{i}.txt") for i in range(per_session)]
+        with pytest.raises(SmbError) as session_full:
             await tree.create("one-more.txt")
-        await opens.pop().close()
+        # The other session still has room, up to what the connection may hold.
+        per_connection = int(LIMITS["max_opens_per_connection"])
+        opens += [await second_tree.create(f"second{i}.txt")
+                  for i in range(per_connection - per_session)]  # fmt: skip
+        with pytest.raises(SmbError) as too_many:
+            await second_tree.create("one-more.txt")
+        await opens.pop(0).close()
         reopened = await tree.create("one-more.txt")  # room again
         other = await SMB2Client.connect(node.host, node.port, user=USER, password=PASSWORD)
         other_tree = await other.tree_connect(node.share)
@@ -129,11 +146,14 @@ def test_sessions_opens_and_waiting_requests_per_connection(node: GatewayNode) -
         for w in waiting:
             w.cancel()
         await client.transport.close()
-        return sessions.value.status, too_many.value.status, fourth.status, still
+        return (sessions.value.status, session_full.value.status, too_many.value.status,
+                fourth.status, still)  # fmt: skip
 
-    sessions, opens, fourth, still = asyncio.run(run())
+    sessions, session_full, opens, fourth, still = asyncio.run(run())
     assert sessions == Status.INSUFFICIENT_RESOURCES
+    assert session_full == Status.TOO_MANY_OPENED_FILES
     assert opens == Status.TOO_MANY_OPENED_FILES
+    assert "max_opens_per_session reached" in node.log()
     assert fourth == Status.INSUFFICIENT_RESOURCES and still == 3
 
 
@@ -163,3 +183,47 @@ def test_compound_length_is_capped(node: GatewayNode) -> None:
     client.send_raw(echoes(129))
     assert client.recv() is None, "a 129-request compound was answered"
     client.close()
+
+
+def test_a_chain_of_large_reads_is_answered_in_bounded_parts(node: GatewayNode) -> None:
+    """Each READ is paid in credits; the replies of a chain of them are not all
+    held at once: past 8 MiB the replies so far go out (issue 16: a compound of
+    large READs took a node from 232 to 2,486 MiB)."""
+    mib = 1024 * 1024
+    reads = 12
+    content = bytes(range(256)) * (reads * mib // 256)
+    (node.share_dir / "big-chain.bin").write_bytes(content)
+    client = RawClient(node.host, node.port)
+    client.login(USER, PASSWORD, node.share, node.host)
+    client.request(Command.ECHO, struct.pack("<HH", 4, 0), credits=512)  # room to pay 16 a READ
+    create = m.create_request("big-chain.bin", access=0x00120089, share=7, disposition=1)
+    bodies = [(Command.CREATE, create, 1)]
+    bodies += [(Command.READ, m.read_request(ALL_ONES, i * mib, mib), 16) for i in range(reads)]
+    bodies.append((Command.CLOSE, m.close_request(ALL_ONES), 1))
+    parts = []
+    for i, (command, body, charge) in enumerate(bodies):
+        hdr = Header(command=command, message_id=client.mid, credits=charge, credit_charge=charge,
+                     session_id=client.session_id, tree_id=client.tree_id,
+                     flags=HeaderFlags.RELATED_OPERATIONS if i else 0)  # fmt: skip
+        client.mid += charge
+        msg = hdr.pack() + body
+        msg += b"\x00" * (-len(msg) % 8)
+        if i != len(bodies) - 1:
+            msg = msg[:20] + struct.pack("<I", len(msg)) + msg[24:]  # NextCommand
+        parts.append(msg)
+    client.send_raw(b"".join(parts))
+    frames: list[bytes] = []
+    replies: dict[int, tuple[int, bytes]] = {}  # MessageId -> status, body
+    while len(replies) < len(bodies):
+        frame = client.recv()
+        assert frame is not None, "the chain of READs ended the connection"
+        frames.append(frame)
+        for hdr, body, _raw in split_messages(frame):
+            replies[hdr.message_id] = (hdr.status, body)
+    client.close()
+    assert all(status == Status.SUCCESS for status, _ in replies.values())
+    in_order = [body for _mid, (_status, body) in sorted(replies.items())]
+    data = b"".join(m.parse_read_response(body) for body in in_order[1:-1])  # not CREATE, CLOSE
+    assert data == content, "the READs of the chain did not return the file"
+    assert len(frames) >= 2, "12 MiB of replies held back and sent as one"
+    assert max(len(f) for f in frames) <= 9 * mib, [len(f) for f in frames]

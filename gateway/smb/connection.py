@@ -37,6 +37,11 @@ log = logging.getLogger("smbgw.conn")
 PRE_LOGON_MAX_FRAME = 65536
 # Requests in one compound chain; clients send a handful.
 MAX_COMPOUND = 128
+# Reply bytes of a chain held back to go out as one compound. Beyond this the
+# replies so far are sent (MS-SMB2 3.3.4.1.3 lets a server answer a chain in
+# parts, as it does when a request goes async): credits bound each READ, this
+# bounds what a chain of them keeps in memory at once.
+MAX_CHAIN_REPLY = 8 * 1024 * 1024
 
 _SERVER_TO_REDIR = int(HeaderFlags.SERVER_TO_REDIR)
 _RELATED = int(HeaderFlags.RELATED_OPERATIONS)
@@ -217,6 +222,7 @@ class SmbConnection(ConnectionState):
         once it completes, while this connection goes on reading.
         """
         replies: list[tuple[Header, bytes, KeyedSession | None]] = []
+        held = 0  # bytes in replies
         state = run.state
         chain = run.chain
         for index in range(start, len(chain)):
@@ -282,7 +288,12 @@ class SmbConnection(ConnectionState):
             body_out = reply.body if reply.body else error_body()
             signer = self._signer(hdr, ctx.session, reply.status)
             _echo_signature(reply_hdr, hdr, signer)
+            if replies and held + len(body_out) > MAX_CHAIN_REPLY:
+                self._send_chain(replies, run.encrypt_for)
+                await self.drain()
+                held = 0
             replies.append((reply_hdr, body_out, signer))
+            held += len(body_out)
         self._send_chain(replies, run.encrypt_for)
         await self.drain()
 

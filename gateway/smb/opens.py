@@ -23,13 +23,24 @@ from .state import ConnectionState, Open, Session, SessionState, TreeConnect
 log = logging.getLogger("smbgw.opens")
 
 
+def register(conn: ConnectionState, op: Open) -> None:
+    """``op`` is reachable by its FileId through ``conn`` (and counts for its session)."""
+    conn.opens[op.volatile_id] = op
+    op.tree.session.open_count += 1
+
+
+def _unregister(table: dict[int, Open], op: Open) -> None:
+    if table.pop(op.volatile_id, None) is not None:
+        op.tree.session.open_count -= 1
+
+
 async def close(node: NodeServices, op: Open) -> None:
     """Release a handle: tables, notify, write time, bus, descriptor, delete-on-close."""
     if op.closed:
         return
     op.closed = True
     if op.connection is not None:
-        op.connection.opens.pop(op.volatile_id, None)
+        _unregister(op.connection.opens, op)
     node.opens.pop(op.bus_open_id, None)
     if op.notify is not None:
         op.notify.cleanup()
@@ -73,7 +84,7 @@ async def disconnect_tree(
                 # A parked handle has no connection to answer a pending notify on.
                 end_watch(op.notify)
                 op.notify = None
-                opens.pop(op.volatile_id, None)
+                _unregister(opens, op)
                 node.durable.park(op)
             else:
                 await close(node, op)

@@ -127,6 +127,9 @@ class Session:
     signing_algorithm: int | None = None  # the algorithm signing_key signs with
     cipher: int | None = None
     channels: dict[ConnectionState, Channel] = field(default_factory=dict)
+    # Opens of this session in its connections' tables (max_opens_per_session);
+    # gateway.smb.opens keeps it, as the one place opens enter and leave them.
+    open_count: int = 0
     _tree_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def next_tree_id(self) -> int:

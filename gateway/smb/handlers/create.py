@@ -136,6 +136,8 @@ def _check_open_limits(ctx: RequestContext) -> None:
     config = ctx.node.config
     if len(ctx.conn.opens) >= config.max_opens_per_connection:
         limit = "max_opens_per_connection"
+    elif ctx.require_tree().session.open_count >= config.max_opens_per_session:
+        limit = "max_opens_per_session"  # one session may span several connections
     elif config.max_opens_per_node and len(ctx.node.opens) >= config.max_opens_per_node:
         limit = "max_opens_per_node"
     else:
@@ -165,7 +167,7 @@ def _open_pipe(ctx: RequestContext, req: CreateRequest) -> Reply:
         pipe=pipe,
         connection=ctx.conn,
     )
-    ctx.conn.opens[op.volatile_id] = op
+    opens.register(ctx.conn, op)
     body = _RESP.pack(89, 0, 0, CreateAction.OPENED, 0, 0, 0, 0, 4096, 0, 0x80, 0,
                       op.persistent_id, op.volatile_id, 0, 0)  # fmt: skip
     return Reply(Status.SUCCESS, body, file_id=op.file_id)
@@ -271,7 +273,7 @@ async def _open_file(
             await opens.close(ctx.node, op)
             raise NtStatusError(Status.CANNOT_DELETE)
         op.delete_on_close = True
-    ctx.conn.opens[op.volatile_id] = op
+    opens.register(ctx.conn, op)
     if created and (target.stream is None or target.stream.base_created):
         ctx.node.notify_change(tree, op.host_path, "added", info.is_dir)
     elif overwrite:
@@ -525,7 +527,7 @@ async def _reconnect(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
     op.tree = tree
     op.connection = ctx.conn
     op.volatile_id = node.next_id()
-    ctx.conn.opens[op.volatile_id] = op
+    opens.register(ctx.conn, op)
     try:
         info = streams.stat_open(tree.fs, op)
     except OSError as e:
