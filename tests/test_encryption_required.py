@@ -6,6 +6,13 @@ without a common cipher) gets no tree connect to it (3.3.5.7). With
 ``encrypt_required`` a connection that cannot encrypt gets no session at all,
 and nor does a guest (3.3.5.5). Checked with smbclient and with the project's
 own client, which can send what smbclient never would.
+
+smbd 4.17 on this machine answers each probe alike (share ``smb encrypt =
+required``, or ``server smb encrypt = required`` for the node): ACCESS_DENIED
+to a tree connect over 2.1 or over 3.0.2 without the ENCRYPTION capability;
+a 3.1.1 tree connect that could encrypt is granted with ENCRYPT_DATA, and a
+signed but plaintext CREATE after it is ACCESS_DENIED; a 2.1 session setup
+is ACCESS_DENIED when the node requires encryption.
 """
 
 from __future__ import annotations

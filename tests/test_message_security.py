@@ -6,6 +6,9 @@ since no client library sends these messages on purpose.
 - An encrypted message acts as the session whose key decrypted it, never as
   another session its inner header names (MS-SMB2 3.3.5.2.1.1): one key and
   another's SessionId used to read and create files as that session's user.
+  The node ends the connection, as issue 16 asks; smbd 4.17 refuses the
+  request instead (an unencrypted error, the connection kept) and creates
+  nothing either.
 - On a session that requires signing, an unsigned request is refused, a break
   acknowledgement too (3.3.5.2.4): whoever sits between client and node could
   otherwise acknowledge a break for the client, and let another client in on
