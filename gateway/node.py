@@ -50,9 +50,28 @@ class Node:
         self.notify_hub = NotifyHub(publish=self._publish_change)
         self._broadcasts: set[asyncio.Task[None]] = set()
         self.durable = DurableTable(self._close)
+        self._unvouched = False  # told the log, and fenced, once per lapse
+        self._fencing: set[asyncio.Task[None]] = set()
 
     def next_id(self) -> int:
         return next(self._ids)
+
+    def vouched(self) -> bool:
+        if self.bus.vouches(self.node_id):
+            self._unvouched = False
+            return True
+        if not self._unvouched:
+            self._unvouched = True
+            log.error(
+                "node %s: the bus cannot vouch for this node (no heartbeat renewal confirmed "
+                "for most of its TTL: frozen, or cut off from Redis); it touches the volume "
+                "for none of its clients and drops them",
+                self.node_id,
+            )
+            task = asyncio.get_running_loop().create_task(self._fenced(self.node_id))
+            self._fencing.add(task)
+            task.add_done_callback(self._fencing.discard)
+        return False
 
     # -- lifecycle -----------------------------------------------------------
 

@@ -205,6 +205,17 @@ class LockBus(abc.ABC):
     # under them. A bus no node can drop out of (in-process) never calls it.
     fence_handler: FenceHandler | None = None
 
+    def vouches(self, node_id: NodeId) -> bool:
+        """Whether ``node_id``'s grants are still its own right now.
+
+        False once the node went most of its TTL without a confirmed heartbeat
+        (a process frozen, a Redis out of reach): the other nodes may have
+        released what it held, so it must not act on any of it, not even a
+        request it had already read. Cheap (no I/O): callers ask right before
+        they touch the volume. A bus no node can drop out of always vouches.
+        """
+        return True
+
     @abc.abstractmethod
     async def start(self) -> None: ...
 

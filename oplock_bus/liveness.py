@@ -43,6 +43,10 @@ from .redis_store import RedisStore, bus_errors
 log = logging.getLogger("oplock_bus.liveness")
 
 DEFAULT_TTL = 5.0
+# Past this fraction of its TTL without a confirmed renewal a node acts on
+# nothing it was granted (``vouches``) and drops its clients; the others
+# release its grants at the full TTL.
+FENCE_FRACTION = 0.6
 
 # (node id, epoch) -> release what that node held under that epoch or older
 Release = Callable[[NodeId, int], Awaitable[object]]
@@ -156,6 +160,15 @@ class Liveness:
             raise BusUnavailable("the bus subscriber is disconnected")
         return reg.epoch
 
+    def vouches(self, node_id: NodeId) -> bool:
+        """See ``LockBus.vouches``: the monotonic clock keeps running while the
+        process is stopped, so a node resumed after SIGSTOP fails this at once."""
+        reg = self.nodes.get(node_id)
+        if reg is None:
+            return True
+        age = time.monotonic() - reg.last_renewed
+        return reg.ready.is_set() and age <= self.ttl * FENCE_FRACTION
+
     def current(self, node_id: NodeId, epoch: int) -> bool:
         reg = self.nodes.get(node_id)
         return reg is None or (reg.ready.is_set() and reg.epoch == epoch)
@@ -228,7 +241,7 @@ class Liveness:
         except (BusUnavailable, TimeoutError) as e:
             age = time.monotonic() - reg.last_renewed
             log.warning("node %s: heartbeat not renewed for %.1fs: %s", reg.node_id, age, e)
-            if age > self.ttl * 0.6:
+            if age > self.ttl * FENCE_FRACTION:
                 await self._tell_fenced(reg)
             return
         if ok == 1:

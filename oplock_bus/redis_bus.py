@@ -75,6 +75,9 @@ class RedisBus(Coordinator):
             raise BusUnavailable(f"node {req.node_id} lost its registration during the open")
         return result
 
+    def vouches(self, node_id: NodeId) -> bool:
+        return self.liveness.vouches(node_id)
+
     async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
         await self.redis_store.broadcast(topic, payload)
 

@@ -116,6 +116,9 @@ class FakeNode:
     def next_id(self) -> int:
         return next(self._ids)
 
+    def vouched(self) -> bool:
+        return self.bus.vouches(self.node_id)
+
     def notify_change(
         self, tree: TreeConnect, host_path: str, action: str, is_dir: bool, mask: int = 0
     ) -> None:

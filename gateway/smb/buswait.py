@@ -17,7 +17,7 @@ from typing import TypeVar
 
 from oplock_bus.api import STATUS_SUCCESS, LockBus, OpenRequest, OpenResult
 
-from .context import RequestContext
+from .context import Disconnect, RequestContext
 
 T = TypeVar("T")
 
@@ -46,7 +46,14 @@ async def run_bus_call(
         done, _ = await asyncio.wait({task}, timeout=GRACE_SECONDS)
         if not done:
             ctx.go_async()
-        return await asyncio.shield(task) if not done else task.result()
+        result = await asyncio.shield(task) if not done else task.result()
+        # The caller touches the volume next: the wait may have outlasted
+        # the node's grants (see NodeServices.vouched).
+        if not ctx.node.vouched():
+            if undo is not None:
+                await undo(result)
+            raise Disconnect("the bus no longer vouches for this node")
+        return result
     except asyncio.CancelledError:
         task.cancel()
         if undo is not None:

@@ -267,6 +267,10 @@ class SmbConnection(ConnectionState):
                 related_follows=following is not None and following.is_related,
                 related_error=state.create_error if hdr.is_related else None,
             )
+            if tree is not None and not self.node.vouched():
+                # A frozen node resumed, or one cut off from the bus: what it
+                # holds may be another node's now (the fence drops every client).
+                raise Disconnect("the bus no longer vouches for this node")
             reply = await self._run_handler(ctx, replies)
             if reply is None:  # went async; the interim reply was queued
                 task = self.pending[ctx.async_id][1]

@@ -45,7 +45,12 @@ async def close(node: NodeServices, op: Open) -> None:
     if op.notify is not None:
         op.notify.cleanup()
     delete = op.delete_on_close
-    writetime.closing(op)  # before the bus lets another open see the file
+    if node.vouched():
+        writetime.closing(op)  # before the bus lets another open see the file
+    else:
+        # The file may be another node's client's by now: leave it as it is.
+        delete = False
+        writetime.drop(op)
     if delete and await streams.defer_delete(node, op):
         delete = False  # the file's open streams keep it, delete-pending (MS-FSA)
     if op.file_key and op.bus_open_id:

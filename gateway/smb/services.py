@@ -38,6 +38,16 @@ class NodeServices(Protocol):
         """A new number, unique on this node (FileIds, probe open ids)."""
         ...
 
+    def vouched(self) -> bool:
+        """Whether the bus still vouches for this node's grants (``LockBus.vouches``).
+
+        Asked right before a request touches the volume: a node frozen or cut
+        off for most of its TTL may have lost its grants to another node, and
+        must not act on a request it had queued. False also starts dropping
+        every client of the node (they reconnect, to another node if need be).
+        """
+        ...
+
     def notify_change(
         self, tree: TreeConnect, host_path: str, action: str, is_dir: bool, mask: int = 0
     ) -> None:

@@ -166,6 +166,14 @@ def closing(op: Open) -> None:
         times.timer = None
 
 
+def drop(op: Open) -> None:
+    """A handle goes without touching its file: a due update is forgotten."""
+    times = op.times
+    if times is not None and times.timer is not None:
+        times.timer.cancel()
+        times.timer = None
+
+
 def set_end_of_file(op: Open, size: int) -> None:
     """ftruncate through ``op``: the write time moves at once (Windows), unless the
     handle's client set or froze it."""
