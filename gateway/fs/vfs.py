@@ -214,73 +214,188 @@ def listable(name: str) -> bool:
 
 _WILD = frozenset('*?<>"')
 _NULL_WILD = frozenset('*<">')  # the wildcards that can match nothing at the end
-# Regex forms (MS-FSA 2.1.4.4, as Samba's ms_fnmatch implements them):
+# The rules (MS-FSA 2.1.4.4, as Samba's ms_fnmatch implements them):
+#   '*' any characters; '?' exactly one character;
 #   '<' DOS_STAR: any characters, but not past the last '.' of the name (it may
 #       take that dot); anything at all when no dot is left;
 #   '>' DOS_QM: one character, nothing before a '.', and a final '.' or nothing
 #       at the end;
 #   '"' DOS_DOT: a '.', or nothing at the end.
-_RX = {
-    "*": ".*",
-    "?": ".",
-    "<": r"(?:.*(?=.*\.)|.*\.|[^.]*(?!.*\.))",
-    ">": r"(?:[^.]|\.\Z|(?=\.)|\Z)",
-    '"': r"(?:\.|\Z)",
-}
-# Patterns with more star-like wildcards than this are matched by the linear
-# dynamic programme instead of the backtracking regex engine (a client could
-# otherwise send "*a*a*a*a*a*b" and make each name cost O(n^6)).
-_MAX_REGEX_STARS = 2
+#
+# Why an automaton: a client chooses the pattern (up to 255 characters), so a
+# backtracking regex is exponential in its stars and a dynamic programme costs
+# len(pattern) * len(name) Python steps per name (seconds for one listing). The
+# pattern becomes an NFA over its positions, kept as bitmasks (bit i: pattern[:i]
+# has consumed the name so far), so one step of the whole NFA is a few big-int
+# operations whatever the pattern; the subsets met are then cached as DFA states,
+# so a name usually costs one dict lookup per character. The DOS wildcards depend
+# on where the name's dots are; that is folded into the input symbol: a character
+# is itself, except that the name's last dot is _LAST_DOT, or _FINAL_DOT when it
+# ends the name (earlier dots stay "."). '>' and '<' take no character before a
+# dot and '<' none past the last dot, so these three symbols say everything.
+_LAST_DOT = ".L"  # symbols are one character long otherwise
+_FINAL_DOT = ".F"
+# The DFA's memory is bounded per pattern: past this many cached transitions it is
+# emptied (RE2 does the same). A pattern that keeps filling it (a subset of the
+# NFA per name character, as "*a" followed by many '?' can make) is then matched
+# by stepping the NFA alone: still linear in the name, with no cache to grow.
+_DFA_MAX_TRANSITIONS = 1024
+_DFA_MAX_FLUSHES = 4
+_NFA_MAX_TAKES = 256
 
 
-def _match_dp(pattern: str, name: str) -> bool:
-    """Samba's ms_fnmatch_core as a dynamic programme: O(len(pattern) * len(name))."""
-    n = len(name)
-    low = name.lower()
-    ldot = name.rfind(".")
-    # nxt[j]: pattern[i+1:] matches name[j:]; built from the end of the pattern.
-    nxt = [False] * (n + 1)
-    nxt[n] = True
-    null = True  # pattern[i+1:] can match nothing (only *, <, ", >)
-    for c in reversed(pattern):
-        cur = [False] * (n + 1)
-        if c == "*":
-            acc = False
-            for j in range(n, -1, -1):
-                acc = acc or nxt[j]
-                cur[j] = acc
-        elif c == "<":
-            acc = False
-            for j in range(n, -1, -1):
-                acc = acc or nxt[j]
-                cur[j] = acc
-            if ldot >= 0:
-                # Starting at or before the last dot, '<' may stop at ldot + 1 at most.
-                acc = nxt[ldot + 1]
-                for j in range(ldot, -1, -1):
-                    acc = acc or nxt[j]
-                    cur[j] = acc
-        elif c == "?":
-            for j in range(n):
-                cur[j] = nxt[j + 1]
-        elif c == ">":
-            for j in range(n):
-                if name[j] == ".":
-                    cur[j] = (j + 1 == n and null) or nxt[j]
-                else:
-                    cur[j] = nxt[j + 1]
-            cur[n] = null
-        elif c == '"':
-            for j in range(n):
-                cur[j] = name[j] == "." and nxt[j + 1]
-            cur[n] = null
+class _State(dict[str, "_State"]):
+    """A DFA state: the NFA positions alive before the next symbol, and the
+    transitions found from it so far (symbol -> state)."""
+
+    __slots__ = ("mask",)
+
+    def __init__(self, mask: int) -> None:
+        super().__init__()
+        self.mask = mask
+
+
+class _WildcardMatcher:
+    """One pattern with wildcards, matched in time linear in the name's length.
+
+    Safe to share between threads (listings are matched off the event loop): a
+    state's mask never changes and every transition stored is correct, so racing
+    updates of the cache can only duplicate or drop cached work.
+    """
+
+    def __init__(self, pattern: str) -> None:
+        star = lt = gt = quote = qm = 0
+        lit: dict[str, int] = {}
+        for i, c in enumerate(pattern):
+            bit = 1 << i
+            if c == "*":
+                star |= bit
+            elif c == "<":
+                lt |= bit
+            elif c == ">":
+                gt |= bit
+            elif c == '"':
+                quote |= bit
+            elif c == "?":
+                qm |= bit
+            else:
+                lc = c.lower()
+                lit[lc] = lit.get(lc, 0) | bit
+        # Positions from which the rest of the pattern can match nothing: accepting.
+        accept = 1 << len(pattern)
+        for i in range(len(pattern) - 1, -1, -1):
+            if pattern[i] not in _NULL_WILD:
+                break
+            accept |= 1 << i
+        self._accept = accept
+        self._lit = lit
+        # For each symbol: (positions left without taking it, positions that take
+        # it and move on, positions that take it and stay).
+        loop = star | lt
+        self._loop = loop
+        self._one = qm | gt  # take any character but a dot
+        dot_on = qm | quote | lit.get(".", 0)
+        self._dots: dict[str, tuple[int, int, int]] = {
+            ".": (loop | gt, dot_on, loop),
+            _LAST_DOT: (loop | gt, dot_on | lt, star),
+            _FINAL_DOT: (loop | gt, dot_on | lt | gt, star),
+        }
+        self._start = _State(1)
+        self._states: dict[int, _State] = {1: self._start}
+        self._size = 0
+        self._flushes = 0
+        self._dfa = True
+        self._takes: dict[str, int] = {}  # character -> positions taking it, for _run_nfa
+
+    def _step(self, mask: int, sym: str) -> int:
+        """The NFA positions alive after ``sym`` from those in ``mask``."""
+        dot = self._dots.get(sym)
+        if dot is None:
+            skip = stay = self._loop
+            take = self._lit.get(sym.lower(), 0) | self._one
         else:
-            lc = c.lower()
-            for j in range(n):
-                cur[j] = low[j] == lc and nxt[j + 1]
-        nxt = cur
-        null = null and c in _NULL_WILD
-    return nxt[0]
+            skip, take, stay = dot
+        # Close under the skips: adding (mask & skip) to skip carries each alive
+        # bit through its run of skippable positions, flipping every bit it reaches.
+        mask |= (skip + (mask & skip)) ^ skip
+        return ((mask & take) << 1) | (mask & stay)
+
+    def _add(self, state: _State, sym: str) -> _State | None:
+        """The transition missing from the cache; None once no position is alive."""
+        if not state.mask:
+            return None
+        mask = self._step(state.mask, sym)
+        nxt = self._states.get(mask)
+        if nxt is None:
+            if self._size >= _DFA_MAX_TRANSITIONS:
+                self._flush()
+            nxt = self._states.setdefault(mask, _State(mask))
+        state[sym] = nxt
+        self._size += 1
+        return nxt
+
+    def _flush(self) -> None:
+        states, self._states = self._states, {self._start.mask: self._start}
+        self._size = 0
+        self._flushes += 1
+        if self._flushes >= _DFA_MAX_FLUSHES:
+            self._dfa = False
+        for state in list(states.values()):
+            state.clear()
+
+    def _run(self, state: _State, symbols: str | tuple[str]) -> _State | None:
+        for sym in symbols:
+            nxt = state.get(sym)
+            if nxt is None:
+                nxt = self._add(state, sym)
+                if nxt is None:
+                    return None
+            state = nxt
+        return state
+
+    def _run_nfa(self, mask: int, symbols: str | tuple[str]) -> int:
+        # _step inlined for the characters that are not dots: this loop is the
+        # cost of the worst patterns.
+        skip = self._loop
+        takes = self._takes
+        for sym in symbols:
+            take = takes.get(sym)
+            if take is None:
+                if sym in self._dots:
+                    mask = self._step(mask, sym)
+                    if not mask:
+                        break
+                    continue
+                take = self._lit.get(sym.lower(), 0) | self._one
+                if len(takes) < _NFA_MAX_TAKES:
+                    takes[sym] = take
+            mask |= (skip + (mask & skip)) ^ skip
+            mask = ((mask & take) << 1) | (mask & skip)
+            if not mask:
+                break
+        return mask
+
+    def __call__(self, name: str) -> bool:
+        if name == "..":
+            name = "."
+        ldot = name.rfind(".")
+        if ldot < 0:
+            parts: tuple[str | tuple[str], ...] = (name,)
+        else:
+            last = _FINAL_DOT if ldot == len(name) - 1 else _LAST_DOT
+            parts = (name[:ldot], (last,), name[ldot + 1 :])
+        if not self._dfa:
+            mask = self._start.mask
+            for part in parts:
+                mask = self._run_nfa(mask, part)
+            return bool(mask & self._accept)
+        state = self._start
+        for part in parts:
+            reached = self._run(state, part)
+            if reached is None:
+                return False
+            state = reached
+        return bool(state.mask & self._accept)
 
 
 @functools.lru_cache(maxsize=256)
@@ -297,10 +412,7 @@ def compile_pattern(pattern: str) -> Callable[[str], bool]:
     pattern = re.sub(r"\*\*+", "*", pattern)
     if pattern == "*":
         return lambda name: True
-    if pattern.count("*") + pattern.count("<") > _MAX_REGEX_STARS:
-        return lambda name: _match_dp(pattern, "." if name == ".." else name)
-    rx = re.compile("".join(_RX.get(c) or re.escape(c) for c in pattern), re.IGNORECASE | re.DOTALL)
-    return lambda name: rx.fullmatch("." if name == ".." else name) is not None
+    return _WildcardMatcher(pattern)
 
 
 def wildcard_match(pattern: str, name: str) -> bool:
