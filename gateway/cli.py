@@ -8,6 +8,7 @@ import errno
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from .config import (
     BUS_PASSWORD_ENV,
@@ -21,7 +22,12 @@ from .config import (
     validate,
 )
 
+if TYPE_CHECKING:
+    from .cluster import ClusterSpec
+
 log = logging.getLogger("smbgw")
+
+_CA_HELP = "make every share continuously available (advertised to SMB 3.x clients)"
 
 
 def build_config(args: argparse.Namespace) -> Config:
@@ -33,6 +39,8 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.listen_host, cfg.listen_port = parse_listen(args.listen)
     for share in args.share or []:
         cfg.shares.append(parse_share(share))
+    if args.ca:
+        cfg.make_continuously_available()
     if args.users:
         cfg.users_file = args.users
     if args.node_id:
@@ -108,6 +116,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("serve", help="run one gateway node")
     p.add_argument("--listen", help="HOST:PORT to listen on (default 127.0.0.1:445)")
     p.add_argument("--share", action="append", metavar="NAME=PATH", help="export PATH as NAME")
+    p.add_argument("--ca", action="store_true", help=_CA_HELP)
     p.add_argument("--users", metavar="FILE", help="file of user:password lines")
     p.add_argument("--node-id", help="this node's id on the bus (default: host-address-port)")
     p.add_argument("--bus", metavar="URL", help="bus URL (default: in-process, single node)")
@@ -136,6 +145,7 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
     up.add_argument("--port", type=int, default=445, help="port every node listens on (445)")
     up.add_argument("--share", action="append", required=True, metavar="NAME=PATH")
+    up.add_argument("--ca", action="store_true", help=_CA_HELP)
     up.add_argument("--users", required=True, metavar="FILE", help="file of user:password lines")
     up.add_argument("--bus", metavar="URL", help="Redis URL (default: start a private redis)")
     up.add_argument(
@@ -148,24 +158,32 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
 
 
 def _cluster(args: argparse.Namespace) -> int:
-    from .cluster import ClusterSpec, run_foreground
+    from .cluster import run_foreground
+
+    spec = cluster_spec(args)
+    spec.check()
+    return run_foreground(spec)
+
+
+def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
+    """What ``smbgw cluster up`` starts, from its parsed options."""
+    from .cluster import ClusterSpec
 
     node_args: list[str] = []
     if args.break_timeout is not None:
         node_args += ["--break-timeout", str(args.break_timeout)]
     if args.log_level:
         node_args += ["--log-level", args.log_level]
-    spec = ClusterSpec(
+    return ClusterSpec(
         nodes=args.nodes,
         port=args.port,
         shares=args.share,
         users=args.users,
         bus=args.bus,
         uncoordinated=args.uncoordinated,
+        continuous_availability=args.ca,
         node_args=node_args,
     )
-    spec.check()
-    return run_foreground(spec)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,6 +41,7 @@ class ClusterSpec:
     users: str
     bus: str | None = None  # None: start a private redis-server
     uncoordinated: bool = False  # every node on its own in-process bus (the naive setup)
+    continuous_availability: bool = False  # every share CA (`smbgw serve --ca`)
     node_args: list[str] = field(default_factory=list)  # passed to every `smbgw serve`
     log_dir: Path | None = None  # None: node output goes to our stderr, prefixed
 
@@ -118,6 +119,8 @@ class LocalCluster:
         ]  # fmt: skip
         for share in self.spec.shares:
             cmd += ["--share", share]
+        if self.spec.continuous_availability:
+            cmd.append("--ca")
         env = None
         if self.bus_url and not self.spec.uncoordinated:
             # A password in the URL goes to the node in its environment, so
@@ -216,7 +219,8 @@ def connect_help(cluster: LocalCluster, user: str = "USER") -> str:
     share = parse_share(cluster.spec.shares[0]).name
     port = cluster.spec.port
     port_opt = "" if port == 445 else f" -p {port}"
-    lines = [f"cluster of {len(cluster.nodes)} node(s) serving share '{share}':"]
+    ca = " (continuously available)" if cluster.spec.continuous_availability else ""
+    lines = [f"cluster of {len(cluster.nodes)} node(s) serving share '{share}'{ca}:"]
     for node in cluster.nodes:
         lines.append(f"  {node.node_id}: smbclient //{node.host}/{share}{port_opt} -U {user}")
     if cluster.bus_url:

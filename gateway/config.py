@@ -7,7 +7,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .fs.acl import check_rid_collisions
@@ -25,6 +25,10 @@ class ShareConfig:
     guest_ok: bool = False
     read_only: bool = False
     encrypt: bool = False
+    # Advertised to 3.x clients (SMB2_SHARE_CAP_CONTINUOUS_AVAILABILITY, and
+    # SMB2_GLOBAL_CAP_PERSISTENT_HANDLES at NEGOTIATE) so they ask for
+    # persistent handles and fail over to another node.
+    continuous_availability: bool = False
 
 
 @dataclass
@@ -71,6 +75,14 @@ class Config:
             if s.name.lower() == name.lower():
                 return s
         return None
+
+    @property
+    def any_continuously_available(self) -> bool:
+        return any(s.continuous_availability for s in self.shares)
+
+    def make_continuously_available(self) -> None:
+        """Every share, however it was configured (``--ca``)."""
+        self.shares = [replace(s, continuous_availability=True) for s in self.shares]
 
 
 _SHARE_NAME = re.compile(r"^[A-Za-z0-9_.$ -]{1,80}$")
@@ -132,7 +144,8 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("torture_hooks", "torture_hooks", bool),
 ]
 _TOML_KEYS = {"listen", "shares"} | {key for key, _, _ in _SCALARS}
-_SHARE_KEYS = {"name", "path", "comment", "guest_ok", "read_only", "encrypt"}
+_SHARE_BOOLS = ("guest_ok", "read_only", "encrypt", "continuous_availability")
+_SHARE_KEYS = {"name", "path", "comment", *_SHARE_BOOLS}
 
 
 def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
@@ -156,16 +169,32 @@ def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
         bad = set(entry) - _SHARE_KEYS
         if bad:
             raise ConfigError(f"{source}: unknown share setting(s): {', '.join(sorted(bad))}")
-        cfg.shares.append(
-            ShareConfig(
-                name=str(entry["name"]),
-                path=str(entry["path"]),
-                comment=str(entry.get("comment", "")),
-                guest_ok=bool(entry.get("guest_ok", False)),
-                read_only=bool(entry.get("read_only", False)),
-                encrypt=bool(entry.get("encrypt", False)),
-            )
-        )
+        cfg.shares.append(_share_from_toml(entry, source))
+
+
+def _share_from_toml(entry: dict[str, Any], source: str) -> ShareConfig:
+    name = str(entry["name"])
+
+    def flag(key: str) -> bool:
+        return _share_bool(entry, key, name, source)
+
+    return ShareConfig(
+        name=name,
+        path=str(entry["path"]),
+        comment=str(entry.get("comment", "")),
+        guest_ok=flag("guest_ok"),
+        read_only=flag("read_only"),
+        encrypt=flag("encrypt"),
+        continuous_availability=flag("continuous_availability"),
+    )
+
+
+def _share_bool(entry: dict[str, Any], key: str, share: str, source: str) -> bool:
+    # bool() would read the string "false" as true: only a TOML boolean will do.
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{source}: share {share}: {key} = {value!r} is not true or false")
+    return value
 
 
 def validate(cfg: Config) -> None:

@@ -28,6 +28,7 @@ from ...protocol.wire import check_size
 from ..context import Disconnect, Reply, RequestContext
 
 if TYPE_CHECKING:
+    from ...config import Config
     from ..services import NodeServices
     from ..state import ConnectionState
 
@@ -57,6 +58,21 @@ def _capabilities(dialect: int, client_caps: int) -> int:
         caps |= Capabilities.LEASING | Capabilities.LARGE_MTU
     if dialect in (Dialect.SMB3_0, Dialect.SMB3_0_2) and client_caps & Capabilities.ENCRYPTION:
         caps |= Capabilities.ENCRYPTION
+    return int(caps)
+
+
+def node_capabilities(config: Config, dialect: int) -> int:
+    """The 3.x capabilities that follow from the node's settings."""
+    if dialect < Dialect.SMB3_0:
+        return 0
+    caps = Capabilities(0)
+    if config.multichannel:
+        caps |= Capabilities.MULTI_CHANNEL
+    if config.any_continuously_available:
+        # A server-wide bit (MS-SMB2 3.3.5.4), yet a client asks for persistent
+        # handles only on trees whose TREE_CONNECT said CA, so plain shares
+        # keep their usual durable handles.
+        caps |= Capabilities.PERSISTENT_HANDLES
     return int(caps)
 
 
@@ -196,9 +212,7 @@ async def handle_negotiate(ctx: RequestContext) -> Reply:
         conn.preauth_hash = crypto.preauth_update(bytes(64), ctx.raw)
     elif dialect >= Dialect.SMB3_0 and caps & Capabilities.ENCRYPTION:
         conn.codec.cipher = Cipher.AES_128_CCM
-    resp_caps = _capabilities(dialect, caps)
-    if dialect >= Dialect.SMB3_0 and ctx.node.config.multichannel:
-        resp_caps |= Capabilities.MULTI_CHANNEL
+    resp_caps = _capabilities(dialect, caps) | node_capabilities(ctx.node.config, dialect)
     conn.server_capabilities = resp_caps
     conn.server_security_mode = _security_mode(ctx.node)
     conn.negotiated = True

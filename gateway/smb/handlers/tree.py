@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import struct
 
+from oplock_bus.api import LockBus
+from oplock_bus.memory import InProcessBus
+
 from ...config import ShareConfig
 from ...protocol.constants import (
     FILE_ALL_ACCESS,
@@ -11,6 +14,7 @@ from ...protocol.constants import (
     FILE_GENERIC_READ,
     Dialect,
     NtStatusError,
+    ShareCapabilities,
     ShareFlags,
     ShareType,
     Status,
@@ -82,7 +86,26 @@ async def handle_tree_connect(ctx: RequestContext) -> Reply:
     share_flags = ShareFlags.MANUAL_CACHING
     if tree.encrypt_data:
         share_flags |= ShareFlags.ENCRYPT_DATA
-    return Reply(Status.SUCCESS, _RESP.pack(16, share_type, 0, share_flags, 0, access))
+    caps = share_capabilities(share, ctx.conn.codec.dialect, on_shared_bus(node.bus))
+    return Reply(Status.SUCCESS, _RESP.pack(16, share_type, 0, share_flags, caps, access))
+
+
+def share_capabilities(share: ShareConfig, dialect: int, shared_bus: bool) -> int:
+    """TREE_CONNECT's Capabilities (MS-SMB2 2.2.10): CA is a 3.x notion."""
+    if not share.continuous_availability or dialect < Dialect.SMB3_0:
+        return 0
+    caps = ShareCapabilities.CONTINUOUS_AVAILABILITY
+    if shared_bus:
+        # Every node of the cluster serves the share at once (scale-out), so a
+        # client may reconnect its handles through any of them.
+        caps |= ShareCapabilities.SCALEOUT | ShareCapabilities.CLUSTER
+    return int(caps)
+
+
+def on_shared_bus(bus: LockBus) -> bool:
+    """Whether other nodes see this node's opens: the embedded bus lives and
+    dies with this process, so no other node could take a handle over."""
+    return not isinstance(bus, InProcessBus)
 
 
 def _can_encrypt(ctx: RequestContext) -> bool:
