@@ -58,6 +58,9 @@ STATUS_UNSUCCESSFUL = 0xC0000001
 STATUS_REQUEST_NOT_ACCEPTED = 0xC00000D0
 STATUS_FILE_CLOSED = 0xC0000128
 STATUS_INVALID_LOCK_RANGE = 0xC00001A1
+# Added: an open that would break, or conflict with, a disconnected persistent
+# open waits for nobody: it is refused at once (MS-SMB2 3.3.5.9).
+STATUS_FILE_NOT_AVAILABLE = 0xC0000467
 
 class BusUnavailable(RuntimeError):
     """The bus cannot decide right now: Redis is unreachable, or this node's
@@ -129,6 +132,16 @@ class OpenRequest:
     # nothing (see rules.needs_record). A stream's companion open on its base
     # file sets it: while it lives, the base's delete-pending state stays.
     holds_record: bool = False
+    # Added: keep this open across its node's death (a durable or persistent
+    # handle). The bus makes it durable if it is persistent or gets handle
+    # caching (a Batch oplock, an H lease); when its node dies it stays
+    # registered, disconnected, for ``durable_ms``, and any node may take it
+    # over (``reconnect``) under ``durable_key``. ``reclaim`` is opaque data
+    # the taking node checks (who may reclaim it, and how to reopen it).
+    durable_ms: int = 0
+    persistent: bool = False
+    durable_key: str = ""
+    reclaim: dict[str, Any] | None = None
     # Set by the bus, not the gateway: the registration epoch of the owning
     # node, stored with the open so that the cleanup of a lapsed
     # registration never touches opens made under a newer one.
@@ -169,6 +182,20 @@ class AckResult:
     status: int
     level: int = OPLOCK_NONE  # oplock: the level now held; lease: the state now held
     epoch: int = 0
+
+
+@dataclass(frozen=True)
+class DisconnectedOpen:
+    """A durable open whose node died, as a node taking it over sees it."""
+
+    file: FileKey
+    open_id: OpenId
+    persistent: bool
+    reclaim: dict[str, Any]
+    oplock: int  # the level still held (OPLOCK_LEASE with a lease)
+    lease_state: int = LEASE_NONE
+    lease_epoch: int = 0
+    lease_version: int = 0
 
 
 @dataclass(frozen=True)
@@ -277,6 +304,20 @@ class LockBus(abc.ABC):
     @abc.abstractmethod
     async def snapshot(self) -> dict[str, Any]:
         """The whole lock space as plain data (for ``smbgw status``)."""
+
+    # -- durable opens outliving their node -------------------------------------------
+    # A bus whose nodes cannot die apart (in-process) has no disconnected opens.
+
+    async def find_disconnected(self, durable_key: str) -> DisconnectedOpen | None:
+        """The durable open left behind by a dead node under ``durable_key``."""
+        return None
+
+    async def reconnect(
+        self, found: DisconnectedOpen, open_id: OpenId, node_id: NodeId
+    ) -> DisconnectedOpen | None:
+        """Make ``found`` ``node_id``'s open ``open_id``, with its share mode,
+        caching and byte-range locks; None if it is gone or taken meanwhile."""
+        return None
 
     # -- broadcasts: small best-effort messages to the other nodes -----------------
     # For what is not lock state but must still cross nodes (e.g. the

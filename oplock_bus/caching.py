@@ -60,7 +60,9 @@ def lease_target_open(st: FileState, lease: LeaseEntry) -> OpenEntry | None:
     live on several nodes; any of them can reach the client.
     """
     opens = [st.opens[i] for i in lease.opens if i in st.opens]
-    return max(opens, key=lambda o: o.seq) if opens else None
+    # A connected open before any disconnected one (a durable open of a dead
+    # node has no node to tell).
+    return max(opens, key=lambda o: (not o.disconnected, o.seq)) if opens else None
 
 
 def break_oplock(

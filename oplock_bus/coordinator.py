@@ -19,12 +19,14 @@ from typing import Any, TypeVar
 
 from . import rules
 from .api import (
+    OPLOCK_LEASE,
     STATUS_INVALID_PARAMETER,
     STATUS_OBJECT_NAME_NOT_FOUND,
     STATUS_SUCCESS,
     AckResult,
     BreakHandler,
     BreakNotice,
+    DisconnectedOpen,
     FileKey,
     LeaseKey,
     LockBus,
@@ -35,8 +37,9 @@ from .api import (
     OpenResult,
     Operation,
 )
+from .disconnected import Released
 from .leaseindex import LeaseIndex, file_doc_key
-from .model import FileState, RangeSpec, lease_id, result_from_list
+from .model import FileState, OpenEntry, RangeSpec, lease_id, result_from_list
 from .store import UNSUBSCRIBED, Doc, Store, Subscription
 
 log = logging.getLogger("oplock_bus")
@@ -45,6 +48,11 @@ T = TypeVar("T")
 
 # A lost wake-up (e.g. a pub/sub reconnect) must not strand a lock waiter.
 WAITER_POLL_SECONDS = 5.0
+
+
+def durable_doc_key(key: str) -> str:
+    """Where a disconnected durable open is found by the key its node gave it."""
+    return f"durable:{{{key}}}"
 
 
 def file_channel(file: FileKey) -> str:
@@ -237,15 +245,15 @@ class Coordinator(LockBus):
                     now = self.clock()
                     rule = _open_rule(req, now, self.break_timeout, first)
                     out = await self._committed(
-                        self._apply(
-                            req.file, rule, lambda o: _channels(req.file, file_too=o.wake), _notices
-                        ),
+                        self._apply(req.file, rule, lambda o: _woken(req.file, o), _notices),
                         lambda o: self._undo_open(req, o),
                     )
                     if out.result is None or out.result.status == STATUS_SUCCESS:
                         recorded.append(True)
                     if out.result is None and not listening:
                         self.store.prepare_subscribe([file_channel(req.file)])
+                    if out.released:
+                        await self._finish_released(req.file, out.released)
                     await self._send(out.notices)
                     if out.wake:
                         await self._wake(req.file, file_too=True)
@@ -290,9 +298,28 @@ class Coordinator(LockBus):
         out = await self._apply(
             file, forget, lambda o: _channels(file, o.finished_waiters, file_too=True)
         )
-        await self._wake(file, out.finished_waiters, file_too=True)
-        for lid in out.dropped_leases:
+        await self._finish_close(file, out.finished_waiters, out.dropped_leases, out.durable_keys)
+
+    async def _finish_released(self, file: FileKey, released: Released) -> None:
+        """What a rule that closed disconnected opens left to the coordinator."""
+        await self._finish_close(
+            file, released.finished_waiters, released.dropped_leases, released.durable_keys
+        )
+
+    async def _finish_close(
+        self,
+        file: FileKey,
+        waiters: Iterable[str],
+        leases: Iterable[str],
+        durable_keys: Iterable[str],
+    ) -> None:
+        """After opens left a record: wake who waited, unbind their last leases,
+        forget index entries of disconnected ones."""
+        await self._wake(file, waiters, file_too=True)
+        for lid in leases:
             await self.leases.dropped(lid, file)
+        for key in durable_keys:
+            await self._unindex(key, file)
 
     # -- acknowledgements -----------------------------------------------------------
 
@@ -341,11 +368,11 @@ class Coordinator(LockBus):
                 await sub.ready()
                 now = self.clock()
                 rule = _operation_rule(open_id, op, now, self.break_timeout)
-                out = await self._apply(
-                    file, rule, lambda o: _channels(file, file_too=o.wake), _notices
-                )
+                out = await self._apply(file, rule, lambda o: _woken(file, o), _notices)
                 if out.wait_until is not None and not listening:
                     self.store.prepare_subscribe([file_channel(file)])
+                if out.released:
+                    await self._finish_released(file, out.released)
                 await self._send(out.notices)
                 if out.wake:
                     await self._wake(file, file_too=True)
@@ -443,26 +470,123 @@ class Coordinator(LockBus):
     # -- node failure ---------------------------------------------------------------
 
     async def drop_node(self, node_id: NodeId, epoch: int | None = None) -> int:
-        """Close every open a (dead) node owned: its locks go, its breaks end.
+        """Release what a (dead) node owned: plain opens close (their locks go,
+        their breaks end); durable opens that may be reclaimed stay,
+        disconnected, for any node to take over (``oplock_bus.disconnected``).
 
         Liveness detection (heartbeats with a TTL) decides when to call
         this; with ``epoch``, only opens made under that registration epoch
         or an older one go (the node may be back under a newer one).
-        Returns how many opens were closed.
+        Returns how many opens were closed or disconnected.
         """
-        closed = 0
+        released = 0
         for key in await self.store.keys("file:"):
             _, doc = await self.store.load(key)
             if doc is None:
                 continue
             # Waiting opens too: one granted to a dead node would hold the file.
-            for open_id, entry in [*doc.get("opens", {}).items(), *doc.get("pending", {}).items()]:
+            for open_id, entry in doc.get("pending", {}).items():
+                if entry.get("node_id") == node_id:
+                    await self.close(doc["file"], open_id)
+                    released += 1
+            for open_id, entry in doc.get("opens", {}).items():
                 if entry.get("node_id") != node_id:
                     continue
                 if epoch is None or entry.get("epoch", 0) <= epoch:
-                    await self.close(doc["file"], open_id)
-                    closed += 1
+                    await self._disconnect(doc["file"], open_id)
+                    released += 1
+        return released
+
+    async def _disconnect(self, file: FileKey, open_id: OpenId) -> None:
+        now = self.clock()
+
+        def leave(st: FileState | None) -> tuple[FileState | None, rules.DisconnectOutcome]:
+            out = rules.disconnect(st, open_id, now=now)
+            return out.state, out
+
+        out = await self._apply(
+            file, leave, lambda o: _channels(file, o.closed.finished_waiters, file_too=True)
+        )
+        closed = out.closed
+        await self._finish_close(
+            file, closed.finished_waiters, closed.dropped_leases, closed.durable_keys
+        )
+        entry = out.state.opens.get(open_id) if out.kept and out.state is not None else None
+        if entry is not None and entry.durable_key:
+            index = {"file": file, "open_id": open_id, "expires": entry.expires()}
+            await self.store.transact(
+                durable_doc_key(entry.durable_key), lambda _doc: (index, None)
+            )
+            log.info("open %s of %s kept for %d ms for its client", open_id, file, entry.durable_ms)
+
+    async def _unindex(self, key: str, file: FileKey) -> None:
+        def forget(doc: Any) -> tuple[Any, None]:
+            return (None if doc is not None and doc["file"] == file else doc), None
+
+        await self.store.transact(durable_doc_key(key), forget)
+
+    async def find_disconnected(self, durable_key: str) -> DisconnectedOpen | None:
+        _, index = await self.store.load(durable_doc_key(durable_key))
+        if index is None:
+            return None
+        st = await self._load(index["file"])
+        entry = st.opens.get(index["open_id"]) if st is not None else None
+        if st is None or entry is None or not entry.disconnected:
+            return None
+        return _disconnected_view(st, entry)
+
+    async def _epoch(self, node_id: NodeId) -> int:
+        """The registration epoch an open of ``node_id`` is made under (none here)."""
+        return 0
+
+    async def reconnect(
+        self, found: DisconnectedOpen, open_id: OpenId, node_id: NodeId
+    ) -> DisconnectedOpen | None:
+        epoch = await self._epoch(node_id)
+        now = self.clock()
+
+        def take(st: FileState | None) -> tuple[FileState | None, OpenEntry | None]:
+            return rules.reconnect(st, found.open_id, open_id, node_id, epoch, now=now)
+
+        entry = await self._apply(found.file, take)
+        if entry is None:
+            return None
+        if entry.durable_key:
+            await self._unindex(entry.durable_key, found.file)
+        st = await self._load(found.file)
+        now_entry = st.opens.get(open_id) if st is not None else None
+        if st is None or now_entry is None:
+            return None
+        return _disconnected_view(st, now_entry)
+
+    async def sweep_disconnected(self) -> int:
+        """Close the disconnected opens whose timeout ran out; how many went.
+        Any live node may run it: the close is idempotent."""
+        closed = 0
+        now = self.clock()
+        for key in await self.store.keys("durable:"):
+            _, index = await self.store.load(key)
+            if index is not None and now >= index["expires"]:
+                closed += await self._expire(key, index, now)
         return closed
+
+    async def _expire(self, key: str, index: dict[str, Any], now: float) -> int:
+        file, open_id = index["file"], index["open_id"]
+
+        def expire(st: FileState | None) -> tuple[FileState | None, rules.CloseOutcome]:
+            out = rules.close_disconnected(st, open_id, now=now)
+            return out.state, out
+
+        out = await self._apply(
+            file, expire, lambda o: _channels(file, o.finished_waiters, file_too=True)
+        )
+        await self._finish_close(file, out.finished_waiters, out.dropped_leases, ())
+        # Closed now, or earlier, or taken over: the index entry is done.
+        await self.store.transact(key, lambda doc: (None if doc == index else doc, None))
+        if out.durable_keys:
+            log.info("disconnected open %s of %s expired unclaimed", open_id, file)
+            return 1
+        return 0
 
     # -- introspection ---------------------------------------------------------------
 
@@ -478,6 +602,20 @@ class Coordinator(LockBus):
             if doc is not None:
                 leases[key.removeprefix("lease:{").removesuffix("}")] = doc
         return {"files": files, "leases": leases}
+
+
+def _disconnected_view(st: FileState, entry: OpenEntry) -> DisconnectedOpen:
+    lease = st.leases.get(entry.lease_id) if entry.lease_id is not None else None
+    return DisconnectedOpen(
+        file=st.file,
+        open_id=entry.open_id,
+        persistent=entry.persistent,
+        reclaim=dict(entry.reclaim or {}),
+        oplock=OPLOCK_LEASE if lease is not None else entry.oplock,
+        lease_state=lease.state if lease is not None else 0,
+        lease_epoch=lease.epoch & 0xFFFF if lease is not None else 0,
+        lease_version=lease.version if lease is not None else 0,
+    )
 
 
 def _open_rule(
@@ -517,6 +655,13 @@ def _collected(st: FileState | None, waiter_id: str) -> tuple[FileState | None, 
 def _notices(outcome: Any) -> list[BreakNotice]:
     notices: list[BreakNotice] = outcome.notices
     return notices
+
+
+def _woken(file: FileKey, out: rules.OpenOutcome | rules.OperationOutcome) -> list[str]:
+    """Whom an open's or operation's commit wakes: the file's waiters if it
+    changed, and the lock waiters of disconnected opens it closed."""
+    waiters = out.released.finished_waiters if out.released else ()
+    return _channels(file, waiters, file_too=out.wake)
 
 
 def _channels(file: FileKey, waiters: Iterable[str] = (), *, file_too: bool) -> list[str]:

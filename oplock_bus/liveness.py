@@ -51,6 +51,8 @@ FENCE_FRACTION = 0.6
 # (node id, epoch) -> release what that node held under that epoch or older
 Release = Callable[[NodeId, int], Awaitable[object]]
 Fenced = Callable[[NodeId], Awaitable[None]]
+# Closes what expired while nobody held it (disconnected durable opens).
+Sweep = Callable[[], Awaitable[object]]
 
 
 def default_address() -> str:
@@ -78,6 +80,7 @@ class Liveness:
         address: str | None = None,
         release: Release,
         on_fenced: Fenced | None = None,
+        sweep: Sweep | None = None,
     ) -> None:
         if ttl <= 0:
             raise ValueError("node_ttl must be positive")
@@ -86,6 +89,7 @@ class Liveness:
         self.address = address or default_address()
         self.release = release
         self.on_fenced = on_fenced
+        self.sweep = sweep
         self.nodes: dict[NodeId, Registration] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -281,6 +285,8 @@ class Liveness:
             await asyncio.sleep(interval)
             try:
                 await self.reap_once()
+                if self.sweep is not None and any(self.vouches(n) for n in self.nodes):
+                    await self.sweep()
             except BusUnavailable as e:
                 log.debug("watcher: %s", e)
             except Exception:

@@ -51,6 +51,17 @@ class OpenEntry:
     # Set when another node's transaction granted this open while its opener
     # waited (rules.admit_waiting): the OpenResult, for the opener to read.
     result: list[int] | None = None
+    # A durable open (see OpenRequest.durable_ms) outlives its node: it is then
+    # disconnected (node_id "", the wall time here) until reclaimed or expired.
+    durable_ms: int = 0
+    persistent: bool = False
+    durable_key: str = ""
+    reclaim: dict[str, Any] | None = None
+    disconnected: float = 0.0
+
+    def expires(self) -> float:
+        """When a disconnected open is closed if nobody reclaimed it."""
+        return self.disconnected + self.durable_ms / 1000
 
 
 @dataclass

@@ -14,7 +14,9 @@ from .api import (
     BreakHandler,
     BroadcastHandler,
     BusUnavailable,
+    DisconnectedOpen,
     NodeId,
+    OpenId,
     OpenRequest,
     OpenResult,
 )
@@ -50,6 +52,7 @@ class RedisBus(Coordinator):
             address=node_address,
             release=self.drop_node,
             on_fenced=self._fenced,
+            sweep=self.sweep_disconnected,
         )
 
     async def start(self) -> None:
@@ -74,6 +77,18 @@ class RedisBus(Coordinator):
             await asyncio.shield(self.close(req.file, req.open_id))
             raise BusUnavailable(f"node {req.node_id} lost its registration during the open")
         return result
+
+    async def _epoch(self, node_id: NodeId) -> int:
+        return await self.liveness.admit(node_id)
+
+    async def reconnect(
+        self, found: DisconnectedOpen, open_id: OpenId, node_id: NodeId
+    ) -> DisconnectedOpen | None:
+        got = await super().reconnect(found, open_id, node_id)
+        if got is not None and not self.vouches(node_id):
+            # As for an open: taken under a registration that may have lapsed.
+            raise BusUnavailable(f"node {node_id} lost its registration during a reconnect")
+        return got
 
     def vouches(self, node_id: NodeId) -> bool:
         return self.liveness.vouches(node_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from . import disconnected
 from .access import FILE_WRITE_DATA, is_lease_stat_open, is_oplock_stat_open, share_conflict
 from .api import (
     LEASE_FLAG_BREAK_IN_PROGRESS,
@@ -25,6 +26,7 @@ from .api import (
     OPLOCK_NONE,
     STATUS_DELETE_PENDING,
     STATUS_FILE_CLOSED,
+    STATUS_FILE_NOT_AVAILABLE,
     STATUS_INVALID_DEVICE_STATE,
     STATUS_INVALID_OPLOCK_PROTOCOL,
     STATUS_INVALID_PARAMETER,
@@ -36,6 +38,7 @@ from .api import (
     AckResult,
     BreakNotice,
     Disposition,
+    NodeId,
     OpenId,
     OpenRequest,
     OpenResult,
@@ -48,7 +51,6 @@ from .brl import (
     collect_waiter,
     grant_waiters,
     lock,
-    release_open,
     unlock,
 )
 from .caching import (
@@ -65,6 +67,14 @@ from .caching import (
     normalize_lease,
     oplock_notice,
     oplock_to_lease,
+)
+from .disconnected import (
+    Released,
+    any_disconnected,
+    close_expired,
+    drop_open,
+    hit_by,
+    lower_without_ack,
 )
 from .model import (
     FileState,
@@ -91,7 +101,9 @@ __all__ = [
     "cancel_waiter",
     "check_io",
     "close",
+    "close_disconnected",
     "collect_waiter",
+    "disconnect",
     "evaluate_open",
     "evaluate_operation",
     "evaluate_waiting_open",
@@ -99,6 +111,7 @@ __all__ = [
     "invariant_violations",
     "lock",
     "needs_record",
+    "reconnect",
     "set_delete_pending",
     "unlock",
     "unrecorded_open",
@@ -112,6 +125,7 @@ class OpenOutcome:
     result: OpenResult | None  # None: breaks are pending, wait and evaluate again
     wait_until: float | None = None  # the earliest deadline among the awaited breaks
     wake: bool = False  # something others may be waiting on changed
+    released: Released | None = None  # disconnected opens the rule closed (see disconnected)
 
 
 @dataclass(frozen=True)
@@ -120,6 +134,7 @@ class OperationOutcome:
     notices: tuple[BreakNotice, ...]
     wait_until: float | None  # None: the operation may proceed
     wake: bool = False
+    released: Released | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +150,14 @@ class CloseOutcome:
     state: FileState | None  # None: nothing left, delete the record
     finished_waiters: tuple[str, ...]
     dropped_leases: tuple[str, ...]
+    durable_keys: tuple[str, ...] = ()  # index entries of disconnected opens closed
+
+
+@dataclass(frozen=True)
+class DisconnectOutcome:
+    state: FileState | None
+    kept: bool  # disconnected rather than closed
+    closed: CloseOutcome
 
 
 def _fresh(state: FileState | None, file: str, now: float) -> tuple[FileState, bool]:
@@ -167,6 +190,38 @@ def evaluate_open(
         # Truncating writes: breaks and share modes see write access
         # (Samba's open_access_mask; smbtorture batch13/exclusive5).
         req = replace(req, access=req.access | FILE_WRITE_DATA)
+    if not any_disconnected(st):
+        return _evaluate_open(st, req, now, break_timeout, first_attempt, expired)
+    released = Released()
+    expired |= close_expired(st, now, released)
+    while True:
+        trial = st.clone() if any_disconnected(st) else st
+        out = _evaluate_open(trial, req, now, break_timeout, first_attempt, expired)
+        hit, notices = hit_by(trial, list(out.notices))
+        if out.result is not None and out.result.status == STATUS_SHARING_VIOLATION:
+            hit += [
+                o.open_id
+                for o in trial.opens.values()
+                if o.disconnected and o.persistent and share_conflict(req.access, req.share, [o])
+            ]
+        if not hit:
+            return replace(out, notices=tuple(notices), released=released)
+        if any(st.opens[i].persistent for i in hit):
+            refused = OpenResult(STATUS_FILE_NOT_AVAILABLE)
+            return OpenOutcome(st, (), refused, wake=expired, released=released)
+        for open_id in set(hit):
+            drop_open(st, open_id, released)
+        expired = True
+
+
+def _evaluate_open(
+    st: FileState,
+    req: OpenRequest,
+    now: float,
+    break_timeout: float,
+    first_attempt: bool,
+    expired: bool,
+) -> OpenOutcome:
     if req.open_id in st.opens:
         return OpenOutcome(st, (), OpenResult(STATUS_INVALID_PARAMETER), wake=expired)
     if st.delete_pending:
@@ -235,6 +290,8 @@ def admit_waiting(
         )  # fmt: skip
         if out.result is None or out.result.status != STATUS_SUCCESS or out.notices:
             break
+        if out.released:
+            break  # closing a disconnected open is for the opener's own commit to finish
         st = out.state  # a copy: evaluate_open never changes its input
         del st.pending[open_id]
         st.opens[open_id].result = result_to_list(out.result)
@@ -364,6 +421,13 @@ def _grant(st: FileState, req: OpenRequest, own: str | None, stat_open: bool) ->
     )
     st.next_seq += 1
     st.opens[req.open_id] = entry
+    if req.durable_ms and not req.is_directory:
+        # Durable if persistent, or with the handle caching that lets the client
+        # keep the handle (MS-SMB2 3.3.5.9.10); checked again when its node dies.
+        entry.durable_ms = req.durable_ms
+        entry.persistent = req.persistent
+        entry.durable_key = req.durable_key
+        entry.reclaim = dict(req.reclaim) if req.reclaim is not None else None
     if req.lease is None or req.is_directory:
         # Directory leases are not offered: the key was checked (the
         # coordinator binds it), the open gets no caching (smbtorture
@@ -428,6 +492,33 @@ def evaluate_operation(
     if state is None:
         return OperationOutcome(None, (), None)
     st, expired = _fresh(state, state.file, now)
+    if not any_disconnected(st):
+        return _evaluate_operation(st, open_id, op, now, break_timeout, expired)
+    released = Released()
+    expired |= close_expired(st, now, released)
+    while True:
+        trial = st.clone() if any_disconnected(st) else st
+        out = _evaluate_operation(trial, open_id, op, now, break_timeout, expired)
+        hit, notices = hit_by(trial, list(out.notices))
+        if not hit:
+            # Only breaks that need no ack are dropped: they set no deadline.
+            return replace(out, notices=tuple(notices), released=released)
+        for victim in set(hit):
+            if st.opens[victim].persistent:
+                lower_without_ack(st, trial, victim)
+            else:
+                drop_open(st, victim, released)
+        expired = True
+
+
+def _evaluate_operation(
+    st: FileState,
+    open_id: OpenId,
+    op: Operation,
+    now: float,
+    break_timeout: float,
+    expired: bool,
+) -> OperationOutcome:
     me = st.opens.get(open_id)
     own = me.lease_id if me is not None else None
     notices: list[BreakNotice] = []
@@ -548,18 +639,55 @@ def close(state: FileState | None, open_id: OpenId, *, now: float) -> CloseOutco
         del st.pending[open_id]
         return CloseOutcome(None if st.is_idle() else st, (), ())
     st, _ = _fresh(state, state.file, now)
-    o = st.opens.pop(open_id)
-    dropped: list[str] = []
-    if o.lease_id is not None and o.lease_id in st.leases:
-        lease = st.leases[o.lease_id]
-        lease.opens = [i for i in lease.opens if i != open_id]
-        if not lease.opens:
-            del st.leases[o.lease_id]
-            dropped.append(o.lease_id)
-    finished = release_open(st, open_id)
-    if not st.opens:
-        st.delete_pending = False
-    return CloseOutcome(None if st.is_idle() else st, tuple(finished), tuple(dropped))
+    released = Released()
+    drop_open(st, open_id, released)
+    return _closed(st, released)
+
+
+def _closed(st: FileState, released: Released) -> CloseOutcome:
+    return CloseOutcome(
+        None if st.is_idle() else st,
+        tuple(released.finished_waiters),
+        tuple(released.dropped_leases),
+        tuple(released.durable_keys),
+    )
+
+
+# -- durable opens of a dead node (see oplock_bus.disconnected) ---------------------------
+
+
+def disconnect(state: FileState | None, open_id: OpenId, *, now: float) -> DisconnectOutcome:
+    """The open's node died: keep it disconnected if it may be reclaimed, else close it."""
+    if state is None or open_id not in state.opens:
+        return DisconnectOutcome(state, False, CloseOutcome(state, (), ()))
+    st, _ = _fresh(state, state.file, now)
+    released = Released()
+    kept = disconnected.disconnect(st, open_id, now, released)
+    return DisconnectOutcome(st, kept, _closed(st, released))
+
+
+def close_disconnected(state: FileState | None, open_id: OpenId, *, now: float) -> CloseOutcome:
+    """Close ``open_id`` if it is still disconnected and its timeout ran out."""
+    if state is None:
+        return CloseOutcome(state, (), ())
+    o = state.opens.get(open_id)
+    if o is None or not o.disconnected or now < o.expires():
+        return CloseOutcome(state, (), ())
+    return close(state, open_id, now=now)
+
+
+def reconnect(
+    state: FileState | None, open_id: OpenId, new_id: OpenId, node_id: NodeId, epoch: int,
+    *, now: float,
+) -> tuple[FileState | None, OpenEntry | None]:  # fmt: skip
+    """Hand the disconnected ``open_id`` to ``node_id`` as ``new_id``; the open
+    as it is now, or None if it is gone, expired or taken meanwhile."""
+    o = state.opens.get(open_id) if state is not None else None
+    if state is None or o is None or not o.disconnected or now >= o.expires():
+        return state, None
+    st, _ = _fresh(state, state.file, now)
+    disconnected.reconnect(st, open_id, new_id, node_id, epoch)
+    return st, st.opens[new_id]
 
 
 def set_delete_pending(state: FileState | None, pending: bool) -> FileState | None:

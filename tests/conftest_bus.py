@@ -139,6 +139,8 @@ class Client:
         oplock: int = OPLOCK_NONE,
         lease: LeaseRequest | None = None,
         disposition: Disposition = Disposition.OPEN,
+        durable_ms: int = 0,
+        persistent: bool = False,
     ) -> OpenResult:
         req = OpenRequest(
             open_id=f"{self.node}/{handle}",
@@ -149,6 +151,10 @@ class Client:
             oplock=0xFF if lease is not None else oplock,
             lease=lease,
             disposition=disposition,
+            durable_ms=durable_ms,
+            persistent=persistent,
+            durable_key=handle if durable_ms else "",
+            reclaim={"client": self.node} if durable_ms else None,
         )
         return await self.bus.open(req)
 
