@@ -7,12 +7,19 @@ and nobody else slipped in between. The node parks such opens in a
 ``DurableTable``; a reconnect request (DHnC/DH2C) takes them back. A break
 aimed at a parked open cannot be delivered, so the open is closed instead
 and the opener waiting for it proceeds at once (Samba does the same).
+
+A durable open also outlives its node: the bus keeps it, disconnected, when
+the node dies (``oplock_bus.disconnected``), with what ``reclaim_data`` says
+of it, so that a reconnect through any other node takes it over. Persistent
+handles (on continuously available shares) are kept whatever their caching,
+and nobody else gets the file meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -44,6 +51,13 @@ class DurableAsk:
     # A v1 handle counts as CreateGuid zero, so a DH2C naming it with a zero
     # guid reclaims it (smbtorture smb2.durable-open.reopen2-lease).
     create_guid: bytes = bytes(16)
+    persistent: bool = False  # SMB2_DHANDLE_FLAG_PERSISTENT asked
+
+    def timeout(self) -> int:
+        """The timeout granted, in ms."""
+        if self.version == 1:
+            return DEFAULT_TIMEOUT_MS
+        return min(self.timeout_ms or DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS)
 
 
 @dataclass(frozen=True)
@@ -78,8 +92,8 @@ def parse(contexts: dict[bytes, bytes], dialect: int) -> tuple[DurableAsk | None
     if name == DH2Q:
         if len(data) != _DH2Q.size:
             raise NtStatusError(Status.INVALID_PARAMETER, "bad DH2Q")
-        timeout, _flags, _r, guid = _DH2Q.unpack(data)
-        return DurableAsk(2, timeout, guid), None
+        timeout, flags, _r, guid = _DH2Q.unpack(data)
+        return DurableAsk(2, timeout, guid, bool(flags & DH2_FLAG_PERSISTENT)), None
     if name == DHNC:
         if len(data) != 16:
             raise NtStatusError(Status.INVALID_PARAMETER, "bad DHnC")
@@ -90,27 +104,68 @@ def parse(contexts: dict[bytes, bytes], dialect: int) -> tuple[DurableAsk | None
     return None, Reclaim(2, pid, guid)
 
 
-def grant(ask: DurableAsk | None, op: Open, lease_state: int) -> list[tuple[bytes, bytes]]:
+def persistent(ask: DurableAsk | None, continuously_available: bool) -> bool:
+    """Whether the handle asked for is persistent: only on a CA share (3.3.5.9.10)."""
+    return ask is not None and ask.persistent and continuously_available
+
+
+def grant(
+    ask: DurableAsk | None, op: Open, lease_state: int, continuously_available: bool = False
+) -> list[tuple[bytes, bytes]]:
     """Make ``op`` durable if its caching allows it; the response context, if any.
 
     Only a batch oplock or a handle lease makes a handle durable: without
     handle caching the client could not have kept the handle across a
-    disconnect anyway (MS-SMB2 3.3.5.9.6).
+    disconnect anyway (MS-SMB2 3.3.5.9.6). A persistent handle needs none.
     """
     if ask is None or op.is_dir:
         return []
-    if op.oplock_level == OplockLevel.BATCH:
+    keep = persistent(ask, continuously_available)
+    if keep or op.oplock_level == OplockLevel.BATCH:
         pass
     elif op.oplock_level != OplockLevel.LEASE or not lease_state & LEASE_HANDLE_CACHING:
         return []
     op.durable = True
+    op.persistent = keep
     op.create_guid = ask.create_guid
+    op.durable_timeout_ms = ask.timeout()
     if ask.version == 1:
-        op.durable_timeout_ms = DEFAULT_TIMEOUT_MS
         return [(DHNQ, bytes(8))]
-    timeout = ask.timeout_ms or DEFAULT_TIMEOUT_MS
-    op.durable_timeout_ms = min(timeout, MAX_TIMEOUT_MS)
-    return [(DH2Q, struct.pack("<II", op.durable_timeout_ms, 0))]
+    flags = DH2_FLAG_PERSISTENT if keep else 0
+    return [(DH2Q, struct.pack("<II", op.durable_timeout_ms, flags))]
+
+
+def reclaim_data(op: Open, ask: DurableAsk) -> dict[str, Any]:
+    """What another node must know to hand ``op`` back to its client after
+    this node died (MS-SMB2 3.3.5.9.7/12), as the bus keeps it: plain data."""
+    session = op.tree.session
+    return {
+        "version": ask.version,
+        "create_guid": ask.create_guid.hex(),
+        "client_guid": op.client_guid.hex(),
+        "user": session.username.lower(),
+        "domain": session.domain.lower(),
+        "share": op.tree.share.name.lower(),
+        "name": op.smb_name,
+        "access": op.access,
+        "share_access": op.share_access,
+        "options": op.create_options,
+        "lease_key": op.lease_key.hex() if op.lease_key is not None else None,
+        "lease_version": op.lease_version,
+        "timeout_ms": ask.timeout(),
+    }
+
+
+def new_persistent_id() -> int:
+    """A FileId's persistent part, drawn at random: another node may take the
+    open over, so the id must not collide with that node's own."""
+    return secrets.randbits(63) or 1
+
+
+def durable_key(persistent_id: int) -> str:
+    """The bus's name for a durable open: its persistent FileId, unique
+    cluster-wide because each node draws them at random."""
+    return f"{persistent_id:016x}"
 
 
 class DurableTable:

@@ -203,6 +203,7 @@ class Open:
     notify: Watch | None = None
     durable: bool = False
     durable_timeout_ms: int = 0
+    persistent: bool = False
     create_guid: bytes = b""
     app_instance: bytes = b""
     # FSCTL_LMR_REQUEST_RESILIENCY: kept across a disconnect like a durable handle.

@@ -246,7 +246,7 @@ async def _open_file(
         except _CreatedMeanwhile:
             continue
         fd = _open_target(req, target)
-        op, info, result, lease_req = await _bus_open(ctx, req, target, fd, created)
+        op, info, result, lease_req = await _bus_open(ctx, req, target, fd, created, ask)
         if may_retry_unlinked and _unlinked(fd):
             may_retry_unlinked = False
             await opens.close(ctx.node, op)
@@ -287,7 +287,7 @@ async def _open_file(
     else:
         action = CreateAction.OPENED
     contexts = _response_contexts(ctx, req, op, info, result, lease_req)
-    contexts += durable.grant(ask, op, result.lease_state)
+    contexts += durable.grant(ask, op, result.lease_state, _continuously_available(ctx))
     oplock = result.oplock if result.oplock != OplockLevel.LEASE or lease_req else 0
     return _create_reply(op, info, action, oplock, contexts)
 
@@ -381,8 +381,18 @@ def _open_target(req: CreateRequest, target: _Target) -> int:
         raise NtStatusError(status_from_oserror(e)) from None
 
 
+def _continuously_available(ctx: RequestContext) -> bool:
+    tree = ctx.require_tree()
+    return tree.share.continuous_availability and ctx.conn.codec.dialect >= Dialect.SMB3_0
+
+
 async def _bus_open(
-    ctx: RequestContext, req: CreateRequest, target: _Target, fd: int, created: bool
+    ctx: RequestContext,
+    req: CreateRequest,
+    target: _Target,
+    fd: int,
+    created: bool,
+    ask: durable.DurableAsk | None,
 ) -> tuple[Open, FileInfo, bus_api.OpenResult, bus_api.LeaseRequest | None]:
     """Make the handle and enter it on the bus (share modes, oplock or lease).
 
@@ -398,7 +408,7 @@ async def _bus_open(
     try:
         info = fs.stat_fd(fd) if stream is None else stream.stat(fs, fd)
         op = Open(
-            persistent_id=node.next_id(),
+            persistent_id=durable.new_persistent_id(),
             volatile_id=node.next_id(),
             tree=tree,
             smb_name=req.name,
@@ -440,6 +450,15 @@ async def _bus_open(
             # another open while ours is in flight must find its holder.
             op.lease_key = lease_req.key.key
             op.lease_version = lease_req.version
+        if ask is not None and stream is None:
+            # The bus keeps it past this node's death if it becomes durable.
+            bus_req = replace(
+                bus_req,
+                durable_ms=ask.timeout(),
+                persistent=durable.persistent(ask, _continuously_available(ctx)),
+                durable_key=durable.durable_key(op.persistent_id),
+                reclaim=durable.reclaim_data(op, ask),
+            )
         node.opens[op.bus_open_id] = op
         result = await streams.bus_open(ctx, op, bus_req)
     except BaseException:
@@ -491,47 +510,94 @@ def _prepare(
     return fs.stat_fd(fd) if stream is None else stream.stat(fs, fd)
 
 
-async def _reconnect(ctx: RequestContext, req: CreateRequest, reclaim: durable.Reclaim) -> Reply:
-    """Give a parked durable handle to the client reconnecting for it (3.3.5.9.7/12)."""
-    node = ctx.node
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """Whom a durable handle may go back to (MS-SMB2 3.3.5.9.7/12), wherever it is kept."""
+
+    share: str  # lower case
+    create_guid: bytes
+    lease_key: bytes | None
+    client_guid: bytes
+    name: str
+    user: str  # lower case, as domain
+    domain: str
+
+    @classmethod
+    def of(cls, op: Open) -> _Held:
+        owner = op.tree.session
+        return cls(
+            op.tree.share.name.lower(), op.create_guid, op.lease_key, op.client_guid,
+            op.smb_name, owner.username.lower(), owner.domain.lower(),
+        )  # fmt: skip
+
+    @classmethod
+    def kept(cls, found: bus_api.DisconnectedOpen) -> _Held:
+        d = found.reclaim
+        lease_key = d["lease_key"] if found.oplock == OplockLevel.LEASE else None
+        return cls(
+            d["share"], bytes.fromhex(d["create_guid"]),
+            bytes.fromhex(lease_key) if lease_key else None,
+            bytes.fromhex(d["client_guid"]), d["name"], d["user"], d["domain"],
+        )  # fmt: skip
+
+
+def _check_reclaim(
+    ctx: RequestContext, req: CreateRequest, reclaim: durable.Reclaim, held: _Held
+) -> bus_api.LeaseRequest | None:
+    """Refuse a reconnect the handle's owner did not send; its lease request."""
     tree = ctx.require_tree()
     session = ctx.session
-    assert tree.fs is not None and session is not None
-    op = node.durable.find(reclaim.persistent_id)
-    if op is None or op.tree.share.name.lower() != tree.share.name.lower():
+    assert session is not None
+    if held.share != tree.share.name.lower():
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "no such durable handle")
-    if reclaim.version == 2 and op.create_guid != reclaim.create_guid:
+    if reclaim.version == 2 and held.create_guid != reclaim.create_guid:
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "CreateGuid differs")
     # A reconnect's RequestedOplockLevel is ignored; only the lease key counts.
     lease_req = _lease_request(ctx, req, any_level=True)
-    if op.lease_key is None:
+    if held.lease_key is None:
         if lease_req is not None:
             raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "lease on an oplock handle")
     elif (
         lease_req is None
-        or lease_req.key.key != op.lease_key
-        or ctx.conn.client_guid != op.client_guid
+        or lease_req.key.key != held.lease_key
+        or ctx.conn.client_guid != held.client_guid
     ):
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "lease key differs")
-    elif _name_key(req.name) != _name_key(op.smb_name):
+    elif _name_key(req.name) != _name_key(held.name):
         # With a lease the name must match too (MS-SMB2 3.3.5.9.7; Windows
         # answers INVALID_PARAMETER, unlike for an oplock handle).
         raise NtStatusError(Status.INVALID_PARAMETER, "lease reconnect for another name")
-    owner = op.tree.session
-    if (owner.username.lower(), owner.domain.lower()) != (
-        session.username.lower(),
-        session.domain.lower(),
-    ):
+    if (held.user, held.domain) != (session.username.lower(), session.domain.lower()):
         raise NtStatusError(Status.ACCESS_DENIED, "durable handle of another user")
+    return lease_req
+
+
+async def _reconnect(ctx: RequestContext, req: CreateRequest, reclaim: durable.Reclaim) -> Reply:
+    """Give a parked durable handle to the client reconnecting for it (3.3.5.9.7/12)."""
+    node = ctx.node
+    tree = ctx.require_tree()
+    assert tree.fs is not None
+    op = node.durable.find(reclaim.persistent_id)
+    if op is None:
+        return await _take_over(ctx, req, reclaim)
+    lease_req = _check_reclaim(ctx, req, reclaim, _Held.of(op))
     node.durable.take(reclaim.persistent_id)
     op.tree = tree
     op.connection = ctx.conn
     op.volatile_id = node.next_id()
+    return await _reconnected(ctx, req, op, lease_req)
+
+
+async def _reconnected(
+    ctx: RequestContext, req: CreateRequest, op: Open, lease_req: bus_api.LeaseRequest | None
+) -> Reply:
+    tree = ctx.require_tree()
+    assert tree.fs is not None
     opens.register(ctx.conn, op)
     try:
         info = streams.stat_open(tree.fs, op)
     except OSError as e:
-        await opens.close(node, op)
+        await opens.close(ctx.node, op)
         raise NtStatusError(status_from_oserror(e)) from None
     contexts: list[tuple[bytes, bytes]] = []
     if lease_req is not None:
@@ -543,6 +609,68 @@ async def _reconnect(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
     # No durable context in the reply: the handle is simply back (smbtorture
     # smb2.durable-open.reopen2a, smb2.durable-v2-open.reopen2).
     return _create_reply(op, info, CreateAction.OPENED, op.oplock_level, contexts)
+
+
+async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.Reclaim) -> Reply:
+    """Reconnect to a durable handle whose node died: the bus kept it,
+    disconnected, with its share mode, lease and locks; this node reopens
+    the file and becomes its owner."""
+    node = ctx.node
+    tree = ctx.require_tree()
+    fs = tree.fs
+    assert fs is not None
+    found = await node.bus.find_disconnected(durable.durable_key(reclaim.persistent_id))
+    if found is None:
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "no such durable handle")
+    held = _Held.kept(found)
+    lease_req = _check_reclaim(ctx, req, reclaim, held)
+    kept = found.reclaim
+    path, info = fs.lookup(held.name)
+    if info is None or info.file_key != found.file:
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "the durable handle's file is gone")
+    fd = _open_fd(path, _open_flags(kept["access"], info.is_dir))
+    op = Open(
+        persistent_id=reclaim.persistent_id,
+        volatile_id=node.next_id(),
+        tree=tree,
+        smb_name=held.name,
+        host_path=path,
+        is_dir=info.is_dir,
+        access=kept["access"],
+        share_access=kept["share_access"],
+        create_options=kept["options"],
+        file_key=found.file,
+        fd=fd,
+        connection=ctx.conn,
+        client_guid=held.client_guid,
+        oplock_level=found.oplock,
+        lease_key=held.lease_key,
+        lease_version=kept["lease_version"],
+        delete_on_close=bool(kept["options"] & CreateOptions.DELETE_ON_CLOSE),
+        durable=True,
+        persistent=found.persistent,
+        durable_timeout_ms=kept["timeout_ms"],
+        create_guid=held.create_guid,
+    )
+    op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
+    node.opens[op.bus_open_id] = op  # a break decided meanwhile must find it
+    try:
+        taken = await node.bus.reconnect(found, op.bus_open_id, node.node_id)
+    except BaseException:
+        node.opens.pop(op.bus_open_id, None)
+        op.close_fd()
+        raise
+    if taken is None:
+        node.opens.pop(op.bus_open_id, None)
+        op.close_fd()
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "taken or expired meanwhile")
+    op.oplock_level = taken.oplock
+    if held.lease_key is not None:
+        opens.set_lease_state(
+            node, held.client_guid, held.lease_key, taken.lease_state, taken.lease_epoch
+        )
+    log.info("durable handle %s of %s taken over from a dead node", op.bus_open_id, held.name)
+    return await _reconnected(ctx, req, op, lease_req)
 
 
 def _name_key(name: str) -> str:
