@@ -6,8 +6,8 @@ nodes):
 
 * one gateway node and a coordinated 2-node gateway cluster (Redis bus,
   started by `gateway.cluster.LocalCluster`);
-* one Samba smbd (``../shared/torture/start-smbd.sh``) and a 2-node
-  clustered Samba (``start-ctdb-cluster.sh``: ctdbd + smbd per node).
+* one Samba smbd and a 2-node clustered Samba (ctdbd + smbd per node),
+  both started by ``bench/samba.py``.
 
 The runs are interleaved (run 1 on every server, then run 2, ...) so a burst
 of load on this shared machine lands on all of them; each figure is the

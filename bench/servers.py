@@ -3,28 +3,24 @@
 * ``gateway(work, nodes)``: a gateway cluster (``gateway.cluster.LocalCluster``,
   its own Redis when ``nodes`` > 1 is coordinated), share at
   ``gateway_share(work, nodes)``;
-* ``smbd(work)``: one Samba smbd (``../shared/torture/start-smbd.sh``), share
-  at ``smbd_share(work)``;
-* ``ctdb(work)``: a 2-node clustered Samba (``start-ctdb-cluster.sh``).
+* ``smbd(work)``: one Samba smbd (``bench.samba.Smbd``), share at
+  ``smbd_share(work)``;
+* ``ctdb(work)``: a 2-node clustered Samba (``bench.samba.CtdbCluster``).
 
 All need root: smbd switches to the test user, ctdb adds loopback aliases.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from bench.samba import CtdbCluster, Smbd
 from clients.demo_common import free_cluster_port
 from gateway.cluster import ClusterSpec, LocalCluster
 
-REPO = Path(__file__).resolve().parent.parent
-TORTURE = REPO.parent / "shared" / "torture"
 Endpoint = tuple[str, int]
 
 
@@ -41,25 +37,6 @@ def gateway_share(work: Path, nodes: int) -> Path:
 
 def smbd_share(work: Path) -> Path:
     return work / "smbd" / "share"
-
-
-def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 180) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout}\n{done.stderr}")
-
-
-def _smbd_env() -> dict[str, str]:
-    """start-smbd.sh's default VFS modules are not installed everywhere; the workload needs none."""
-    env = dict(os.environ)
-    out = subprocess.run(["smbd", "-b"], capture_output=True, text=True).stdout
-    modules = next(
-        (Path(line.split(":", 1)[1].strip()) for line in out.splitlines() if "MODULESDIR:" in line),
-        None,
-    )
-    if modules is None or not (modules / "vfs" / "streams_xattr.so").exists():
-        env["SMBD_VFS_OBJECTS"] = " "
-    return env
 
 
 @contextmanager
@@ -82,23 +59,11 @@ def gateway(work: Path, nodes: int) -> Iterator[list[Endpoint]]:
 
 @contextmanager
 def smbd(work: Path) -> Iterator[list[Endpoint]]:
-    port = free_cluster_port(1)
-    d = work / "smbd"
-    _run(["bash", str(TORTURE / "start-smbd.sh"), str(d), str(port)], env=_smbd_env())
-    try:
-        yield [("127.0.0.1", port)]
-    finally:
-        subprocess.run(["bash", str(TORTURE / "stop-smbd.sh"), str(d)], capture_output=True)
+    with Smbd(work / "smbd", free_cluster_port(1)).start() as server:
+        yield server.endpoints
 
 
 @contextmanager
 def ctdb(work: Path) -> Iterator[list[Endpoint]]:
-    if shutil.which("ctdbd") is None:
-        _run(["apt-get", "install", "-y", "-q", "ctdb"], timeout=600)
-    port = free_cluster_port(2)
-    d = work / "ctdb"
-    _run(["bash", str(TORTURE / "start-ctdb-cluster.sh"), str(d), "2", str(port)])
-    try:
-        yield [("127.0.0.1", port), ("127.0.0.2", port)]
-    finally:
-        subprocess.run(["bash", str(TORTURE / "stop-ctdb-cluster.sh"), str(d)], capture_output=True)
+    with CtdbCluster(work / "ctdb", 2, free_cluster_port(2)).start() as cluster:
+        yield cluster.endpoints

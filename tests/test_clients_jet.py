@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bench.samba import Smbd
 from clients.caching import RWH, CachingFile
 from clients.jet import LOCK_BASE, JetConfig, JetReport, decode_page, encode_page, run_jet
 from clients.smb2client import SMB2Client, SmbError
@@ -29,16 +29,12 @@ from gateway.protocol.constants import CreateDisposition, Dialect
 
 from .conftest import (
     PASSWORD,
-    SHARED,
     USER,
     GatewayNode,
     free_port,
     start_gateway,
     write_users,
 )
-
-START_SMBD = SHARED / "torture" / "start-smbd.sh"
-STOP_SMBD = SHARED / "torture" / "stop-smbd.sh"
 
 
 def jet(endpoints: list[tuple[str, int]], cfg: JetConfig, timeout: float = 45) -> JetReport:
@@ -125,45 +121,21 @@ def test_uncoordinated_nodes_lose_updates(tmp_path: Path) -> None:
 # -- Samba's smbd: the independent server ---------------------------------------------
 
 
-def _modules_dir() -> Path | None:
-    out = subprocess.run(["smbd", "-b"], capture_output=True, text=True, timeout=30).stdout
-    for line in out.splitlines():
-        if line.strip().startswith("MODULESDIR:"):
-            return Path(line.split(":", 1)[1].strip())
-    return None
-
-
 @pytest.fixture
 def smbd() -> Iterator[tuple[tuple[str, int], Path]]:
     """Samba's smbd on a free loopback port: ((host, port), share directory)."""
     if shutil.which("smbd") is None:
         pytest.skip("Samba's smbd is not installed")
     if os.geteuid() != 0:
-        pytest.skip("start-smbd.sh needs root (smbd switches to the test user)")
+        pytest.skip("smbd needs root (it switches to the test user)")
     # pytest's tmp dirs are 0700; smbd serves the share as user test.
     work = Path(tempfile.mkdtemp(prefix="smbgw-clients-smbd-"))
     work.chmod(0o755)
-    env = dict(os.environ)
-    modules = _modules_dir()
-    if modules is None or not (modules / "vfs" / "streams_xattr.so").exists():
-        # start-smbd.sh's default VFS modules are not installed everywhere;
-        # the workload needs none of them (a blank list keeps only the default).
-        env["SMBD_VFS_OBJECTS"] = " "
-    port = free_port()
-    started = subprocess.run(
-        ["bash", str(START_SMBD), str(work / "smbd"), str(port)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-    )
-    assert started.returncode == 0, started.stdout + started.stderr
     try:
-        yield ("127.0.0.1", port), work / "smbd" / "share"
+        # Without samba-vfs-modules the share has no VFS modules; the workload needs none.
+        with Smbd(work / "smbd", free_port()).start() as server:
+            yield server.endpoints[0], server.share
     finally:
-        subprocess.run(
-            ["bash", str(STOP_SMBD), str(work / "smbd")], capture_output=True, timeout=60
-        )
         shutil.rmtree(work, ignore_errors=True)
 
 

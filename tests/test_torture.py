@@ -6,51 +6,30 @@ be on the documented known-failure list (tests/torture/known_failures.toml).
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import SHARED, GatewayNode, need, start_gateway
+from bench.samba import run_torture
+
+from .conftest import need, start_gateway
 
 KNOWN = tomllib.loads((Path(__file__).parent / "torture" / "known_failures.toml").read_text())
 SUITES = list(KNOWN["floors"])
-RUN_TORTURE = SHARED / "torture" / "run-torture.sh"
 # The default break timeout (35 s, as Windows): smb2.oplock.batch22a measures it.
 # Samba's test-only FSCTL_SMBTORTURE controls are on, as in Samba's own test setup.
 NODE_ARGS: list[str] = ["--torture-hooks"]
 
-# A name may hold spaces (smb2.ioctl."copy-chunk streams",
-# smb2.delete-on-close-perms.CREATE Existing); a failure's line ends with " ["
-# before its reason.
-_RESULT = re.compile(r"^(success|failure|error|skip|xfail): (.+?)(?: \[.*)?$")
 
-
-def run_suite(node: GatewayNode, suite: str, outdir: Path) -> dict[str, str]:
-    """Run one suite; returns test name -> outcome."""
-    return run_script([str(RUN_TORTURE), node.host, node.share, suite, str(node.port)],
-                      outdir / f"{suite}.log", outdir)  # fmt: skip
-
-
-def run_script(argv: list[str], log_path: Path, outdir: Path) -> dict[str, str]:
-    """Run one of ../shared/torture's scripts; returns test name -> outcome."""
+def run_suite(hosts: list[str], port: int, suite: str, outdir: Path) -> dict[str, str]:
+    """Run one suite against ``hosts`` (bench/samba.py); returns test name -> outcome."""
     need("smbtorture")
-    env = dict(os.environ, OUTDIR=str(outdir), MAX_RUNTIME="900")
-    proc = subprocess.run(
-        ["bash", *argv], capture_output=True, text=True, timeout=1200, env=env,
-    )  # fmt: skip
-    log = log_path.read_text(errors="replace")
-    results: dict[str, str] = {}
-    for line in log.splitlines():
-        m = _RESULT.match(line)
-        if m:
-            results[m.group(2)] = m.group(1)
-    assert results, f"smbtorture ran no test:\n{proc.stdout}\n{proc.stderr}\n{log[-3000:]}"
-    return results
+    run = run_torture(hosts, suite, port, outdir)
+    log = run.log.read_text(errors="replace")
+    assert run.results, f"smbtorture ran no test (exit {run.returncode}):\n{log[-3000:]}"
+    return run.results
 
 
 @pytest.mark.torture
@@ -58,7 +37,7 @@ def run_script(argv: list[str], log_path: Path, outdir: Path) -> dict[str, str]:
 def test_suite(suite: str, tmp_path: Path) -> None:
     node = start_gateway(tmp_path / "gw", extra=NODE_ARGS)
     try:
-        results = run_suite(node, suite, tmp_path / "out")
+        results = run_suite([node.host], node.port, suite, tmp_path / "out")
     finally:
         rc = node.stop()
     check_results(KNOWN, suite, results, node.log())

@@ -1,7 +1,7 @@
 """smbtorture with its connections spread over two nodes of one cluster.
 
-`../shared/torture/run-torture-multinode.sh` hands smbtorture a list of
-UNC paths; each new connection takes the next, so in the two-connection
+`bench.samba.run_torture` hands smbtorture a list of UNC paths
+(``--unclist``); each new connection takes the next, so in the two-connection
 tests the conflicting opens, locks and breaks cross from node 1 to node 2.
 """
 
@@ -14,14 +14,13 @@ import pytest
 
 from gateway.cluster import ClusterSpec, LocalCluster
 
-from .conftest import SHARED, free_port, write_users
-from .test_torture import NODE_ARGS, check_results, run_script
+from .conftest import free_port, write_users
+from .test_torture import NODE_ARGS, check_results, run_suite
 
 KNOWN = tomllib.loads(
     (Path(__file__).parent / "torture" / "known_failures_multinode.toml").read_text()
 )
 SUITES = list(KNOWN["floors"])
-RUN_MULTINODE = SHARED / "torture" / "run-torture-multinode.sh"
 
 
 @pytest.mark.torture
@@ -42,11 +41,7 @@ def test_suite_over_two_nodes(suite: str, tmp_path: Path) -> None:
     outdir = tmp_path / "out"
     try:
         hosts = [host for host, _ in cluster.endpoints]
-        results = run_script(
-            [str(RUN_MULTINODE), "share", suite, str(spec.port), *hosts],
-            outdir / f"{suite}-multinode.log",
-            outdir,
-        )
+        results = run_suite(hosts, spec.port, suite, outdir)
     finally:
         cluster.stop()
     logs = "".join(n.log_path.read_text(errors="replace") for n in cluster.nodes if n.log_path)
