@@ -545,19 +545,21 @@ class Coordinator(LockBus):
         epoch = await self._epoch(node_id)
         now = self.clock()
 
-        def take(st: FileState | None) -> tuple[FileState | None, OpenEntry | None]:
-            return rules.reconnect(st, found.open_id, open_id, node_id, epoch, now=now)
+        def take(
+            st: FileState | None,
+        ) -> tuple[FileState | None, tuple[DisconnectedOpen, str] | None]:
+            new, entry = rules.reconnect(st, found.open_id, open_id, node_id, epoch, now=now)
+            if new is None or entry is None:
+                return new, None
+            return new, (_disconnected_view(new, entry), entry.durable_key)
 
-        entry = await self._apply(found.file, take)
-        if entry is None:
+        taken = await self._apply(found.file, take)
+        if taken is None:
             return None
-        if entry.durable_key:
-            await self._unindex(entry.durable_key, found.file)
-        st = await self._load(found.file)
-        now_entry = st.opens.get(open_id) if st is not None else None
-        if st is None or now_entry is None:
-            return None
-        return _disconnected_view(st, now_entry)
+        view, key = taken
+        if key:
+            await self._unindex(key, found.file)
+        return view
 
     async def sweep_disconnected(self) -> int:
         """Close the disconnected opens whose timeout ran out; how many went.

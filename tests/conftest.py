@@ -10,10 +10,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from gateway.cluster import ClusterSpec, LocalCluster
 
 REPO = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "test", "test"
@@ -136,3 +139,22 @@ def smbclient(
     ]  # fmt: skip
     env = dict(os.environ, HOME=str(node.share_dir.parent))
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@contextmanager
+def signalled_cluster(spec: ClusterSpec) -> Iterator[LocalCluster]:
+    """A running LocalCluster whose nodes a test may stop (SIGSTOP) or kill: a
+    stopped node is resumed before the cluster stops, whatever the test did,
+    and no node may have logged a traceback."""
+    c = LocalCluster(spec)
+    c.start()
+    try:
+        yield c
+    finally:
+        for node in c.nodes:
+            if node.proc.poll() is None:
+                os.kill(node.proc.pid, signal.SIGCONT)
+        c.stop()
+    for node in c.nodes:
+        assert node.log_path is not None
+        assert "Traceback" not in node.log_path.read_text(), node.log_path

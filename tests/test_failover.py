@@ -44,7 +44,7 @@ from smbprotocol.tree import TreeConnect
 
 from gateway.cluster import ClusterSpec, LocalCluster
 
-from .conftest import PASSWORD, USER, free_port, write_users
+from .conftest import PASSWORD, USER, free_port, signalled_cluster, write_users
 
 NODE_TTL = 1.0
 RWH = 0x7
@@ -73,16 +73,8 @@ def cluster(tmp_path: Path) -> Iterator[tuple[LocalCluster, Path]]:
         continuous_availability=True,
         log_dir=tmp_path / "logs",
     )
-    c = LocalCluster(spec)
-    c.start()
-    yield c, share
-    for node in c.nodes:  # a test failing half-way must not leave one stopped
-        if node.proc.poll() is None:
-            os.kill(node.proc.pid, signal.SIGCONT)
-    c.stop()
-    for node in c.nodes:
-        assert node.log_path is not None
-        assert "Traceback" not in node.log_path.read_text(), node.log_path
+    with signalled_cluster(spec) as c:
+        yield c, share
 
 
 class Client:
@@ -131,21 +123,30 @@ def _open(client: Client, name: str, contexts: list[Any], share: int, access: in
     return f
 
 
+def _leased(
+    client: Client, name: str, lease_key: bytes, disposition: int, durable: Any
+) -> tuple[Open, Any]:
+    """A read-write open sharing only reads, with an RWH lease and a durable
+    context (a request or a reconnect); the response's contexts."""
+    f = Open(client.tree, name)
+    got = f.create(
+        ImpersonationLevel.Impersonation, RW, FileAttributes.FILE_ATTRIBUTE_NORMAL,
+        ShareAccess.FILE_SHARE_READ, disposition, 0,
+        create_contexts=[_lease(lease_key), durable],
+        oplock_level=RequestedOplockLevel.SMB2_OPLOCK_LEVEL_LEASE,
+    )  # fmt: skip
+    return f, got
+
+
 def _durable(client: Client, name: str, lease_key: bytes, create_guid: uuid.UUID,
              persistent: bool) -> tuple[Open, int]:  # fmt: skip
     ask = SMB2CreateDurableHandleRequestV2()
     ask["timeout"] = 60_000
     ask["flags"] = DurableHandleFlags.SMB2_DHANDLE_FLAG_PERSISTENT if persistent else 0
     ask["create_guid"] = create_guid
-    f = Open(client.tree, name)
-    got = f.create(
-        ImpersonationLevel.Impersonation, RW, FileAttributes.FILE_ATTRIBUTE_NORMAL,
-        ShareAccess.FILE_SHARE_READ, CreateDisposition.FILE_OVERWRITE_IF, 0,
-        create_contexts=[
-            _lease(lease_key),
-            _context(CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2, ask),
-        ],
-        oplock_level=RequestedOplockLevel.SMB2_OPLOCK_LEVEL_LEASE,
+    f, got = _leased(
+        client, name, lease_key, CreateDisposition.FILE_OVERWRITE_IF,
+        _context(CreateContextName.SMB2_CREATE_DURABLE_HANDLE_REQUEST_V2, ask),
     )  # fmt: skip
     answer = next(c for c in got if "flags" in c.fields and "timeout" in c.fields)  # DH2Q's
     flags: int = answer["flags"].get_value()
@@ -159,15 +160,9 @@ def _reclaim(
     again["file_id"] = old.file_id
     again["create_guid"] = create_guid
     again["flags"] = DurableHandleFlags.SMB2_DHANDLE_FLAG_PERSISTENT
-    f = Open(client.tree, name)
-    f.create(
-        ImpersonationLevel.Impersonation, RW, FileAttributes.FILE_ATTRIBUTE_NORMAL,
-        ShareAccess.FILE_SHARE_READ, CreateDisposition.FILE_OPEN, 0,
-        create_contexts=[
-            _lease(lease_key),
-            _context(CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2, again),
-        ],
-        oplock_level=RequestedOplockLevel.SMB2_OPLOCK_LEVEL_LEASE,
+    f, _ = _leased(
+        client, name, lease_key, CreateDisposition.FILE_OPEN,
+        _context(CreateContextName.SMB2_CREATE_DURABLE_HANDLE_RECONNECT_V2, again),
     )  # fmt: skip
     return f
 

@@ -25,7 +25,7 @@ from clients.smb2client import SMB2Client, SmbError
 from gateway.cluster import ClusterSpec, LocalCluster
 from gateway.protocol.constants import CreateDisposition
 
-from .conftest import PASSWORD, USER, free_port, write_users
+from .conftest import PASSWORD, USER, free_port, signalled_cluster, write_users
 
 NODE_TTL = 1.0
 ROUNDS = int(os.environ.get("SMBGW_FROZEN_ROUNDS", "20"))
@@ -44,16 +44,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
         node_args=["--break-timeout", "5", "--node-ttl", str(NODE_TTL)],
         log_dir=tmp / "logs",
     )
-    c = LocalCluster(spec)
-    c.start()
-    yield c, share
-    for node in c.nodes:  # a test failing half-way must not leave one stopped
-        if node.proc.poll() is None:
-            os.kill(node.proc.pid, signal.SIGCONT)
-    c.stop()
-    for node in c.nodes:
-        assert node.log_path is not None
-        assert "Traceback" not in node.log_path.read_text(), node.log_path
+    with signalled_cluster(spec) as c:
+        yield c, share
 
 
 async def _connect(host: str, port: int, deadline: float) -> SMB2Client:

@@ -656,14 +656,12 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
     node.opens[op.bus_open_id] = op  # a break decided meanwhile must find it
     try:
         taken = await node.bus.reconnect(found, op.bus_open_id, node.node_id)
+        if taken is None:
+            raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "taken or expired meanwhile")
     except BaseException:
         node.opens.pop(op.bus_open_id, None)
         op.close_fd()
         raise
-    if taken is None:
-        node.opens.pop(op.bus_open_id, None)
-        op.close_fd()
-        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "taken or expired meanwhile")
     op.oplock_level = taken.oplock
     if held.lease_key is not None:
         opens.set_lease_state(
