@@ -53,6 +53,12 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.break_timeout = args.break_timeout
     if args.node_ttl is not None:
         cfg.node_ttl = args.node_ttl
+    if args.durable_timeout is not None:
+        cfg.durable_timeout = args.durable_timeout
+    if args.takeover:
+        cfg.takeover = True
+    if args.takeover_command is not None:
+        cfg.takeover_command = args.takeover_command
     if args.signing_required:
         cfg.signing_required = True
     if args.no_multichannel:
@@ -79,12 +85,16 @@ async def serve(cfg: Config) -> int:
             break_timeout=cfg.break_timeout,
             node_ttl=cfg.node_ttl,
             node_address=f"{cfg.listen_host}:{cfg.listen_port}",
+            takeover=cfg.takeover,
         )
     except ValueError as e:
         raise ConfigError(f"--bus {redact(cfg.bus_url or '')}: {e}") from None
     node = Node(cfg, bus)
     try:
         server = await node.start()
+    except ConfigError:
+        await bus.stop()
+        raise
     except OSError as e:
         await bus.stop()
         if e.errno == errno.EADDRINUSE:
@@ -124,8 +134,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--config", metavar="FILE.toml", help="settings file (flags override it)")
     p.add_argument("--break-timeout", type=float, help="seconds to wait for a break ack (35)")
     p.add_argument(
+        "--durable-timeout",
+        type=float,
+        help="seconds a durable handle waits for its client if it names none (60)",
+    )
+    p.add_argument(
         "--node-ttl", type=float, help="Redis bus: seconds before a silent node counts as dead (5)"
     )
+    p.add_argument(
+        "--takeover", action="store_true",
+        help="serve a dead node's address until it is back, and let others serve ours",
+    )  # fmt: skip
+    p.add_argument(
+        "--takeover-command", metavar="CMD",
+        help="run as 'CMD add|remove ADDRESS PORT' before taking / after giving back an address",
+    )  # fmt: skip
     p.add_argument("--signing-required", action="store_true", help="require SMB signing")
     p.add_argument(
         "--no-multichannel", action="store_true", help="refuse binding sessions to more connections"
@@ -154,6 +177,9 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         help="no shared bus: every node decides alone (shows what goes wrong)",
     )
     up.add_argument("--break-timeout", type=float, help="seconds to wait for a break ack (35)")
+    up.add_argument(
+        "--takeover", action="store_true", help="a live node serves a dead node's address"
+    )
     up.add_argument("--log-level", help="the nodes' log level (default INFO)")
 
 
@@ -182,6 +208,7 @@ def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
         bus=args.bus,
         uncoordinated=args.uncoordinated,
         continuous_availability=args.ca,
+        takeover=args.takeover,
         node_args=node_args,
     )
 

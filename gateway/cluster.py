@@ -26,6 +26,7 @@ from .config import BUS_PASSWORD_ENV, ConfigError, parse_share
 from .localredis import LocalRedis, RedisError
 
 MAX_NODES = 16
+_LISTENING = " listening on "  # in the line a node logs once it serves
 
 
 def node_address(index: int) -> str:
@@ -42,6 +43,7 @@ class ClusterSpec:
     bus: str | None = None  # None: start a private redis-server
     uncoordinated: bool = False  # every node on its own in-process bus (the naive setup)
     continuous_availability: bool = False  # every share CA (`smbgw serve --ca`)
+    takeover: bool = False  # a live node serves a dead node's address (`serve --takeover`)
     node_args: list[str] = field(default_factory=list)  # passed to every `smbgw serve`
     log_dir: Path | None = None  # None: node output goes to our stderr, prefixed
 
@@ -60,6 +62,8 @@ class ClusterSpec:
             raise ConfigError(f"users file {self.users} is not readable")
         if self.uncoordinated and self.bus:
             raise ConfigError("--uncoordinated runs without a shared bus; drop --bus")
+        if self.uncoordinated and self.takeover:
+            raise ConfigError("--takeover needs the shared bus; drop --uncoordinated")
 
 
 @dataclass
@@ -121,6 +125,8 @@ class LocalCluster:
             cmd += ["--share", share]
         if self.spec.continuous_availability:
             cmd.append("--ca")
+        if self.spec.takeover:
+            cmd.append("--takeover")
         env = None
         if self.bus_url and not self.spec.uncoordinated:
             # A password in the URL goes to the node in its environment, so
@@ -135,7 +141,8 @@ class LocalCluster:
         if self.spec.log_dir is not None:
             self.spec.log_dir.mkdir(parents=True, exist_ok=True)
             log_path = self.spec.log_dir / f"{node_id}.log"
-            out = open(log_path, "wb")  # noqa: SIM115 - the child owns it from here
+            # Appended to: a restarted node keeps its earlier life's log.
+            out = open(log_path, "ab")  # noqa: SIM115 - the child owns it from here
         else:
             out = subprocess.PIPE
         proc = subprocess.Popen(
@@ -163,6 +170,22 @@ class LocalCluster:
             except OSError:
                 time.sleep(0.05)
         raise ConfigError(f"node {node.node_id} not listening on {node.host}:{node.port}")
+
+    def restart(self, index: int, timeout: float = 20.0) -> NodeProcess:
+        """Start node ``index`` again (after a kill) and wait until it listens,
+        as its log says: with takeover another node may still be answering on
+        its address, so a connection proves nothing. Needs ``log_dir``."""
+        old = self.nodes[index]
+        if old.proc.poll() is None or old.log_path is None:
+            raise RuntimeError(f"node {old.node_id} is running, or has no log to watch")
+        seen = _listening_lines(old.log_path)
+        node = self.nodes[index] = self._start_node(index)
+        deadline = time.monotonic() + timeout
+        while _listening_lines(old.log_path) == seen:
+            if node.proc.poll() is not None or time.monotonic() > deadline:
+                raise ConfigError(f"node {node.node_id} did not come back: {_tail(old.log_path)}")
+            time.sleep(0.05)
+        return node
 
     def dead_nodes(self) -> list[NodeProcess]:
         return [n for n in self.nodes if n.proc.poll() is not None]
@@ -202,6 +225,10 @@ def _check_free(host: str, port: int) -> None:
             raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
 
 
+def _listening_lines(path: Path) -> int:
+    return path.read_text(errors="replace").count(_LISTENING)
+
+
 def _prefix(stream: IO[bytes], name: str) -> None:
     for line in iter(stream.readline, b""):
         sys.stderr.write(f"[{name}] {line.decode(errors='replace')}")
@@ -223,6 +250,8 @@ def connect_help(cluster: LocalCluster, user: str = "USER") -> str:
     lines = [f"cluster of {len(cluster.nodes)} node(s) serving share '{share}'{ca}:"]
     for node in cluster.nodes:
         lines.append(f"  {node.node_id}: smbclient //{node.host}/{share}{port_opt} -U {user}")
+    if cluster.spec.takeover:
+        lines.append("takeover: another node answers on a dead node's address until it is back")
     if cluster.bus_url:
         bus = redact(cluster.bus_url)
         lines.append(f"bus: {bus}  (smbgw status --bus {bus})")

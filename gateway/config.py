@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import shlex
+import shutil
 import socket
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from .fs.acl import check_rid_collisions
 
@@ -50,9 +54,18 @@ class Config:
     # more connections to this node (gateway/channels.py).
     multichannel: bool = True
     break_timeout: float = 35.0
+    # Seconds a durable handle waits for its client when the client names no
+    # timeout (and always for DHnQ): Samba's and Windows' 60 by default.
+    durable_timeout: float = 60.0
     # Redis bus: seconds without a heartbeat before other nodes release this
     # node's opens, oplocks, leases and locks.
     node_ttl: float = 5.0
+    # Address takeover (docs/operations.md, "Addresses that move"): serve a dead
+    # node's listen address until it registers again. The command, if any, is
+    # run as ``COMMAND add|remove ADDRESS PORT`` before taking and after
+    # giving back an address (moving the address on a real host).
+    takeover: bool = False
+    takeover_command: str | None = None
     max_io_size: int = 8 * 1024 * 1024
     max_credits: int = 8192
     # What one client may take of a node (docs/configuration.md#limits).
@@ -119,6 +132,13 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
+def _strict_bool(value: Any) -> bool:
+    # bool() would read the string "false" as true.
+    if not isinstance(value, bool):
+        raise ValueError(value)
+    return value
+
+
 # TOML key, Config attribute, conversion: the settings that are plain values.
 _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("users", "users_file", str),
@@ -130,7 +150,10 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("encrypt_required", "encrypt_required", bool),
     ("multichannel", "multichannel", bool),
     ("break_timeout", "break_timeout", float),
+    ("durable_timeout", "durable_timeout", float),
     ("node_ttl", "node_ttl", float),
+    ("takeover", "takeover", _strict_bool),
+    ("takeover_command", "takeover_command", str),
     ("max_io_size", "max_io_size", int),
     ("max_credits", "max_credits", int),
     ("logon_timeout", "logon_timeout", float),
@@ -224,6 +247,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("break_timeout must be positive")
     if cfg.node_ttl <= 0:
         raise ConfigError("node_ttl must be positive")
+    if not 0 < cfg.durable_timeout <= 300:
+        raise ConfigError("durable_timeout must be more than 0 and at most 300 seconds")
+    if cfg.takeover:
+        validate_takeover(cfg)
     if not 65536 <= cfg.max_io_size <= 8 * 1024 * 1024:
         raise ConfigError("max_io_size must be between 65536 and 8388608")
     positive = (
@@ -236,6 +263,40 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{name} must be positive")
     if not cfg.node_id:
         cfg.node_id = f"{socket.gethostname()}-{cfg.listen_host}-{cfg.listen_port}"
+
+
+def validate_takeover(cfg: Config) -> None:
+    """Takeover moves this node's listen address to another node: it needs one
+    address (not a wildcard, not a name) and a shared bus with other nodes."""
+    where = f"{cfg.listen_host}:{cfg.listen_port}"
+    try:
+        address = ipaddress.ip_address(cfg.listen_host)
+    except ValueError:
+        raise ConfigError(f"--takeover needs an IP address to listen on, not {where!r}") from None
+    if address.is_unspecified:
+        raise ConfigError(
+            f"--takeover cannot move the wildcard address {where}: listen on this "
+            "node's own address"
+        )
+    scheme = urlsplit(cfg.bus_url).scheme.lower() if cfg.bus_url else "memory"
+    if scheme == "memory":
+        raise ConfigError(
+            "--takeover needs a shared bus (--bus redis://...): on the in-process bus "
+            "there is no other node to take over from"
+        )
+    if cfg.takeover_command is not None:
+        _check_command(cfg.takeover_command)
+
+
+def _check_command(command: str) -> None:
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise ConfigError(f"takeover_command {command!r}: {e}") from None
+    if not argv:
+        raise ConfigError("takeover_command is empty")
+    if shutil.which(argv[0]) is None:
+        raise ConfigError(f"takeover_command: {argv[0]} is not an executable program")
 
 
 def load_users(path: str | os.PathLike[str]) -> dict[str, str]:

@@ -6,16 +6,20 @@ It is the SMB layer's ``NodeServices``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import logging
 import resource
+import secrets
 import socket
 import uuid
 from typing import Any
 
 from oplock_bus.api import BreakNotice, LockBus
+from oplock_bus.liveness import Liveness
 
-from .config import Config
+from .config import Config, ConfigError
 from .fs.vfs import ShareFS
 from .smb import breaks, channels, opens
 from .smb.channels import SESSION_TOPIC
@@ -24,12 +28,15 @@ from .smb.durable import DurableTable
 from .smb.limits import log_limit
 from .smb.notify import ChangeEvent, NotifyHub, local_event
 from .smb.state import Open, Session, TreeConnect
+from .takeover import AddressTakeover, listen_own
 
 log = logging.getLogger("smbgw.node")
 
 _SOCKET_RESERVE = 1024
 
 NOTIFY_TOPIC = "notify"
+
+Listener = tuple[str, int]  # (host, port) a node listens on
 
 
 class Node:
@@ -44,8 +51,13 @@ class Node:
         self._per_address: dict[str, int] = {}  # open connections by client address
         self.opens: dict[str, Open] = {}  # by bus open id
         self.sessions: dict[int, Session] = {}  # by id, whatever their connections (channels.py)
-        self._ids = itertools.count(1)
-        self._server: asyncio.base_events.Server | None = None
+        # Volatile FileIds start at a random point: a handle reconnected here
+        # keeps the one another node gave it, which must not come up again.
+        self._ids = itertools.count(secrets.randbits(40) + 1)
+        # Its own address, and those it took over from dead nodes (takeover.py).
+        self._servers: dict[Listener, asyncio.base_events.Server] = {}
+        self._listener_of: dict[SmbConnection, Listener] = {}  # where each was accepted
+        self._takeover: AddressTakeover | None = None
         # Directory changes made here also go to the other nodes' watches.
         self.notify_hub = NotifyHub(publish=self._publish_change)
         self._broadcasts: set[asyncio.Task[None]] = set()
@@ -96,14 +108,50 @@ class Node:
         self.bus.on_broadcast(SESSION_TOPIC, self._remote_previous_session)
         self.bus.fence_handler = self._fenced
         await self.bus.start()
-        self._server = await asyncio.start_server(
-            self._accept,
-            self.config.listen_host,
-            self.config.listen_port,
+        own = (self.config.listen_host, self.config.listen_port)
+        if not self.config.takeover:
+            await self.listen(*own)
+            return self._servers[own]
+        liveness = self._liveness()
+        await listen_own(self, liveness, self.node_id, *own)
+        self._takeover = AddressTakeover(self.node_id, liveness, self, self.config.takeover_command)
+        self._takeover.start()
+        return self._servers[own]
+
+    def _liveness(self) -> Liveness:
+        from oplock_bus.redis_bus import RedisBus
+
+        if not isinstance(self.bus, RedisBus):
+            raise ConfigError("--takeover needs a Redis bus (--bus redis://...)")
+        return self.bus.liveness
+
+    # -- listening sockets (Listeners, for takeover.py) ------------------------
+
+    async def listen(self, host: str, port: int) -> None:
+        self._servers[(host, port)] = await asyncio.start_server(
+            functools.partial(self._accept, listener=(host, port)),
+            host,
+            port,
             reuse_address=True,
             limit=1024 * 1024,
         )
-        return self._server
+
+    async def unlisten(self, host: str, port: int) -> int:
+        """Stop listening on (host, port) and drop the connections accepted
+        there: their clients come back through the address's owner."""
+        server = self._servers.pop((host, port), None)
+        if server is None:
+            return 0
+        server.close()
+        accepted = [c for c, where in self._listener_of.items() if where == (host, port)]
+        for conn in accepted:
+            await conn.teardown()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 5)
+        return len(accepted)
+
+    def listening(self) -> list[str]:
+        return [f"{host}:{port}" for host, port in self._servers]
 
     def _publish_change(self, event: ChangeEvent) -> None:
         task = asyncio.get_running_loop().create_task(self._broadcast_change(event))
@@ -134,16 +182,21 @@ class Node:
         await self.durable.close_all()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._takeover is not None:
+            await self._takeover.stop()  # gives back what it took over, commands run
+        servers = list(self._servers.values())
+        for server in servers:
+            server.close()
         for conn in list(self.connections):
             await conn.teardown()
         await self.durable.close_all()
-        if self._server is not None:
-            await self._server.wait_closed()
+        for server in servers:
+            await server.wait_closed()
         await self.bus.stop()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: Listener
+    ) -> None:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -156,10 +209,12 @@ class Node:
         self._per_address[address] = self._per_address.get(address, 0) + 1
         conn = SmbConnection(self, reader, writer)
         self.connections.add(conn)
+        self._listener_of[conn] = listener
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            self._listener_of.pop(conn, None)
             left = self._per_address.pop(address) - 1
             if left:
                 self._per_address[address] = left

@@ -21,6 +21,7 @@ def make_bus(
     node_ttl: float = 5.0,
     node_address: str | None = None,
     local_delivery: bool = True,
+    takeover: bool = False,
 ) -> LockBus:
     """Build the bus a node runs on; raises ValueError for an unknown scheme
     or a malformed URL. Nothing connects before ``start()``.
@@ -30,7 +31,8 @@ def make_bus(
     released. ``node_address`` is shown by ``smbgw status``.
     ``local_delivery=False`` sends even breaks for nodes on this same bus
     through Redis (for tests of the cross-node path). ``password`` is the
-    Redis password when the URL carries none.
+    Redis password when the URL carries none. ``takeover`` (Redis only) marks
+    the node as taking part in address takeover (``gateway/takeover.py``).
     """
     scheme = urlsplit(url).scheme.lower() if url else "memory"
     if scheme == "memory":
@@ -51,6 +53,7 @@ def make_bus(
             node_ttl=node_ttl,
             node_address=node_address,
             local_delivery=local_delivery,
+            takeover=takeover,
         )
     from .redis_url import redact
 

@@ -8,6 +8,11 @@ Keys (after the namespace; one hash tag, so the scripts run on Cluster):
   survivors know whom to look for.
 - ``{nodes}:hb:<node-id>``: ``"<epoch> <redis time>"`` with a TTL, renewed
   every TTL/3. When it expires the node counts as dead.
+- ``{nodes}:addresses``: node id -> JSON (id, listen address, the addresses
+  it listens on now) for every node that runs with address takeover
+  (``gateway/takeover.py``). Unlike the member record it stays when the node
+  dies: that is how the others know which address to take over. A clean stop
+  removes it (a node that leaves on purpose takes its address with it).
 
 Every node runs a watcher; whoever first sees a member without heartbeat
 claims its cleanup (``{nodes}:reaping:...``, SET NX with expiry), closes
@@ -81,6 +86,7 @@ class Liveness:
         release: Release,
         on_fenced: Fenced | None = None,
         sweep: Sweep | None = None,
+        takeover: bool = False,
     ) -> None:
         if ttl <= 0:
             raise ValueError("node_ttl must be positive")
@@ -90,6 +96,9 @@ class Liveness:
         self.release = release
         self.on_fenced = on_fenced
         self.sweep = sweep
+        # Shown in the member record: a live node with takeover may be chosen
+        # to serve a dead one's address.
+        self.takeover = takeover
         self.nodes: dict[NodeId, Registration] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
@@ -103,6 +112,10 @@ class Liveness:
 
     def hb_key(self, node_id: NodeId) -> str:
         return self.store.key(f"{{nodes}}:hb:{node_id}")
+
+    @property
+    def addresses_key(self) -> str:
+        return addresses_key(self.store)
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -123,6 +136,12 @@ class Liveness:
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self._tasks = []
+        if self.nodes:
+            # First, so that nobody sees the entry without a heartbeat and
+            # takes over the address of a node that leaves on purpose (also
+            # one left by an earlier life that ran with takeover).
+            with contextlib.suppress(Exception), bus_errors():
+                await self.store.client.hdel(self.addresses_key, *self.nodes)
         for reg in self.nodes.values():
             if reg.ready.is_set():
                 with contextlib.suppress(Exception), bus_errors():
@@ -195,9 +214,10 @@ class Liveness:
         assert hub is not None
         # Listen for our breaks before anyone can address one to us.
         await hub.confirm([self.store.node_channel(reg.node_id)])
-        record = json.dumps(
-            {"id": reg.node_id, "address": reg.address, "started": reg.started, "ttl": self.ttl}
-        )[:-1]
+        record = json.dumps({
+            "id": reg.node_id, "address": reg.address, "started": reg.started, "ttl": self.ttl,
+            "takeover": self.takeover,
+        })[:-1]  # fmt: skip
         with bus_errors():
             epoch, previous = await scripts.register(
                 self.store.client,
@@ -332,6 +352,33 @@ class Liveness:
         self.reaped.append((node_id, epoch))
         return True
 
+    # -- address takeover ------------------------------------------------------------------
+
+    async def wait_registered(self, node_id: NodeId) -> bool:
+        """Whether ``node_id`` is registered, waiting up to the command timeout."""
+        reg = self.nodes.get(node_id)
+        if reg is None:
+            return False
+        try:
+            await asyncio.wait_for(reg.ready.wait(), self.store.target.timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def publish_serving(self, node_id: NodeId, serving: list[str]) -> None:
+        """Enter ``node_id`` (its address) as movable, with the addresses it
+        listens on now; only while it is registered, so that an entry never
+        shows up without a heartbeat beside it."""
+        reg = self.nodes.get(node_id)
+        if reg is None or not reg.ready.is_set():
+            return
+        entry = json.dumps({"id": node_id, "address": reg.address, "serving": sorted(serving)})
+        with bus_errors():
+            await self.store.client.hset(self.addresses_key, node_id, entry)
+
+    async def address_view(self) -> AddressView:
+        return await read_address_view(self.store)
+
     # -- introspection ---------------------------------------------------------------------
 
 
@@ -353,3 +400,51 @@ async def read_members(store: RedisStore) -> list[dict[str, Any]]:
             rec["alive"] = beat is not None
             out.append(rec)
     return sorted(out, key=lambda r: str(r["id"]))
+
+
+def addresses_key(store: RedisStore) -> str:
+    return store.key("{nodes}:addresses")
+
+
+@dataclass(frozen=True)
+class AddressView:
+    """One read of who is alive and who listens where, for address takeover
+    and ``smbgw status``."""
+
+    alive: dict[NodeId, dict[str, Any]]  # live members' records, by id
+    entries: dict[NodeId, dict[str, Any]]  # every takeover node's entry, dead ones too
+
+    def owners(self) -> dict[str, NodeId]:
+        """address -> the node whose listen address it is (a live one first)."""
+        out = {e["address"]: node for node, e in self.entries.items()}
+        out.update({rec["address"]: node for node, rec in self.alive.items()})
+        return out
+
+    def served(self) -> dict[str, list[NodeId]]:
+        """address -> the live nodes listening on it: a takeover node as it
+        told the bus, any other live node on its own address."""
+        out: dict[str, list[NodeId]] = {}
+        for node, rec in sorted(self.alive.items()):
+            if rec.get("takeover"):
+                listening = self.entries.get(node, {}).get("serving", [])
+            else:
+                listening = [rec["address"]]
+            for address in listening:
+                out.setdefault(address, []).append(node)
+        return out
+
+
+async def read_address_view(
+    store: RedisStore, members: list[dict[str, Any]] | None = None
+) -> AddressView:
+    """``members``: what ``read_members`` just returned, if the caller has it."""
+    if members is None:
+        members = await read_members(store)
+    with bus_errors():
+        raw: dict[Any, Any] = await store.client.hgetall(addresses_key(store))
+    entries = {}
+    for value in raw.values():
+        entry = json.loads(value)
+        entries[str(entry["id"])] = entry
+    alive = {str(m["id"]): m for m in members if m["alive"]}
+    return AddressView(alive, entries)

@@ -42,6 +42,7 @@ class RedisBus(Coordinator):
         node_address: str | None = None,
         local_delivery: bool = True,
         clock: Callable[[], float] = time.time,
+        takeover: bool = False,
     ) -> None:
         self.redis_store = RedisStore(target, local_delivery=local_delivery)
         super().__init__(self.redis_store, break_timeout=break_timeout, clock=clock)
@@ -53,6 +54,7 @@ class RedisBus(Coordinator):
             release=self.drop_node,
             on_fenced=self._fenced,
             sweep=self.sweep_disconnected,
+            takeover=takeover,
         )
 
     async def start(self) -> None:

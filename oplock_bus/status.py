@@ -1,6 +1,7 @@
 """``smbgw status``: the cluster as the bus sees it.
 
-Nodes (id, address, epoch, last heartbeat), open files with their opens,
+Nodes (id, address, epoch, last heartbeat), which node serves which address
+(its own, or one taken over from a dead node), open files with their opens,
 oplock and lease states, byte-range locks and lock waiters, and the breaks
 still waiting for an acknowledgement.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from .api import OPLOCK_BATCH, OPLOCK_EXCLUSIVE, OPLOCK_II, OPLOCK_LEASE, BusUnavailable
 from .coordinator import Coordinator
-from .liveness import read_members
+from .liveness import AddressView, read_address_view, read_members
 from .redis_store import RedisStore
 from .redis_url import SCHEMES, parse_url, redact
 
@@ -37,6 +38,7 @@ async def collect(url: str, password: str | None = None) -> dict[str, Any]:
     try:
         await store.start(subscriber=False)
         nodes = await read_members(store)
+        view = await read_address_view(store, nodes)
         snap = await Coordinator(store).snapshot()
         now = float((await store.client.time())[0])
     finally:
@@ -46,10 +48,36 @@ async def collect(url: str, password: str | None = None) -> dict[str, Any]:
         "namespace": target.namespace,
         "time": now,
         "nodes": nodes,
+        "addresses": addresses(view),
         "files": snap["files"],
         "leases": snap["leases"],
         "pending_breaks": pending_breaks(snap["files"]),
     }
+
+
+def addresses(view: AddressView) -> list[dict[str, Any]]:
+    """Every address a node has or serves: its owner, whether that owner is
+    alive, and the live nodes listening on it (another than the owner: taken
+    over; none: nobody answers there)."""
+    owners = view.owners()
+    served = view.served()
+    out = []
+    for address in sorted(set(owners) | set(served)):
+        owner = owners.get(address)
+        out.append({
+            "address": address, "owner": owner, "owner_alive": owner in view.alive,
+            "served_by": served.get(address, []),
+        })  # fmt: skip
+    return out
+
+
+def _address_line(a: dict[str, Any]) -> str:
+    owner, by = a["owner"], a["served_by"]
+    if not by:
+        why = f" (its owner {owner} is dead)" if owner and not a["owner_alive"] else ""
+        return f"  {a['address']}  not served{why}"
+    taken = f" (taken over from {owner})" if owner and owner not in by else ""
+    return f"  {a['address']}  served by {', '.join(by)}{taken}"
 
 
 def pending_breaks(files: dict[str, Any]) -> list[dict[str, Any]]:
@@ -80,7 +108,10 @@ def render(st: dict[str, Any]) -> str:
     for n in st["nodes"]:
         beat = n["heartbeat"]
         seen = f"last heartbeat {max(0.0, now - beat):.1f}s ago" if beat else "DEAD: no heartbeat"
-        lines.append(f"  {n['id']}  {n['address']}  epoch {n['epoch']}  {seen}")
+        takeover = "  takeover" if n.get("takeover") else ""
+        lines.append(f"  {n['id']}  {n['address']}  epoch {n['epoch']}  {seen}{takeover}")
+    lines.append(f"addresses ({len(st['addresses'])}):")
+    lines.extend(_address_line(a) for a in st["addresses"])
     lines.append(f"open files ({len(st['files'])}):")
     for file, doc in sorted(st["files"].items()):
         flags = "  delete pending" if doc.get("delete_pending") else ""

@@ -26,14 +26,23 @@ SHARE_ALL = (
 RW = FilePipePrinterAccessMask.GENERIC_READ | FilePipePrinterAccessMask.GENERIC_WRITE
 
 
+def logged_on(
+    host: str, port: int, *, require_signing: bool = False, timeout: int = 10
+) -> tuple[Connection, TreeConnect]:
+    """A connection logged on as the test user, connected to the share."""
+    conn = Connection(uuid.uuid4(), host, port, require_signing=require_signing)
+    conn.connect(timeout=timeout)
+    session = Session(conn, USER, PASSWORD, auth_protocol="ntlm")
+    session.connect()
+    tree = TreeConnect(session, rf"\\{host}\share")
+    tree.connect()
+    return conn, tree
+
+
 class SmbpTree:
     def __init__(self, node: GatewayNode) -> None:
-        self.conn = Connection(uuid.uuid4(), node.host, node.port)
-        self.conn.connect()
-        self.session = Session(self.conn, USER, PASSWORD, auth_protocol="ntlm")
-        self.session.connect()
-        self.tree = TreeConnect(self.session, rf"\\{node.host}\share")
-        self.tree.connect()
+        self.conn, self.tree = logged_on(node.host, node.port)
+        self.session = self.tree.session
 
     def open(self, name: str, access: int = RW, disposition: int = CreateDisposition.FILE_OPEN_IF,
              options: int = 0, send: bool = True) -> Any:  # fmt: skip

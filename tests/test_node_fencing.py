@@ -5,27 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from smbprotocol.connection import Connection
-from smbprotocol.session import Session
-from smbprotocol.tree import TreeConnect
 
 from gateway.localredis import LocalRedis
 
-from .conftest import PASSWORD, USER, start_gateway
-
-
-def _connected(host: str, port: int) -> tuple[Connection, TreeConnect]:
-    conn = Connection(uuid.uuid4(), host, port, require_signing=True)
-    conn.connect(timeout=10)
-    session = Session(conn, USER, PASSWORD, auth_protocol="ntlm")
-    session.connect()
-    tree = TreeConnect(session, rf"\\{host}\share")
-    tree.connect()
-    return conn, tree
+from .conftest import start_gateway
+from .smbp import logged_on
 
 
 def test_a_node_that_loses_redis_drops_its_clients(tmp_path: Path) -> None:
@@ -33,7 +20,7 @@ def test_a_node_that_loses_redis_drops_its_clients(tmp_path: Path) -> None:
         assert redis.proc is not None
         node = start_gateway(tmp_path / "gw", extra=["--bus", redis.url, "--node-ttl", "1.5"])
         try:
-            conn, tree = _connected(node.host, node.port)
+            conn, tree = logged_on(node.host, node.port, require_signing=True)
             tree.disconnect()  # the connection answers while the bus is there
             tree.connect()
             os.kill(redis.proc.pid, signal.SIGSTOP)  # Redis hangs: no heartbeat gets through
@@ -46,7 +33,7 @@ def test_a_node_that_loses_redis_drops_its_clients(tmp_path: Path) -> None:
             assert "lost the bus: dropping every client connection" in node.log()
             # Back on the bus, the node serves new connections again.
             time.sleep(1.0)
-            conn2, tree2 = _connected(node.host, node.port)
+            conn2, tree2 = logged_on(node.host, node.port, require_signing=True)
             tree2.disconnect()
             conn2.disconnect(True)
         finally:
