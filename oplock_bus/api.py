@@ -186,7 +186,7 @@ class AckResult:
 
 @dataclass(frozen=True)
 class DisconnectedOpen:
-    """A durable open whose node died, as a node taking it over sees it."""
+    """A disconnected durable open, as a node taking it over sees it."""
 
     file: FileKey
     open_id: OpenId
@@ -305,11 +305,26 @@ class LockBus(abc.ABC):
     async def snapshot(self) -> dict[str, Any]:
         """The whole lock space as plain data (for ``smbgw status``)."""
 
-    # -- durable opens outliving their node -------------------------------------------
-    # A bus whose nodes cannot die apart (in-process) has no disconnected opens.
+    # -- durable opens outliving their connection or node ------------------------------
+
+    async def disconnect(
+        self,
+        file: FileKey,
+        open_id: OpenId,
+        timeout_ms: int | None = None,
+        handle: dict[str, Any] | None = None,
+    ) -> bool:
+        """Its client's connection dropped: keep durable ``open_id`` (share
+        mode, caching, locks), disconnected, for ``timeout_ms`` (else the
+        timeout it was opened with), for a reconnect through any node; or
+        close it if it may not be kept (MS-SMB2 3.3.7.1). ``handle`` joins
+        its reclaim data (what its node knew of the handle beyond the open,
+        as its file position). Whether it was kept."""
+        raise NotImplementedError
 
     async def find_disconnected(self, durable_key: str) -> DisconnectedOpen | None:
-        """The durable open left behind by a dead node under ``durable_key``."""
+        """The durable open left behind, by its connection or its dead node,
+        under ``durable_key``."""
         return None
 
     async def reconnect(

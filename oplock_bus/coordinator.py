@@ -493,15 +493,21 @@ class Coordinator(LockBus):
                 if entry.get("node_id") != node_id:
                     continue
                 if epoch is None or entry.get("epoch", 0) <= epoch:
-                    await self._disconnect(doc["file"], open_id)
+                    await self.disconnect(doc["file"], open_id)
                     released += 1
         return released
 
-    async def _disconnect(self, file: FileKey, open_id: OpenId) -> None:
+    async def disconnect(
+        self,
+        file: FileKey,
+        open_id: OpenId,
+        timeout_ms: int | None = None,
+        handle: dict[str, Any] | None = None,
+    ) -> bool:
         now = self.clock()
 
         def leave(st: FileState | None) -> tuple[FileState | None, rules.DisconnectOutcome]:
-            out = rules.disconnect(st, open_id, now=now)
+            out = rules.disconnect(st, open_id, now=now, durable_ms=timeout_ms, handle=handle)
             return out.state, out
 
         out = await self._apply(
@@ -518,6 +524,8 @@ class Coordinator(LockBus):
                 durable_doc_key(entry.durable_key), lambda _doc: (index, None)
             )
             log.info("open %s of %s kept for %d ms for its client", open_id, file, entry.durable_ms)
+            return True
+        return False
 
     async def _unindex(self, key: str, file: FileKey) -> None:
         def forget(doc: Any) -> tuple[Any, None]:

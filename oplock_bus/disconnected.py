@@ -1,8 +1,10 @@
-"""Durable opens that outlive their node (MS-SMB2 3.3.7.1, 3.3.5.9.7/12).
+"""Durable opens that outlive their connection and their node (MS-SMB2
+3.3.7.1, 3.3.5.9.7/12).
 
-When a node dies, each of its durable opens that may still be reclaimed (a
-persistent one, or one holding handle caching) stays in the file's record,
-disconnected: no node, the time it was left behind. Its share mode, lease and
+When a client's connection drops, or its node dies, each of its durable opens
+that may still be reclaimed (a persistent one, or one holding handle caching)
+stays in the file's record, disconnected: no node, the time it was left
+behind. Whichever node the client reconnects through takes it over. Its share mode, lease and
 byte-range locks keep holding, so nobody slips in before its client comes back
 through another node, until its timeout. What it cannot do is answer a break:
 
@@ -20,6 +22,7 @@ and forgets index entries for what these functions close (``Released``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .api import BreakNotice, NodeId, OpenId
 from .brl import release_open
@@ -100,13 +103,26 @@ def settle_break(st: FileState, o: OpenEntry) -> None:
         o.oplock = o.break_to_required
 
 
-def disconnect(st: FileState, open_id: OpenId, now: float, released: Released) -> bool:
-    """Its node died: keep ``open_id`` disconnected if it may be reclaimed,
-    else close it. In place; whether it was kept."""
+def disconnect(
+    st: FileState,
+    open_id: OpenId,
+    now: float,
+    released: Released,
+    durable_ms: int | None = None,
+    handle: dict[str, Any] | None = None,
+) -> bool:
+    """Its node died, or its client's connection: keep ``open_id``
+    disconnected (for ``durable_ms``, if given, with ``handle`` added to its
+    reclaim data) if it may be reclaimed, else close it. In place; whether it
+    was kept."""
     o = st.opens[open_id]
     if not keeps(st, o):
         drop_open(st, open_id, released)
         return False
+    if durable_ms:
+        o.durable_ms = durable_ms
+    if handle:
+        o.reclaim = {**(o.reclaim or {}), **handle}
     settle_break(st, o)
     o.node_id = ""
     o.epoch = 0

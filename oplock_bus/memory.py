@@ -19,6 +19,8 @@ from .store import Doc, Store, Subscription
 
 log = logging.getLogger("oplock_bus.memory")
 
+SWEEP_INTERVAL = 1.0  # seconds
+
 
 class _MemorySubscription(Subscription):
     def __init__(self, store: MemoryStore, channels: Iterable[str]) -> None:
@@ -123,3 +125,25 @@ class InProcessBus(Coordinator):
     ) -> None:
         super().__init__(MemoryStore(), break_timeout=break_timeout, clock=clock)
         self.node_id = node_id
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await super().start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await super().stop()
+
+    async def _sweep_loop(self) -> None:
+        """Close disconnected opens nobody came back for (on Redis, the
+        liveness watchers do it): an opener would close them anyway, but
+        nothing else frees their records."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                await self.sweep_disconnected()
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("sweeping disconnected opens failed")

@@ -13,6 +13,7 @@ Byte-range locks live in :mod:`oplock_bus.brl` and are re-exported here.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 from . import disconnected
 from .access import FILE_WRITE_DATA, is_lease_stat_open, is_oplock_stat_open, share_conflict
@@ -316,6 +317,7 @@ def needs_record(req: OpenRequest) -> bool:
         and (req.oplock == OPLOCK_NONE or not req.created)
         and req.disposition != Disposition.OVERWRITE  # breaks as a write would
         and not req.holds_record
+        and not req.durable_ms  # it may have to outlive its connection here
     )
 
 
@@ -656,13 +658,21 @@ def _closed(st: FileState, released: Released) -> CloseOutcome:
 # -- durable opens of a dead node (see oplock_bus.disconnected) ---------------------------
 
 
-def disconnect(state: FileState | None, open_id: OpenId, *, now: float) -> DisconnectOutcome:
-    """The open's node died: keep it disconnected if it may be reclaimed, else close it."""
+def disconnect(
+    state: FileState | None,
+    open_id: OpenId,
+    *,
+    now: float,
+    durable_ms: int | None = None,
+    handle: dict[str, Any] | None = None,
+) -> DisconnectOutcome:
+    """The open's node or connection is gone: keep it disconnected (for
+    ``durable_ms``, if given) if it may be reclaimed, else close it."""
     if state is None or open_id not in state.opens:
         return DisconnectOutcome(state, False, CloseOutcome(state, (), ()))
     st, _ = _fresh(state, state.file, now)
     released = Released()
-    kept = disconnected.disconnect(st, open_id, now, released)
+    kept = disconnected.disconnect(st, open_id, now, released, durable_ms, handle)
     return DisconnectOutcome(st, kept, _closed(st, released))
 
 

@@ -141,6 +141,30 @@ def smbclient(
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def local_spec(
+    tmp: Path,
+    *,
+    nodes: int = 2,
+    node_args: list[str] | None = None,
+    ca: bool = False,
+    takeover: bool = False,
+) -> ClusterSpec:
+    """A LocalCluster of ``nodes`` on a fresh port, sharing ``tmp/share`` to the
+    test user, its logs in ``tmp/logs``."""
+    share = tmp / "share"
+    share.mkdir(exist_ok=True)
+    return ClusterSpec(
+        nodes=nodes,
+        port=free_port(),
+        shares=[f"share={share}"],
+        users=str(write_users(tmp / "users")),
+        node_args=node_args or [],
+        continuous_availability=ca,
+        takeover=takeover,
+        log_dir=tmp / "logs",
+    )
+
+
 @contextmanager
 def signalled_cluster(spec: ClusterSpec) -> Iterator[LocalCluster]:
     """A running LocalCluster whose nodes a test may stop (SIGSTOP) or kill: a

@@ -1,7 +1,9 @@
-"""Durable opens outlive their node (issue 12): on the bus, against every store.
+"""Durable opens outlive their connection and their node (issue 12): on the
+bus, against every store.
 
 Node A's client holds a durable or persistent open; node A dies (the bus is
-told, as liveness tells it, through ``drop_node``). The open stays in the
+told, as liveness tells it, through ``drop_node``), or only the client's
+connection drops (node A calls ``disconnect``). The open stays in the
 record, disconnected, holding its share mode, lease and locks, until a client
 takes it over through node B or its timeout runs out; what a disconnected
 open cannot do is answer a break (see ``oplock_bus.disconnected``).
@@ -24,7 +26,6 @@ from oplock_bus.api import (
     STATUS_LOCK_NOT_GRANTED,
     STATUS_SHARING_VIOLATION,
     STATUS_SUCCESS,
-    LockBus,
     LockRange,
     Operation,
 )
@@ -222,10 +223,67 @@ def test_two_nodes_racing_for_one_open_get_it_once(backend: str) -> None:
     run(body())
 
 
-def test_a_bus_whose_nodes_cannot_die_apart_has_nothing_disconnected() -> None:
+def test_a_dropped_connections_durable_open_waits_for_its_client(backend: str) -> None:
     async def body() -> None:
-        bus: LockBus = await started("memory")
-        assert await bus.find_disconnected("anything") is None
+        bus = await _bus(backend)
+        a = Client(bus, "A")
+        await a.open("h", share=SHARE_NONE, durable_ms=60_000, lease=a.lease(1, R | W | H))
+        assert await bus.lock(F, a.oid("h"), LOCK, wait=False) == STATUS_SUCCESS
+        before = time.time()
+        # Node A is alive; only its client's connection dropped (a resiliency
+        # timeout of 5 s replaces the 60 s, the file position travels along).
+        assert await bus.disconnect(F, a.oid("h"), 5_000, {"position": 4096})
+        found = await bus.find_disconnected("h")
+        assert found is not None and found.reclaim == {"client": "A", "position": 4096}
+        _, index = await bus.store.load("durable:{h}")
+        assert index is not None and before + 5 <= index["expires"] <= time.time() + 5
+        # Its client comes back through node B: lease and lock go with it.
+        taken = await bus.reconnect(found, "B/h", "B")
+        assert taken is not None and taken.lease_state == R | W | H
+        snap = (await bus.snapshot())["files"][F]
+        assert list(snap["opens"]) == ["B/h"]
+        assert [lock["open_id"] for lock in snap["locks"]] == ["B/h"]
+        await bus.stop()
+
+    run(body())
+
+
+def test_a_dropped_connection_closes_an_open_without_handle_caching(backend: str) -> None:
+    async def body() -> None:
+        bus = await _bus(backend)
+        a = Client(bus, "A")
+        await a.open("h", share=SHARE_NONE, durable_ms=60_000, lease=a.lease(1, R))
+        assert not await bus.disconnect(F, a.oid("h"), None)
+        assert await bus.find_disconnected("h") is None
+        c = Client(bus, "C")
+        assert (await c.open("x", share=SHARE_NONE)).status == STATUS_SUCCESS
+        await bus.stop()
+
+    run(body())
+
+
+def test_a_durable_attribute_open_is_recorded_so_it_can_wait(backend: str) -> None:
+    async def body() -> None:
+        bus = await _bus(backend)
+        a = Client(bus, "A")
+        # Attribute-only opens stay out of the record, except a durable one.
+        await a.open("h", access=0x80, share=SHARE_ALL, durable_ms=60_000, persistent=True)
+        assert await bus.disconnect(F, a.oid("h"))
+        assert await bus.find_disconnected("h") is not None
+        await bus.stop()
+
+    run(body())
+
+
+def test_the_in_process_bus_sweeps_what_nobody_reclaims() -> None:
+    async def body() -> None:
+        bus = await _bus("memory")
+        a = Client(bus, "A")
+        await a.open("h", share=SHARE_NONE, durable_ms=200, persistent=True)
+        assert await bus.disconnect(F, a.oid("h"))
+        await asyncio.sleep(1.5)  # nobody opens the file: the sweep closes it
+        assert await bus.store.keys("durable:") == []
+        assert (await bus.snapshot())["files"] == {}
         await bus.stop()
 
     run(body())

@@ -24,7 +24,7 @@ from bench.samba import Smbd
 from clients.caching import RWH, CachingFile
 from clients.jet import LOCK_BASE, JetConfig, JetReport, decode_page, encode_page, run_jet
 from clients.smb2client import SMB2Client, SmbError
-from gateway.cluster import ClusterSpec, LocalCluster
+from gateway.cluster import LocalCluster
 from gateway.protocol.constants import CreateDisposition, Dialect
 
 from .conftest import (
@@ -32,8 +32,8 @@ from .conftest import (
     USER,
     GatewayNode,
     free_port,
+    local_spec,
     start_gateway,
-    write_users,
 )
 
 
@@ -86,15 +86,7 @@ def test_jet_on_a_coordinated_two_node_cluster_loses_nothing(tmp_path: Path) -> 
     """The same workload over two nodes sharing a Redis bus: breaks cross nodes."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    share = tmp_path / "share"
-    share.mkdir()
-    spec = ClusterSpec(
-        nodes=2,
-        port=free_port(),
-        shares=[f"share={share}"],
-        users=str(write_users(tmp_path / "users")),
-        log_dir=tmp_path / "logs",
-    )
+    spec = local_spec(tmp_path)
     with LocalCluster(spec) as cluster:
         report = jet(cluster.endpoints, JetConfig(clients=4, updates=1000, seed=7))
     assert report.committed == 1000

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.cluster import ClusterSpec, LocalCluster
+from gateway.cluster import LocalCluster
 
-from .conftest import free_port, write_users
+from .conftest import local_spec
 from .test_torture import NODE_ARGS, check_results, run_suite
 
 KNOWN = tomllib.loads(
@@ -26,16 +26,7 @@ SUITES = list(KNOWN["floors"])
 @pytest.mark.torture
 @pytest.mark.parametrize("suite", SUITES)
 def test_suite_over_two_nodes(suite: str, tmp_path: Path) -> None:
-    share = tmp_path / "share"
-    share.mkdir()
-    spec = ClusterSpec(
-        nodes=2,
-        port=free_port(),
-        shares=[f"share={share}"],
-        users=str(write_users(tmp_path / "users")),
-        node_args=list(NODE_ARGS),
-        log_dir=tmp_path / "logs",
-    )
+    spec = local_spec(tmp_path, node_args=list(NODE_ARGS))
     cluster = LocalCluster(spec)
     cluster.start()
     outdir = tmp_path / "out"

@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import Any
 
 from ..auth import Authenticator, AuthError
@@ -48,6 +49,10 @@ from .services import NodeServices
 from .state import Channel, ConnectionState, Session, SessionState
 
 SESSION_TOPIC = "previous-session"
+# How long a durable reconnect in a new session waits for the handles of the
+# session it replaced on another node to reach the bus (a broadcast, then
+# that node's teardown: milliseconds unless that node is dying).
+HANDOFF_WAIT = 2.0
 
 log = logging.getLogger("smbgw.channels")
 
@@ -234,6 +239,7 @@ async def end_previous_session(node: NodeServices, session_id: int, successor: S
     # it had there, whose opens and locks that node may still hold.
     payload = {"session": session_id, "user": successor.username,
                "domain": successor.domain, "by": successor.session_id}  # fmt: skip
+    successor.handoff_until = time.monotonic() + HANDOFF_WAIT
     try:
         await node.bus.broadcast(SESSION_TOPIC, payload)
     except Exception as e:  # noqa: BLE001 - the old session then ends with its transport

@@ -8,9 +8,12 @@ and nobody else slipped in between. The node parks such opens in a
 aimed at a parked open cannot be delivered, so the open is closed instead
 and the opener waiting for it proceeds at once (Samba does the same).
 
-A durable open also outlives its node: the bus keeps it, disconnected, when
-the node dies (``oplock_bus.disconnected``), with what ``reclaim_data`` says
-of it, so that a reconnect through any other node takes it over. Persistent
+Durable opens are not parked here but left to the bus, which keeps them
+disconnected (``oplock_bus.disconnected``) with what ``reclaim_data`` says of
+them, when their connection drops or their node dies: a reconnect through any
+node takes them over (``handlers.create``). The table keeps what the bus
+cannot: resilient handles, stream handles, and durable ones while the bus is
+unreachable. Persistent
 handles (on continuously available shares) are kept whatever their caching,
 and nobody else gets the file meanwhile.
 """
@@ -52,12 +55,13 @@ class DurableAsk:
     # guid reclaims it (smbtorture smb2.durable-open.reopen2-lease).
     create_guid: bytes = bytes(16)
     persistent: bool = False  # SMB2_DHANDLE_FLAG_PERSISTENT asked
+    default_ms: int = DEFAULT_TIMEOUT_MS  # the node's durable_timeout
 
     def timeout(self) -> int:
         """The timeout granted, in ms."""
         if self.version == 1:
-            return DEFAULT_TIMEOUT_MS
-        return min(self.timeout_ms or DEFAULT_TIMEOUT_MS, MAX_TIMEOUT_MS)
+            return self.default_ms
+        return min(self.timeout_ms or self.default_ms, MAX_TIMEOUT_MS)
 
 
 @dataclass(frozen=True)
@@ -67,9 +71,13 @@ class Reclaim:
     version: int  # 1 = DHnC, 2 = DH2C
     persistent_id: int
     create_guid: bytes = b""
+    persistent: bool = False  # DH2C's SMB2_DHANDLE_FLAG_PERSISTENT
+    volatile_id: int = 0  # the client's; kept where free (pike expects it)
 
 
-def parse(contexts: dict[bytes, bytes], dialect: int) -> tuple[DurableAsk | None, Reclaim | None]:
+def parse(
+    contexts: dict[bytes, bytes], dialect: int, default_ms: int = DEFAULT_TIMEOUT_MS
+) -> tuple[DurableAsk | None, Reclaim | None]:
     """The durable request in a create's contexts; contradictory sets are refused."""
     v2 = dialect >= Dialect.SMB3_0
     present = {n for n in (DHNQ, DH2Q, DHNC, DH2C) if n in contexts}
@@ -88,20 +96,21 @@ def parse(contexts: dict[bytes, bytes], dialect: int) -> tuple[DurableAsk | None
     if name == DHNQ:
         if len(data) != 16:
             raise NtStatusError(Status.INVALID_PARAMETER, "bad DHnQ")
-        return DurableAsk(1), None
+        return DurableAsk(1, default_ms=default_ms), None
     if name == DH2Q:
         if len(data) != _DH2Q.size:
             raise NtStatusError(Status.INVALID_PARAMETER, "bad DH2Q")
         timeout, flags, _r, guid = _DH2Q.unpack(data)
-        return DurableAsk(2, timeout, guid, bool(flags & DH2_FLAG_PERSISTENT)), None
+        return DurableAsk(2, timeout, guid, bool(flags & DH2_FLAG_PERSISTENT), default_ms), None
     if name == DHNC:
         if len(data) != 16:
             raise NtStatusError(Status.INVALID_PARAMETER, "bad DHnC")
-        return None, Reclaim(1, struct.unpack_from("<Q", data)[0])
+        pid, vid = struct.unpack_from("<QQ", data)
+        return None, Reclaim(1, pid, volatile_id=vid)
     if len(data) != _DH2C.size:
         raise NtStatusError(Status.INVALID_PARAMETER, "bad DH2C")
-    pid, _vid, guid, _flags = _DH2C.unpack(data)
-    return None, Reclaim(2, pid, guid)
+    pid, vid, guid, flags = _DH2C.unpack(data)
+    return None, Reclaim(2, pid, guid, bool(flags & DH2_FLAG_PERSISTENT), vid)
 
 
 def persistent(ask: DurableAsk | None, continuously_available: bool) -> bool:
@@ -184,10 +193,16 @@ class DurableTable:
         """Whether a dropped connection should park ``op`` rather than close it."""
         return (op.durable or op.resilient) and op.pipe is None
 
+    @staticmethod
+    def timeout_ms(op: Open) -> int:
+        """How long ``op`` waits for its client once disconnected: a resiliency
+        request replaces the durable timeout (MS-SMB2 3.3.5.15.9)."""
+        return op.resilient_timeout_ms if op.resilient else op.durable_timeout_ms
+
     def park(self, op: Open) -> None:
         op.connection = None
         self._parked[op.persistent_id] = op
-        timeout = (op.durable_timeout_ms if op.durable else op.resilient_timeout_ms) / 1000
+        timeout = self.timeout_ms(op) / 1000
         loop = asyncio.get_running_loop()
         self._timers[op.persistent_id] = loop.call_later(
             timeout, self._spawn_close, op.persistent_id, "expired"

@@ -90,10 +90,44 @@ async def disconnect_tree(
                 end_watch(op.notify)
                 op.notify = None
                 _unregister(opens, op)
-                node.durable.park(op)
+                await _outlive_connection(node, op)
             else:
                 await close(node, op)
     tree.session.trees.pop(tree.tree_id, None)
+
+
+async def _outlive_connection(node: NodeServices, op: Open) -> None:
+    """The transport dropped under a handle that survives it (MS-SMB2 3.3.7.1).
+
+    A durable handle is left to the bus, disconnected, so that its client can
+    take it back through any node, this one or another (``create``'s take
+    over): the node lets go of the descriptor but not of what the handle
+    holds. The node parks the rest itself (``DurableTable``).
+    """
+    # Delete-on-close stays with a node that can carry it out when the
+    # handle is closed unclaimed or broken; persistent handles go regardless.
+    handed = op.durable and op.stream is None and (op.persistent or not op.delete_on_close)
+    if handed and op.file_key and op.bus_open_id and node.vouched():
+        try:
+            kept = await node.bus.disconnect(
+                op.file_key, op.bus_open_id, node.durable.timeout_ms(op), {"position": op.position}
+            )
+        except NotImplementedError:
+            pass
+        except Exception as e:  # noqa: BLE001 - the node keeps it instead
+            log.warning("bus cannot keep durable handle %s (%s); parked here", op.bus_open_id, e)
+        else:
+            if not kept:
+                # Lost its handle caching meanwhile: the bus closed it (3.3.7.1).
+                await close(node, op)
+                return
+            op.closed = True
+            op.connection = None
+            node.opens.pop(op.bus_open_id, None)
+            writetime.closing(op)
+            op.close_fd()
+            return
+    node.durable.park(op)
 
 
 async def logoff(

@@ -130,6 +130,10 @@ class Session:
     # Opens of this session in its connections' tables (max_opens_per_session);
     # gateway.smb.opens keeps it, as the one place opens enter and leave them.
     open_count: int = 0
+    # Set (monotonic time) when the previous session it replaces lives on
+    # another node: that node hands the session's durable handles to the bus
+    # moments later, and a reconnect until then waits for them (channels.py).
+    handoff_until: float = 0.0
     _tree_ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def next_tree_id(self) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
 import struct
+import time
 from dataclasses import dataclass, field, replace
 
 from oplock_bus import api as bus_api
@@ -121,7 +123,9 @@ async def handle_create(ctx: RequestContext) -> Reply:
     tree = ctx.require_tree()
     _check_open_limits(ctx)
     req = parse_create(ctx.body)
-    ask, reclaim = durable.parse(req.contexts, ctx.conn.codec.dialect)
+    ask, reclaim = durable.parse(
+        req.contexts, ctx.conn.codec.dialect, int(ctx.node.config.durable_timeout * 1000)
+    )
     if reclaim is not None and tree.fs is not None:
         # A reconnect names the handle; the rest of the request is not checked.
         return await _reconnect(ctx, req, reclaim)
@@ -521,13 +525,14 @@ class _Held:
     name: str
     user: str  # lower case, as domain
     domain: str
+    persistent: bool
 
     @classmethod
     def of(cls, op: Open) -> _Held:
         owner = op.tree.session
         return cls(
             op.tree.share.name.lower(), op.create_guid, op.lease_key, op.client_guid,
-            op.smb_name, owner.username.lower(), owner.domain.lower(),
+            op.smb_name, owner.username.lower(), owner.domain.lower(), op.persistent,
         )  # fmt: skip
 
     @classmethod
@@ -538,6 +543,7 @@ class _Held:
             d["share"], bytes.fromhex(d["create_guid"]),
             bytes.fromhex(lease_key) if lease_key else None,
             bytes.fromhex(d["client_guid"]), d["name"], d["user"], d["domain"],
+            found.persistent,
         )  # fmt: skip
 
 
@@ -552,6 +558,12 @@ def _check_reclaim(
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "no such durable handle")
     if reclaim.version == 2 and held.create_guid != reclaim.create_guid:
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "CreateGuid differs")
+    if reclaim.version == 2 and held.persistent != reclaim.persistent:
+        # MS-SMB2 3.3.5.9.12: a persistent handle is reclaimed as one, and
+        # only one (pike's durable and persistent tests, as Windows answers).
+        if held.persistent:
+            raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "persistent flag missing")
+        raise NtStatusError(Status.INVALID_PARAMETER, "persistent flag on a durable handle")
     # A reconnect's RequestedOplockLevel is ignored; only the lease key counts.
     lease_req = _lease_request(ctx, req, any_level=True)
     if held.lease_key is None:
@@ -584,8 +596,17 @@ async def _reconnect(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
     node.durable.take(reclaim.persistent_id)
     op.tree = tree
     op.connection = ctx.conn
-    op.volatile_id = node.next_id()
+    op.volatile_id = _volatile_id(ctx, reclaim)
     return await _reconnected(ctx, req, op, lease_req)
+
+
+def _volatile_id(ctx: RequestContext, reclaim: durable.Reclaim) -> int:
+    """The reconnected handle's volatile FileId: the one the client knows,
+    unless it is taken in this session (it may come from another node)."""
+    session = ctx.session
+    assert session is not None
+    taken = any(reclaim.volatile_id in c.opens for c in [ctx.conn, *session.channels])
+    return ctx.node.next_id() if taken or not reclaim.volatile_id else reclaim.volatile_id
 
 
 async def _reconnected(
@@ -612,14 +633,15 @@ async def _reconnected(
 
 
 async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.Reclaim) -> Reply:
-    """Reconnect to a durable handle whose node died: the bus kept it,
-    disconnected, with its share mode, lease and locks; this node reopens
-    the file and becomes its owner."""
+    """Reconnect to a durable handle whose connection dropped, here or on
+    another node, or whose node died: the bus kept it, disconnected, with
+    its share mode, lease and locks; this node reopens the file and becomes
+    its owner."""
     node = ctx.node
     tree = ctx.require_tree()
     fs = tree.fs
     assert fs is not None
-    found = await node.bus.find_disconnected(durable.durable_key(reclaim.persistent_id))
+    found = await _find_disconnected(ctx, durable.durable_key(reclaim.persistent_id))
     if found is None:
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "no such durable handle")
     held = _Held.kept(found)
@@ -631,7 +653,7 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
     fd = _open_fd(path, _open_flags(kept["access"], info.is_dir))
     op = Open(
         persistent_id=reclaim.persistent_id,
-        volatile_id=node.next_id(),
+        volatile_id=_volatile_id(ctx, reclaim),
         tree=tree,
         smb_name=held.name,
         host_path=path,
@@ -651,6 +673,7 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
         persistent=found.persistent,
         durable_timeout_ms=kept["timeout_ms"],
         create_guid=held.create_guid,
+        position=kept.get("position", 0),
     )
     op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
     node.opens[op.bus_open_id] = op  # a break decided meanwhile must find it
@@ -667,8 +690,20 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
         opens.set_lease_state(
             node, held.client_guid, held.lease_key, taken.lease_state, taken.lease_epoch
         )
-    log.info("durable handle %s of %s taken over from a dead node", op.bus_open_id, held.name)
+    log.debug("durable handle %s of %s taken over", op.bus_open_id, held.name)
     return await _reconnected(ctx, req, op, lease_req)
+
+
+async def _find_disconnected(ctx: RequestContext, key: str) -> bus_api.DisconnectedOpen | None:
+    """The disconnected open ``key`` names; while the session this one
+    replaced is still being ended on another node, wait for its handles."""
+    session = ctx.session
+    assert session is not None
+    while True:
+        found = await ctx.node.bus.find_disconnected(key)
+        if found is not None or time.monotonic() >= session.handoff_until:
+            return found
+        await asyncio.sleep(0.02)
 
 
 def _name_key(name: str) -> str:

@@ -93,7 +93,9 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
 
 
 def _reply(code: int, pid: int, vid: int, out: bytes, status: int, *, padding: int = 0) -> Reply:
-    out_off = 64 + 48 + padding if out else 0
+    # Windows points OutputOffset past the body even when nothing follows;
+    # pike reads from it regardless.
+    out_off = 64 + 48 + padding
     resp = _RESP.pack(49, 0, code, pid, vid, 64 + 48, 0, out_off, len(out), 0, 0)
     return Reply(status, resp + bytes(padding) + out)
 
