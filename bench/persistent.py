@@ -150,6 +150,19 @@ def durable_open(client: Client, name: str, lease_key: bytes, create_guid: uuid.
     return Granted(f, int(answer["flags"].get_value()), lease_state(got))
 
 
+
+RECORD = b"committed record"
+
+
+def committed(client: Client, name: str, lease_key: bytes, create_guid: uuid.UUID) -> Open:
+    """A persistent handle with an RWH lease, ``RECORD`` written at 0 and
+    bytes 0-9 locked: what a failover must give back intact."""
+    f, flags, _ = durable_open(client, name, lease_key, create_guid, persistent=True)
+    assert flags & PERSISTENT, "no persistent handle: is the share continuously available?"
+    f.write(RECORD, 0)
+    lock_range(f, 0, 10)
+    return f
+
 def reclaim(client: Client, name: str, old: Open, lease_key: bytes, create_guid: uuid.UUID,
             persistent: bool = True) -> Granted:  # fmt: skip
     """The durable handle ``old`` reconnected (DH2C) on ``client``; the DH2C

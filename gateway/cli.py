@@ -221,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_serve(sub)
     _add_cluster(sub)
     _add_status(sub)
+    _add_drain(sub)
     from clients.demo_cli import add_parser as add_demo
 
     add_demo(sub)
@@ -241,6 +242,20 @@ def _add_status(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
+def _add_drain(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "drain",
+        help="move a node's clients and addresses to the others, for a planned stop",
+    )
+    p.add_argument("--bus", metavar="URL", required=True, help="the Redis bus URL")
+    _add_bus_password(p)
+    p.add_argument(
+        "--timeout", type=float, default=30.0,
+        help="seconds to wait for the node to report drained (30)",
+    )  # fmt: skip
+    p.add_argument("node", metavar="NODE", help="the node's id on the bus (see smbgw status)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -258,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
             from oplock_bus.status import main as status_main
 
             return status_main(args.bus, args.json, bus_password(args.bus_password_file))
+        if args.command == "drain":
+            from .drain import main as drain_main
+
+            password = bus_password(args.bus_password_file)
+            return drain_main(args.bus, args.node, password, args.timeout)
         if args.command == "demo":
             from clients.demo_cli import run as run_demo
 

@@ -20,6 +20,7 @@ from oplock_bus.api import BreakNotice, LockBus
 from oplock_bus.liveness import Liveness
 
 from .config import Config, ConfigError
+from .drain import DRAIN_TOPIC, NodeDrain
 from .fs.vfs import ShareFS
 from .smb import breaks, channels, opens
 from .smb.channels import SESSION_TOPIC
@@ -27,8 +28,9 @@ from .smb.connection import SmbConnection
 from .smb.durable import DurableTable
 from .smb.limits import log_limit
 from .smb.notify import ChangeEvent, NotifyHub, local_event
+from .smb.replay import ReplayCache
 from .smb.state import Open, Session, TreeConnect
-from .takeover import AddressTakeover, listen_own
+from .takeover import AddressTakeover, listen_own, release_own
 
 log = logging.getLogger("smbgw.node")
 
@@ -58,10 +60,12 @@ class Node:
         self._servers: dict[Listener, asyncio.base_events.Server] = {}
         self._listener_of: dict[SmbConnection, Listener] = {}  # where each was accepted
         self._takeover: AddressTakeover | None = None
+        self._drain: NodeDrain | None = None  # once it serves, on a Redis bus
         # Directory changes made here also go to the other nodes' watches.
         self.notify_hub = NotifyHub(publish=self._publish_change)
         self._broadcasts: set[asyncio.Task[None]] = set()
         self.durable = DurableTable(self._close)
+        self.replays = ReplayCache()
         self._unvouched = False  # told the log, and fenced, once per lapse
         self._fencing: set[asyncio.Task[None]] = set()
 
@@ -106,24 +110,41 @@ class Node:
         self.bus.register_node(self.node_id, self._deliver_break)
         self.bus.on_broadcast(NOTIFY_TOPIC, self._remote_change)
         self.bus.on_broadcast(SESSION_TOPIC, self._remote_previous_session)
+        self.bus.on_broadcast(DRAIN_TOPIC, self._drain_requested)
         self.bus.fence_handler = self._fenced
         await self.bus.start()
         own = (self.config.listen_host, self.config.listen_port)
         if not self.config.takeover:
             await self.listen(*own)
-            return self._servers[own]
-        liveness = self._liveness()
-        await listen_own(self, liveness, self.node_id, *own)
-        self._takeover = AddressTakeover(self.node_id, liveness, self, self.config.takeover_command)
-        self._takeover.start()
+        else:
+            liveness = self._liveness()
+            await listen_own(
+                self, liveness, self.node_id, *own, command=self.config.takeover_command
+            )
+            self._takeover = AddressTakeover(
+                self.node_id, liveness, self, self.config.takeover_command
+            )
+            self._takeover.start()
+        redis = self._redis_liveness()
+        if redis is not None:  # only a Redis bus carries `smbgw drain`'s request
+            self._drain = NodeDrain(self, redis, self.config.takeover)
         return self._servers[own]
 
-    def _liveness(self) -> Liveness:
+    def _redis_liveness(self) -> Liveness | None:
         from oplock_bus.redis_bus import RedisBus
 
-        if not isinstance(self.bus, RedisBus):
+        return self.bus.liveness if isinstance(self.bus, RedisBus) else None
+
+    def _liveness(self) -> Liveness:
+        liveness = self._redis_liveness()
+        if liveness is None:
             raise ConfigError("--takeover needs a Redis bus (--bus redis://...)")
-        return self.bus.liveness
+        return liveness
+
+    def _drain_requested(self, payload: dict[str, Any]) -> None:
+        # Before it serves, a request waits: the command repeats it.
+        if self._drain is not None:
+            self._drain.requested(payload)
 
     # -- listening sockets (Listeners, for takeover.py) ------------------------
 
@@ -136,13 +157,15 @@ class Node:
             limit=1024 * 1024,
         )
 
-    async def unlisten(self, host: str, port: int) -> int:
+    async def unlisten(self, host: str, port: int, drop_clients: bool = True) -> int:
         """Stop listening on (host, port) and drop the connections accepted
         there: their clients come back through the address's owner."""
         server = self._servers.pop((host, port), None)
         if server is None:
             return 0
         server.close()
+        if not drop_clients:
+            return 0
         accepted = [c for c, where in self._listener_of.items() if where == (host, port)]
         for conn in accepted:
             await conn.teardown()
@@ -152,6 +175,35 @@ class Node:
 
     def listening(self) -> list[str]:
         return [f"{host}:{port}" for host, port in self._servers]
+
+    # -- draining (Drainable, for drain.py) --------------------------------------
+
+    async def stop_listening(self) -> list[str]:
+        """Close every listening socket, taken over or our own, so that
+        another node can bind the address; the connections stay for now.
+        With a takeover command our own address leaves this host too
+        (``remove``), for the taker to add it on its own."""
+        addresses = self.listening()
+        if self._takeover is not None:
+            await self._takeover.stop("this node drains", drop_clients=False)
+            self._takeover = None
+        for host, port in list(self._servers):
+            await self.unlisten(host, port, drop_clients=False)
+        host, port = self.config.listen_host, self.config.listen_port
+        command = self.config.takeover_command if self.config.takeover else None
+        if command and f"{host}:{port}" in addresses:  # not again when a drain resumes
+            await release_own(command, self.node_id, host, port)
+        return addresses
+
+    async def drop_clients(self) -> int:
+        """Close every client connection as if its transport had dropped:
+        durable handles go to the bus (or are parked here), then those only
+        this node could give back are closed, since it serves nobody now."""
+        connections = list(self.connections)
+        for conn in connections:
+            await conn.teardown()
+        await self.durable.close_all()
+        return len(connections)
 
     def _publish_change(self, event: ChangeEvent) -> None:
         task = asyncio.get_running_loop().create_task(self._broadcast_change(event))
@@ -176,12 +228,12 @@ class Node:
         """The bus can no longer vouch for us: the other nodes are about to
         release our grants, so no client may keep caching under them."""
         log.error("node %s lost the bus: dropping every client connection", node_id)
-        for conn in list(self.connections):
-            await conn.teardown()
         # Durable handles parked by that teardown cannot be trusted either.
-        await self.durable.close_all()
+        await self.drop_clients()
 
     async def stop(self) -> None:
+        if self._drain is not None:
+            await self._drain.stop()
         if self._takeover is not None:
             await self._takeover.stop()  # gives back what it took over, commands run
         servers = list(self._servers.values())

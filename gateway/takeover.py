@@ -11,7 +11,9 @@ dead node's address reach the cluster through it. When the owner registers
 again the address is no longer an orphan: the taker stops listening on it,
 closes the connections it accepted there and runs ``remove ADDRESS PORT``;
 the owner, which may have started meanwhile, waits for that before it
-listens (``listen_own``).
+listens (``listen_own``). A node drained on purpose (``gateway/drain.py``)
+counts as a dead owner and is no taker: its addresses go to the others
+while it is still registered.
 
 Two nodes never mean to serve one address: the assignment is deterministic.
 While views differ for a moment (a node sees a death one tick before
@@ -46,8 +48,9 @@ class Listeners(Protocol):
 
     async def listen(self, host: str, port: int) -> None: ...
 
-    async def unlisten(self, host: str, port: int) -> int:
-        """Stop listening and close the connections accepted there; how many."""
+    async def unlisten(self, host: str, port: int, drop_clients: bool = True) -> int:
+        """Stop listening and (unless told not to) close the connections
+        accepted there; how many were closed."""
         ...
 
     def listening(self) -> list[str]: ...
@@ -68,13 +71,14 @@ def watch_interval(ttl: float) -> float:
 
 
 def orphans(view: AddressView) -> dict[str, NodeId]:
-    """address -> its dead owner, for each takeover node's address that no
-    live node has as its own."""
-    owned = {rec["address"] for rec in view.alive.values()}
+    """address -> its dead (or drained) owner, for each takeover node's
+    address that no serving node has as its own."""
+    active = view.active()
+    owned = {rec["address"] for rec in active.values()}
     return {
         entry["address"]: node
         for node, entry in sorted(view.entries.items())
-        if node not in view.alive and entry["address"] not in owned
+        if node not in active and entry["address"] not in owned
     }
 
 
@@ -86,8 +90,8 @@ def rendezvous(address: str, nodes: list[NodeId]) -> NodeId:
 
 
 def assignment(view: AddressView) -> dict[str, NodeId]:
-    """address -> the live takeover node that is to serve it."""
-    takers = sorted(node for node, rec in view.alive.items() if rec.get("takeover"))
+    """address -> the serving takeover node that is to serve it."""
+    takers = sorted(node for node, rec in view.active().items() if rec.get("takeover"))
     if not takers:
         return {}
     return {address: rendezvous(address, takers) for address in orphans(view)}
@@ -145,14 +149,17 @@ class AddressTakeover:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="takeover")
 
-    async def stop(self) -> None:
+    async def stop(self, why: str = "this node stops", drop_clients: bool = True) -> None:
+        """Take nothing more and give back what we hold; ``drop_clients``
+        False leaves the connections accepted there to the caller (a drain
+        closes them once the addresses are served again)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
         for address in sorted(self.held):
-            await self._give_back(address, "this node stops")
+            await self._give_back(address, why, drop_clients)
         for address in sorted(self._added):
             await self._remove(address)
 
@@ -180,14 +187,15 @@ class AddressTakeover:
             await self._give_back(address, _why_not(address, view, assigned))
         owners = orphans(view)
         for address in sorted(want - set(self.held)):
-            await self._take(address, owners[address])
+            gone = "drained" if owners[address] in view.draining else "no heartbeat"
+            await self._take(address, owners[address], gone)
         for address in sorted(self._added - want):
             await self._remove(address)  # added, never bound, no longer ours to take
         for address in set(self._failed) - want:
             self._forget_failure(address)
         await self.liveness.publish_serving(self.node_id, self.listeners.listening())
 
-    async def _take(self, address: str, owner: NodeId) -> None:
+    async def _take(self, address: str, owner: NodeId, gone: str) -> None:
         if time.monotonic() < self._retry_at.get(address, 0.0):
             return
         host, port = split_address(address)
@@ -205,12 +213,12 @@ class AddressTakeover:
             return
         self.held[address] = owner
         self._forget_failure(address)
-        log.warning("node %s took over %s of node %s (no heartbeat)", self.node_id, address, owner)
+        log.warning("node %s took over %s of node %s (%s)", self.node_id, address, owner, gone)
 
-    async def _give_back(self, address: str, why: str) -> None:
+    async def _give_back(self, address: str, why: str, drop_clients: bool = True) -> None:
         owner = self.held.pop(address)
         host, port = split_address(address)
-        closed = await self.listeners.unlisten(host, port)
+        closed = await self.listeners.unlisten(host, port, drop_clients)
         await self._remove(address)
         log.warning(
             "node %s gave %s back (node %s's), %s; closed %d connection(s) accepted on it",
@@ -244,19 +252,44 @@ class AddressTakeover:
 
 def _why_not(address: str, view: AddressView, assigned: dict[str, NodeId]) -> str:
     owner = view.owners().get(address)
-    if owner in view.alive:
+    if owner in view.active():
         return f"node {owner} is registered again"
     if address in assigned:
         return f"node {assigned[address]} serves it now"
     return "nobody asks for it any more"
 
 
+async def release_own(command: str, node_id: NodeId, host: str, port: int) -> None:
+    """A drained node's own address leaves its host (``remove``), so that the
+    node taking it over can add it on another host without a duplicate."""
+    failed = await run_command(shlex.split(command), "remove", host, port)
+    if failed is not None:
+        log.error("node %s: takeover command failed: %s", node_id, failed)
+
+
+async def _add_own(command: str | None, node_id: NodeId, host: str, port: int) -> bool:
+    """Put our own address back on this host (``add``), as a drain removed
+    it; whether the command did."""
+    if command is None:
+        return False
+    failed = await run_command(shlex.split(command), "add", host, port)
+    if failed is not None:
+        log.error("node %s: takeover command failed: %s", node_id, failed)
+        return False
+    log.warning("node %s: %s:%d was not on this host; the takeover command added it",
+                node_id, host, port)  # fmt: skip
+    return True
+
+
 async def listen_own(
-    listeners: Listeners, liveness: Liveness, node_id: NodeId, host: str, port: int
-) -> None:
+    listeners: Listeners, liveness: Liveness, node_id: NodeId, host: str, port: int,
+    command: str | None = None,
+) -> None:  # fmt: skip
     """Listen on our own address. A node that took it over while we were down
     gives it back once it sees us registered; until then binding fails, and
-    we try again (one log line), for at most as long as that can take."""
+    we try again (one log line), for at most as long as that can take. An
+    address not on this host (a drain with a ``command`` removed it) is added
+    with the command, once."""
     address = f"{host}:{port}"
     # Entered as movable before serving: a node that dies right after it
     # started must not leave its address unknown to the others.
@@ -271,6 +304,9 @@ async def listen_own(
             await listeners.listen(host, port)
         except OSError as e:
             waited = time.monotonic() - started
+            if e.errno == errno.EADDRNOTAVAIL and await _add_own(command, node_id, host, port):
+                command = None  # once
+                continue
             if e.errno != errno.EADDRINUSE or waited > limit:
                 raise
             found = await _holder(liveness, node_id, address)

@@ -12,7 +12,15 @@ Keys (after the namespace; one hash tag, so the scripts run on Cluster):
   it listens on now) for every node that runs with address takeover
   (``gateway/takeover.py``). Unlike the member record it stays when the node
   dies: that is how the others know which address to take over. A clean stop
-  removes it (a node that leaves on purpose takes its address with it).
+  removes it (a node that leaves on purpose takes its address with it),
+  unless the node was drained: then the others keep serving its address
+  while it is down.
+- ``{nodes}:drain``: node id -> JSON (id, epoch, state ``draining`` or
+  ``drained``, what it gave up and to whom) for a node that ``smbgw drain``
+  told to hand its clients and addresses to the others
+  (``gateway/drain.py``). It counts only under the epoch it names: a node
+  that registers again (restarted, or after a lapse) serves again, unless
+  the same process had been drained, which enters it again.
 
 Every node runs a watcher; whoever first sees a member without heartbeat
 claims its cleanup (``{nodes}:reaping:...``, SET NX with expiry), closes
@@ -74,6 +82,9 @@ class Registration:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     fenced_told: bool = False
     task: asyncio.Task[None] | None = None
+    # What this process published as its drain (``publish_drain``), if it
+    # was drained: entered again under each new epoch.
+    drain: dict[str, Any] | None = None
 
 
 class Liveness:
@@ -117,6 +128,10 @@ class Liveness:
     def addresses_key(self) -> str:
         return addresses_key(self.store)
 
+    @property
+    def drain_key(self) -> str:
+        return drain_key(self.store)
+
     # -- lifecycle -----------------------------------------------------------------
 
     def start(self) -> None:
@@ -139,9 +154,14 @@ class Liveness:
         if self.nodes:
             # First, so that nobody sees the entry without a heartbeat and
             # takes over the address of a node that leaves on purpose (also
-            # one left by an earlier life that ran with takeover).
+            # one left by an earlier life that ran with takeover). A drained
+            # node's entry stays: its address is served by another node
+            # while it is down (a rolling upgrade), until it registers again.
+            leaving = [n for n, reg in self.nodes.items() if reg.drain is None]
             with contextlib.suppress(Exception), bus_errors():
-                await self.store.client.hdel(self.addresses_key, *self.nodes)
+                if leaving:
+                    await self.store.client.hdel(self.addresses_key, *leaving)
+                await self.store.client.hdel(self.drain_key, *self.nodes)
         for reg in self.nodes.values():
             if reg.ready.is_set():
                 with contextlib.suppress(Exception), bus_errors():
@@ -237,6 +257,22 @@ class Liveness:
         reg.last_renewed = time.monotonic()
         reg.fenced_told = False
         reg.ready.set()
+        await self._enter_drain(reg)
+
+    async def _enter_drain(self, reg: Registration) -> None:
+        """Under a new epoch: a drained process stays drained (it listens on
+        nothing; its address must stay with the others), any other drops an
+        earlier life's record. Best effort: a record of another epoch counts
+        for nothing anyway."""
+        try:
+            with bus_errors():
+                if reg.drain is None:
+                    await self.store.client.hdel(self.drain_key, reg.node_id)
+                else:
+                    await self._write_drain(reg)
+        except BusUnavailable as e:
+            log.warning("node %s: drain state not entered under epoch %d: %s",
+                        reg.node_id, reg.epoch, e)  # fmt: skip
 
     # -- heartbeat ---------------------------------------------------------------------
 
@@ -379,15 +415,39 @@ class Liveness:
     async def address_view(self) -> AddressView:
         return await read_address_view(self.store)
 
+    # -- planned moves (``smbgw drain``) ------------------------------------------------
+
+    def epoch(self, node_id: NodeId) -> int | None:
+        """The epoch ``node_id`` is registered under now, if it is."""
+        reg = self.nodes.get(node_id)
+        return reg.epoch if reg is not None and reg.ready.is_set() else None
+
+    async def publish_drain(self, node_id: NodeId, record: dict[str, Any]) -> None:
+        """Enter ``node_id`` as draining or drained (``record["state"]``) under
+        its current epoch; kept for later epochs of this process, and it keeps
+        the node's address entry when it stops."""
+        reg = self.nodes[node_id]
+        reg.drain = dict(record)
+        if reg.ready.is_set():
+            await self._write_drain(reg)
+
+    async def _write_drain(self, reg: Registration) -> None:
+        assert reg.drain is not None
+        entry = json.dumps({**reg.drain, "id": reg.node_id, "epoch": reg.epoch})
+        with bus_errors():
+            await self.store.client.hset(self.drain_key, reg.node_id, entry)
+
     # -- introspection ---------------------------------------------------------------------
 
 
 async def read_members(store: RedisStore) -> list[dict[str, Any]]:
-    """Every registered node with its last heartbeat (None once expired)."""
+    """Every registered node with its last heartbeat (None once expired) and
+    its drain state (``"draining"``, ``"drained"``, or None)."""
     client = store.client
     members_key = store.key("{nodes}:members")
     with bus_errors():
         members: dict[Any, Any] = await client.hgetall(members_key)
+        drains = await read_drains(store)
         out = []
         for raw in members.values():
             rec = json.loads(raw)
@@ -398,12 +458,31 @@ async def read_members(store: RedisStore) -> list[dict[str, Any]]:
                 beat = float(when) if int(epoch) == rec["epoch"] else None
             rec["heartbeat"] = beat
             rec["alive"] = beat is not None
+            drain = drains.get(str(rec["id"]))
+            current = beat is not None and drain is not None and drain["epoch"] == rec["epoch"]
+            rec["drain"] = drain["state"] if current and drain is not None else None
             out.append(rec)
     return sorted(out, key=lambda r: str(r["id"]))
 
 
 def addresses_key(store: RedisStore) -> str:
     return store.key("{nodes}:addresses")
+
+
+def drain_key(store: RedisStore) -> str:
+    return store.key("{nodes}:drain")
+
+
+async def read_drains(store: RedisStore) -> dict[NodeId, dict[str, Any]]:
+    """Every drain record by node id, whatever its epoch (compare it with
+    the member's)."""
+    with bus_errors():
+        raw: dict[Any, Any] = await store.client.hgetall(drain_key(store))
+    out = {}
+    for value in raw.values():
+        record = json.loads(value)
+        out[str(record["id"])] = record
+    return out
 
 
 @dataclass(frozen=True)
@@ -413,6 +492,13 @@ class AddressView:
 
     alive: dict[NodeId, dict[str, Any]]  # live members' records, by id
     entries: dict[NodeId, dict[str, Any]]  # every takeover node's entry, dead ones too
+    # Live nodes that are draining or drained: they serve no address, their
+    # own goes to the others as a dead node's would.
+    draining: frozenset[NodeId] = frozenset()
+
+    def active(self) -> dict[NodeId, dict[str, Any]]:
+        """The live members that serve: alive and not drained."""
+        return {n: rec for n, rec in self.alive.items() if n not in self.draining}
 
     def owners(self) -> dict[str, NodeId]:
         """address -> the node whose listen address it is (a live one first)."""
@@ -427,6 +513,8 @@ class AddressView:
         for node, rec in sorted(self.alive.items()):
             if rec.get("takeover"):
                 listening = self.entries.get(node, {}).get("serving", [])
+            elif node in self.draining:
+                listening = []  # it closed its listener
             else:
                 listening = [rec["address"]]
             for address in listening:
@@ -447,4 +535,5 @@ async def read_address_view(
         entry = json.loads(value)
         entries[str(entry["id"])] = entry
     alive = {str(m["id"]): m for m in members if m["alive"]}
-    return AddressView(alive, entries)
+    draining = frozenset(node for node, m in alive.items() if m.get("drain"))
+    return AddressView(alive, entries, draining)

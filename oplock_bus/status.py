@@ -1,7 +1,8 @@
 """``smbgw status``: the cluster as the bus sees it.
 
-Nodes (id, address, epoch, last heartbeat), which node serves which address
-(its own, or one taken over from a dead node), open files with their opens,
+Nodes (id, address, epoch, last heartbeat, DRAINING or DRAINED after
+``smbgw drain``), which node serves which address (its own, or one taken
+over from a dead or drained node), open files with their opens,
 oplock and lease states, byte-range locks and lock waiters, and the breaks
 still waiting for an acknowledgement.
 """
@@ -16,7 +17,7 @@ from .api import OPLOCK_BATCH, OPLOCK_EXCLUSIVE, OPLOCK_II, OPLOCK_LEASE, BusUna
 from .coordinator import Coordinator
 from .liveness import AddressView, read_address_view, read_members
 from .redis_store import RedisStore
-from .redis_url import SCHEMES, parse_url, redact
+from .redis_url import SCHEMES, RedisTarget, parse_url, redact
 
 OPLOCK_NAMES = {
     0: "none", OPLOCK_II: "II", OPLOCK_EXCLUSIVE: "exclusive", OPLOCK_BATCH: "batch",
@@ -28,12 +29,18 @@ def lease_bits(state: int) -> str:
     return "".join(c for bit, c in ((1, "R"), (2, "H"), (4, "W")) if state & bit) or "none"
 
 
-async def collect(url: str, password: str | None = None) -> dict[str, Any]:
-    """Read everything from the bus at ``url``; ValueError/BusUnavailable."""
+def tool_target(url: str, password: str | None, command: str) -> RedisTarget:
+    """The bus a tool (``smbgw status``, ``smbgw drain``) reads; ValueError
+    for a URL that names no Redis."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     if scheme not in SCHEMES:
-        raise ValueError(f"status needs a Redis bus URL (redis://...), not {redact(url)!r}")
-    target = parse_url(url, password=password)
+        raise ValueError(f"{command} needs a Redis bus URL (redis://...), not {redact(url)!r}")
+    return parse_url(url, password=password)
+
+
+async def collect(url: str, password: str | None = None) -> dict[str, Any]:
+    """Read everything from the bus at ``url``; ValueError/BusUnavailable."""
+    target = tool_target(url, password, "status")
     store = RedisStore(target)
     try:
         await store.start(subscriber=False)
@@ -66,7 +73,7 @@ def addresses(view: AddressView) -> list[dict[str, Any]]:
         owner = owners.get(address)
         out.append({
             "address": address, "owner": owner, "owner_alive": owner in view.alive,
-            "served_by": served.get(address, []),
+            "owner_draining": owner in view.draining, "served_by": served.get(address, []),
         })  # fmt: skip
     return out
 
@@ -74,7 +81,11 @@ def addresses(view: AddressView) -> list[dict[str, Any]]:
 def _address_line(a: dict[str, Any]) -> str:
     owner, by = a["owner"], a["served_by"]
     if not by:
-        why = f" (its owner {owner} is dead)" if owner and not a["owner_alive"] else ""
+        why = ""
+        if owner and a.get("owner_draining"):
+            why = f" (its owner {owner} is drained)"
+        elif owner and not a["owner_alive"]:
+            why = f" (its owner {owner} is dead)"
         return f"  {a['address']}  not served{why}"
     taken = f" (taken over from {owner})" if owner and owner not in by else ""
     return f"  {a['address']}  served by {', '.join(by)}{taken}"
@@ -109,7 +120,8 @@ def render(st: dict[str, Any]) -> str:
         beat = n["heartbeat"]
         seen = f"last heartbeat {max(0.0, now - beat):.1f}s ago" if beat else "DEAD: no heartbeat"
         takeover = "  takeover" if n.get("takeover") else ""
-        lines.append(f"  {n['id']}  {n['address']}  epoch {n['epoch']}  {seen}{takeover}")
+        drain = f"  {n['drain'].upper()}" if n.get("drain") else ""  # serves nobody
+        lines.append(f"  {n['id']}  {n['address']}  epoch {n['epoch']}  {seen}{takeover}{drain}")
     lines.append(f"addresses ({len(st['addresses'])}):")
     lines.extend(_address_line(a) for a in st["addresses"])
     lines.append(f"open files ({len(st['files'])}):")

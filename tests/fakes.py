@@ -44,6 +44,7 @@ from gateway.smb.handlers.close import handle_close
 from gateway.smb.handlers.create import handle_create
 from gateway.smb.handlers.lock import handle_lock
 from gateway.smb.notify import NotifyHub, local_event
+from gateway.smb.replay import ReplayCache
 from gateway.smb.services import NodeServices
 from gateway.smb.state import (
     Channel,
@@ -91,6 +92,7 @@ class FakeNode:
         self.opens: dict[str, Open] = {}
         self.sessions: dict[int, Session] = {}
         self.durable: DurableTable = DurableTable(self._close)
+        self.replays = ReplayCache()
         self.notify_hub: NotifyHub = NotifyHub()
         self.changes: list[tuple[str, str, bool]] = []  # (action, host path, is_dir)
         self.renames: list[tuple[str, str, bool]] = []  # (old path, new path, is_dir)

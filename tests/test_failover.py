@@ -28,6 +28,7 @@ from bench.persistent import (
     STATUS_LOCK_NOT_GRANTED,
     STATUS_OBJECT_NAME_NOT_FOUND,
     Client,
+    committed,
     durable_open,
     lease,
     lock_range,
@@ -72,10 +73,7 @@ def test_a_persistent_handle_survives_its_nodes_death(
     (h1, port), (h2, _) = c.endpoints
     guid, lease_key, create_guid = uuid.uuid4(), os.urandom(16), uuid.uuid4()
     a = Client(h1, port, guid)
-    f, flags, _ = durable_open(a, "db.dat", lease_key, create_guid, persistent=True)
-    assert flags & PERSISTENT
-    f.write(b"committed record", 0)
-    lock_range(f, 0, 10)
+    f = committed(a, "db.dat", lease_key, create_guid)
     os.kill(c.nodes[0].proc.pid, stop)
     killed = time.monotonic()
 
@@ -131,10 +129,7 @@ def test_a_persistent_handle_is_reclaimed_through_its_dead_nodes_address(tmp_pat
         (h1, port), _ = c.endpoints
         guid, lease_key, create_guid = uuid.uuid4(), os.urandom(16), uuid.uuid4()
         a = Client(h1, port, guid)
-        f, flags, _ = durable_open(a, "db.dat", lease_key, create_guid, persistent=True)
-        assert flags & PERSISTENT
-        f.write(b"committed record", 0)
-        lock_range(f, 0, 10)
+        f = committed(a, "db.dat", lease_key, create_guid)
         os.kill(c.nodes[0].proc.pid, signal.SIGKILL)
         killed = time.monotonic()
         c.nodes[0].proc.wait(5)  # its listening socket is gone with it

@@ -129,7 +129,7 @@ async def drop_connection(node: NodeServices, conn: ConnectionState) -> None:
     """``conn`` is gone: its sessions live on through their other channels, if any."""
     for session in list(conn.sessions.values()):
         session.channels.pop(conn, None)
-        heir = next((ch.connection for ch in session.channels.values() if ch.usable), None)
+        heir = session.heir(conn)
         if heir is None:
             await end_session(node, conn, session, lost=True)
             continue

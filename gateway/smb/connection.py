@@ -25,12 +25,16 @@ from .channels import drop_connection, foreign_session, key_for, observe_reply
 from .compound import ChainState, is_error
 from .context import Disconnect, Reply, RequestContext
 from .dispatch import TABLE, Entry, Handler
+from .handlers.ioctl import sessionless_hook
 from .handlers.negotiate import smb1_negotiate_response
 from .limits import log_limit
 from .services import NodeServices
 from .state import ConnectionState, Session, SessionState, TreeConnect
 
 log = logging.getLogger("smbgw.conn")
+# Seconds after the first message sent once Samba's FORCE_UNACKED_TIMEOUT
+# test hook said the client stopped acknowledging, before the connection goes.
+UNACKED_TIMEOUT = 5.0
 
 # Before any session is valid a frame is at most this (smbd's bound too): a
 # stranger cannot make the node buffer megabytes per socket.
@@ -120,8 +124,9 @@ class SmbConnection(ConnectionState):
             return
         self._torn_down = True
         self.closed = True
-        for _ctx, task in list(self.pending.values()):
-            task.cancel()
+        for ctx, task in list(self.pending.values()):
+            if not _outlives_channel(ctx, self):
+                task.cancel()
         for rest in list(self._chain_tasks):
             if rest is not asyncio.current_task():
                 rest.cancel()
@@ -142,6 +147,11 @@ class SmbConnection(ConnectionState):
         if self.writer.is_closing():  # the peer reset the connection: nobody to answer
             self.closed = True
             return
+        if self.sends_before_unacked is not None:
+            if self.sends_before_unacked == 0:
+                # What smbd does when TCP stays unacknowledged: drop it later.
+                asyncio.get_running_loop().call_later(UNACKED_TIMEOUT, self._unacked)
+            self.sends_before_unacked -= 1
         try:
             data = self.codec.encode(messages, encrypt_for)
         except crypto.NonceExhausted as e:
@@ -151,6 +161,11 @@ class SmbConnection(ConnectionState):
             self.writer.close()  # the read loop ends, and teardown runs
             return
         self.writer.write(data)
+
+    def _unacked(self) -> None:
+        log.info("%s: disconnecting: nothing sent was acknowledged (test hook)", self.peer)
+        self.closed = True
+        self.writer.close()  # the read loop ends, and teardown runs
 
     def _observe_reply(self, hdr: Header, msg: bytes) -> None:
         if self.codec.dialect != Dialect.SMB3_1_1:
@@ -433,6 +448,9 @@ class SmbConnection(ConnectionState):
                 return None  # a new session: the handler makes it
         elif not _entry(hdr.command).needs_session:
             return None
+        elif hdr.command == Command.IOCTL and hdr.session_id == 0:
+            if sessionless_hook(raw[64:], self.node.config.torture_hooks):
+                return None
         if hdr.is_related:
             session: Session | None = chain.related_session(self.sessions)
         else:
@@ -558,3 +576,16 @@ def _echo_signature(reply: Header, req: Header, signer: KeyedSession | None) -> 
     if signer is None and req.is_signed and is_error(reply.status):
         reply.flags |= HeaderFlags.SIGNED
         reply.signature = req.signature
+
+
+def _outlives_channel(ctx: RequestContext, conn: ConnectionState) -> bool:
+    """A CREATE of a session that lives on through another channel finishes
+    though its own connection dropped: the client replays it on the other
+    channel and must get its open, not a second one (gateway.smb.replay;
+    smbtorture smb2.replay.dhv2-pending2*)."""
+    session = ctx.session
+    return (
+        ctx.header.command == Command.CREATE
+        and session is not None
+        and session.heir(conn) is not None
+    )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from ..protocol.constants import NtStatusError, Status
 from ..protocol.credits import check_payload
 from ..protocol.header import Header
+from . import replay
 
 if TYPE_CHECKING:
     from .services import NodeServices
@@ -122,4 +123,8 @@ class RequestContext:
         if self.session is not None and op.tree.session is not self.session:
             raise NtStatusError(Status.FILE_CLOSED)
         self.used_file_id = fid
+        replay.used(
+            self.node.replays, op, self.header.command, self.header.status & 0xFFFF,
+            self.conn.codec.dialect,
+        )  # fmt: skip
         return op

@@ -140,7 +140,12 @@ def grant(
     op.durable_timeout_ms = ask.timeout()
     if ask.version == 1:
         return [(DHNQ, bytes(8))]
-    flags = DH2_FLAG_PERSISTENT if keep else 0
+    return granted_context(op)
+
+
+def granted_context(op: Open) -> list[tuple[bytes, bytes]]:
+    """The DH2Q response of a durable (v2) open."""
+    flags = DH2_FLAG_PERSISTENT if op.persistent else 0
     return [(DH2Q, struct.pack("<II", op.durable_timeout_ms, flags))]
 
 

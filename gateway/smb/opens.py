@@ -24,7 +24,14 @@ log = logging.getLogger("smbgw.opens")
 
 
 def register(conn: ConnectionState, op: Open) -> None:
-    """``op`` is reachable by its FileId through ``conn`` (and counts for its session)."""
+    """``op`` is reachable by its FileId through ``conn`` (and counts for its session).
+
+    A CREATE that finished after its connection dropped (the session lives on
+    through another channel, and the client replays it there) puts its open
+    on that channel instead."""
+    if conn.closed:
+        conn = op.tree.session.heir(conn) or conn
+        op.connection = conn
     conn.opens[op.volatile_id] = op
     op.tree.session.open_count += 1
 
@@ -42,6 +49,7 @@ async def close(node: NodeServices, op: Open) -> None:
     if op.connection is not None:
         _unregister(op.connection.opens, op)
     node.opens.pop(op.bus_open_id, None)
+    node.replays.forget(op)
     if op.notify is not None:
         op.notify.cleanup()
     delete = op.delete_on_close

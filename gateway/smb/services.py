@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..fs.vfs import ShareFS
     from .durable import DurableTable
     from .notify import NotifyHub
+    from .replay import ReplayCache
     from .state import Open, Session, TreeConnect
 
 
@@ -32,6 +33,7 @@ class NodeServices(Protocol):
     opens: dict[str, Open]  # every open of the node, by bus open id
     sessions: dict[int, Session]  # every session of the node, whatever its channels
     durable: DurableTable  # opens whose connection dropped, kept for a reconnect
+    replays: ReplayCache  # DH2Q creates a replayed CREATE may get back
     notify_hub: NotifyHub
 
     def next_id(self) -> int:

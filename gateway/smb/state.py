@@ -54,6 +54,10 @@ class ConnectionState:
         self.server_security_mode = 0
         self.preauth_hash = bytes(64)
         self.read_body_padding = 0  # set only by the smbtorture test hook
+        # Samba's FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT test hook: after this
+        # many more messages, what is sent counts as never acknowledged by
+        # the client's TCP, and the connection is dropped a while later.
+        self.sends_before_unacked: int | None = None
         self.negotiated = False
         self.closed = False
         self._async_ids = itertools.count(1)
@@ -139,6 +143,14 @@ class Session:
     def next_tree_id(self) -> int:
         return next(self._tree_ids)
 
+    def heir(self, leaving: ConnectionState | None = None) -> ConnectionState | None:
+        """A connection of this session, other than ``leaving``, still fit to
+        carry it (where its opens go when a channel drops)."""
+        for conn, channel in self.channels.items():
+            if conn is not leaving and channel.usable and not conn.closed:
+                return conn
+        return None
+
     def open_on_channels(self, volatile_id: int) -> Open | None:
         """An open of this session made through another of its connections (multichannel)."""
         for conn in self.channels:
@@ -215,6 +227,12 @@ class Open:
     resilient_timeout_ms: int = 0
     # LOCK replay detection (MS-SMB2 3.3.5.14): bucket index -> sequence number.
     lock_sequences: dict[int, int] = field(default_factory=dict)
+    # CREATE replay and ChannelSequence (gateway.smb.replay): the (ClientGuid,
+    # CreateGuid) a replayed CREATE gets this open back by, while eligible; the
+    # CreateAction it was answered with; the newest ChannelSequence seen.
+    replay_key: tuple[bytes, bytes] | None = None
+    create_action: int = 0
+    channel_sequence: int = 0
     # Kept here because a parked durable open has no connection to ask.
     client_guid: bytes = b""
     lease_state: int = 0

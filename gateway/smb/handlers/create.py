@@ -23,6 +23,7 @@ from ...protocol.constants import (
     CreateOptions,
     Dialect,
     FileAttributes,
+    HeaderFlags,
     ImpersonationLevel,
     NtStatusError,
     OplockLevel,
@@ -35,6 +36,7 @@ from ...rpc.srvsvc import SrvsvcPipe
 from .. import durable, opens, security, streams
 from ..context import Reply, RequestContext
 from ..limits import log_limit
+from ..replay import ReplayCache
 from ..state import Open
 
 log = logging.getLogger("smbgw.create")
@@ -132,7 +134,62 @@ async def handle_create(ctx: RequestContext) -> Reply:
     _validate(req)
     if tree.fs is None:
         return _open_pipe(ctx, req)
-    return await _open_file(ctx, req, ask)
+    return await _open_file_once(ctx, req, ask)
+
+
+async def _open_file_once(
+    ctx: RequestContext, req: CreateRequest, ask: durable.DurableAsk | None
+) -> Reply:
+    """``_open_file``, done once per (ClientGuid, CreateGuid) of a DH2Q: a
+    replay gets the open back instead of a second one (gateway.smb.replay)."""
+    key = None
+    if ask is not None and ask.version == 2:
+        key = ReplayCache.key(ctx.conn.client_guid, ask.create_guid)
+    if key is None:
+        return (await _open_file(ctx, req, ask))[0]
+    replays = ctx.node.replays
+    replayed = bool(ctx.header.flags & HeaderFlags.REPLAY_OPERATION)
+    known, op = replays.lookup(key)
+    if known:
+        if op is None:
+            status = Status.FILE_NOT_AVAILABLE if replayed else Status.DUPLICATE_OBJECTID
+            raise NtStatusError(status, "the create with this CreateGuid still runs")
+        if not replayed:
+            raise NtStatusError(Status.DUPLICATE_OBJECTID, "CreateGuid of an open handle")
+        return await _replayed(ctx, req, op)
+    replays.begin(key)
+    try:
+        reply, op = await _open_file(ctx, req, ask)
+    except BaseException:
+        replays.abandon(key)
+        raise
+    replays.made(key, op)
+    if op.connection is not None and op.connection.closed:
+        await opens.close(ctx.node, op)  # its channel dropped and no other is left
+    return reply
+
+
+async def _replayed(ctx: RequestContext, req: CreateRequest, op: Open) -> Reply:
+    """A replayed CREATE gets the open it made, answered as then; its oplock
+    as far as the replay asks for one (MS-SMB2 3.3.5.9.10; smbtorture
+    smb2.replay.replay-dhv2-*)."""
+    tree = ctx.require_tree()
+    assert tree.fs is not None
+    if op.tree.session is not ctx.session:
+        raise NtStatusError(Status.ACCESS_DENIED, "replay from another session")
+    lease_req = _lease_request(ctx, req)
+    if (lease_req is None) != (op.lease_key is None) or (
+        lease_req is not None and lease_req.key.key != op.lease_key
+    ):
+        raise NtStatusError(Status.ACCESS_DENIED, "replay asks other caching")
+    info = streams.stat_open(tree.fs, op)
+    contexts = _held_lease_contexts(ctx, req, op, info, lease_req)
+    oplock: int = OplockLevel.LEASE
+    if lease_req is None:
+        oplock = op.oplock_level if req.oplock != OplockLevel.NONE else OplockLevel.NONE
+    if op.durable and (op.persistent or oplock in (OplockLevel.BATCH, OplockLevel.LEASE)):
+        contexts += durable.granted_context(op)
+    return _create_reply(op, info, op.create_action, oplock, contexts)
 
 
 def _check_open_limits(ctx: RequestContext) -> None:
@@ -229,7 +286,7 @@ class _CreatedMeanwhile(Exception):
 
 async def _open_file(
     ctx: RequestContext, req: CreateRequest, ask: durable.DurableAsk | None
-) -> Reply:
+) -> tuple[Reply, Open]:
     """Open or create by name.
 
     Two races start it again. The name may appear between the lookup and the
@@ -290,10 +347,12 @@ async def _open_file(
         action = CreateAction.OVERWRITTEN
     else:
         action = CreateAction.OPENED
+    op.create_action = action
+    op.channel_sequence = ctx.header.status & 0xFFFF
     contexts = _response_contexts(ctx, req, op, info, result, lease_req)
     contexts += durable.grant(ask, op, result.lease_state, _continuously_available(ctx))
     oplock = result.oplock if result.oplock != OplockLevel.LEASE or lease_req else 0
-    return _create_reply(op, info, action, oplock, contexts)
+    return _create_reply(op, info, action, oplock, contexts), op
 
 
 def _resolve(ctx: RequestContext, req: CreateRequest, fs: ShareFS) -> _Target:
@@ -620,13 +679,7 @@ async def _reconnected(
     except OSError as e:
         await opens.close(ctx.node, op)
         raise NtStatusError(status_from_oserror(e)) from None
-    contexts: list[tuple[bytes, bytes]] = []
-    if lease_req is not None:
-        held = bus_api.OpenResult(
-            Status.SUCCESS, OplockLevel.LEASE, op.lease_state, op.lease_epoch,
-            lease_version=op.lease_version,
-        )  # fmt: skip
-        contexts = _response_contexts(ctx, req, op, info, held, lease_req)
+    contexts = _held_lease_contexts(ctx, req, op, info, lease_req)
     # No durable context in the reply: the handle is simply back (smbtorture
     # smb2.durable-open.reopen2a, smb2.durable-v2-open.reopen2).
     return _create_reply(op, info, CreateAction.OPENED, op.oplock_level, contexts)
@@ -781,6 +834,24 @@ def _lease_request(
         key, state, _flags, _dur = struct.unpack_from("<16sIIQ", data)
         return bus_api.LeaseRequest(key=bus_api.LeaseKey(ctx.conn.client_guid, key), state=state)
     raise NtStatusError(Status.INVALID_PARAMETER, "short lease context")
+
+
+def _held_lease_contexts(
+    ctx: RequestContext,
+    req: CreateRequest,
+    op: Open,
+    info: FileInfo,
+    lease_req: bus_api.LeaseRequest | None,
+) -> list[tuple[bytes, bytes]]:
+    """The response contexts of a handle given back (reconnect, replay): its
+    lease as it stands, no new grant."""
+    if lease_req is None:
+        return []
+    held = bus_api.OpenResult(
+        Status.SUCCESS, OplockLevel.LEASE, op.lease_state, op.lease_epoch,
+        lease_version=op.lease_version,
+    )  # fmt: skip
+    return _response_contexts(ctx, req, op, info, held, lease_req)
 
 
 def _response_contexts(

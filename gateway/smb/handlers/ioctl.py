@@ -21,6 +21,8 @@ _RSS_CAPABLE = 0x1
 FSCTL_SMBTORTURE_IOCTL_RESPONSE_BODY_PADDING8 = 0x83848013
 FSCTL_SMBTORTURE_GLOBAL_READ_RESPONSE_BODY_PADDING8 = 0x83848023
 FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP = 0x83848043
+# ... and treat the client as no longer acknowledging TCP (a blocked transport).
+FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT = 0x83848003
 _MAX_HOOK_OUTPUT = 0x10000
 
 
@@ -54,6 +56,11 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
             raise NtStatusError(Status.INVALID_PARAMETER)
         out = bytes([8]) * min(max_out, _MAX_HOOK_OUTPUT)
         return _reply(code, pid, vid, out, Status.SUCCESS, padding=8)
+    elif code == FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT and hooks:
+        if data or (pid, vid) != (_NO_FILE, _NO_FILE):
+            raise NtStatusError(Status.INVALID_PARAMETER)
+        ctx.conn.sends_before_unacked = 1  # this reply goes out, nothing after it
+        out = b""
     elif code == FSCTL_SMBTORTURE_FSP_ASYNC_SLEEP and hooks:
         out = await _async_sleep(ctx, data)
         pid, vid = ctx.used_file_id or (pid, vid)
@@ -90,6 +97,17 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
     if len(out) > max_out:
         raise NtStatusError(Status.BUFFER_TOO_SMALL)
     return _reply(code, pid, vid, out, Status.SUCCESS)
+
+
+def sessionless_hook(body: bytes, hooks: bool) -> bool:
+    """Whether ``body`` is an IOCTL that comes without a session: smbtorture
+    sends FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT so (smbd lets it through
+    likewise, only with its test hooks on)."""
+    return (
+        hooks
+        and len(body) >= 8
+        and struct.unpack_from("<I", body, 4)[0] == FSCTL_SMBTORTURE_FORCE_UNACKED_TIMEOUT
+    )
 
 
 def _reply(code: int, pid: int, vid: int, out: bytes, status: int, *, padding: int = 0) -> Reply:
