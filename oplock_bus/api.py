@@ -185,6 +185,19 @@ class AckResult:
 
 
 @dataclass(frozen=True)
+class Leaving:
+    """What a node knows of a durable or resilient open whose client's
+    connection dropped, beyond what the open was made with."""
+
+    timeout_ms: int | None = None  # replaces the open's (a resiliency request)
+    handle: dict[str, Any] | None = None  # joins its reclaim data (file position...)
+    # Kept whatever its caching, and a break it cannot answer lowers its
+    # caching instead of closing it (MS-SMB2 3.3.5.15.9, as Windows does).
+    resilient: bool = False
+    durable_key: str = ""  # for an open made without one (resilient only)
+
+
+@dataclass(frozen=True)
 class DisconnectedOpen:
     """A disconnected durable open, as a node taking it over sees it."""
 
@@ -308,18 +321,12 @@ class LockBus(abc.ABC):
     # -- durable opens outliving their connection or node ------------------------------
 
     async def disconnect(
-        self,
-        file: FileKey,
-        open_id: OpenId,
-        timeout_ms: int | None = None,
-        handle: dict[str, Any] | None = None,
+        self, file: FileKey, open_id: OpenId, leaving: Leaving | None = None
     ) -> bool:
-        """Its client's connection dropped: keep durable ``open_id`` (share
-        mode, caching, locks), disconnected, for ``timeout_ms`` (else the
-        timeout it was opened with), for a reconnect through any node; or
-        close it if it may not be kept (MS-SMB2 3.3.7.1). ``handle`` joins
-        its reclaim data (what its node knew of the handle beyond the open,
-        as its file position). Whether it was kept."""
+        """Its client's connection dropped: keep durable or resilient
+        ``open_id`` (share mode, caching, locks), disconnected, as ``leaving``
+        says, for a reconnect through any node; or close it if it may not be
+        kept (MS-SMB2 3.3.7.1). Whether it was kept."""
         raise NotImplementedError
 
     async def find_disconnected(self, durable_key: str) -> DisconnectedOpen | None:

@@ -29,6 +29,7 @@ from .api import (
     DisconnectedOpen,
     FileKey,
     LeaseKey,
+    Leaving,
     LockBus,
     LockRange,
     NodeId,
@@ -498,16 +499,12 @@ class Coordinator(LockBus):
         return released
 
     async def disconnect(
-        self,
-        file: FileKey,
-        open_id: OpenId,
-        timeout_ms: int | None = None,
-        handle: dict[str, Any] | None = None,
+        self, file: FileKey, open_id: OpenId, leaving: Leaving | None = None
     ) -> bool:
         now = self.clock()
 
         def leave(st: FileState | None) -> tuple[FileState | None, rules.DisconnectOutcome]:
-            out = rules.disconnect(st, open_id, now=now, durable_ms=timeout_ms, handle=handle)
+            out = rules.disconnect(st, open_id, now=now, leaving=leaving)
             return out.state, out
 
         out = await self._apply(

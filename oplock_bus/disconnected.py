@@ -22,9 +22,8 @@ and forgets index entries for what these functions close (``Released``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from .api import BreakNotice, NodeId, OpenId
+from .api import BreakNotice, Leaving, NodeId, OpenId
 from .brl import release_open
 from .caching import H, caching_of
 from .model import FileState, OpenEntry
@@ -83,7 +82,7 @@ def keeps(st: FileState, o: OpenEntry) -> bool:
     """Whether ``o`` may stay, disconnected, once its node is gone."""
     if not o.durable_ms:
         return False
-    if o.persistent:
+    if o.persistent or o.resilient:
         return True
     # Without handle caching the client could not keep the handle; in a break,
     # the ack it owes can no longer come.
@@ -104,25 +103,21 @@ def settle_break(st: FileState, o: OpenEntry) -> None:
 
 
 def disconnect(
-    st: FileState,
-    open_id: OpenId,
-    now: float,
-    released: Released,
-    durable_ms: int | None = None,
-    handle: dict[str, Any] | None = None,
+    st: FileState, open_id: OpenId, now: float, released: Released, leaving: Leaving | None = None
 ) -> bool:
-    """Its node died, or its client's connection: keep ``open_id``
-    disconnected (for ``durable_ms``, if given, with ``handle`` added to its
-    reclaim data) if it may be reclaimed, else close it. In place; whether it
-    was kept."""
+    """Its node died, or its client's connection (``leaving`` says what its
+    node knew of it then): keep ``open_id`` disconnected if it may be
+    reclaimed, else close it. In place; whether it was kept."""
     o = st.opens[open_id]
+    if leaving is not None:
+        o.resilient = o.resilient or leaving.resilient
+        o.durable_ms = leaving.timeout_ms or o.durable_ms
+        o.durable_key = o.durable_key or leaving.durable_key
+        if leaving.handle:
+            o.reclaim = {**(o.reclaim or {}), **leaving.handle}
     if not keeps(st, o):
         drop_open(st, open_id, released)
         return False
-    if durable_ms:
-        o.durable_ms = durable_ms
-    if handle:
-        o.reclaim = {**(o.reclaim or {}), **handle}
     settle_break(st, o)
     o.node_id = ""
     o.epoch = 0

@@ -55,6 +55,7 @@ class OpenEntry:
     # disconnected (node_id "", the wall time here) until reclaimed or expired.
     durable_ms: int = 0
     persistent: bool = False
+    resilient: bool = False  # set when its connection dropped (see api.Leaving)
     durable_key: str = ""
     reclaim: dict[str, Any] | None = None
     disconnected: float = 0.0

@@ -13,7 +13,6 @@ Byte-range locks live in :mod:`oplock_bus.brl` and are re-exported here.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
 
 from . import disconnected
 from .access import FILE_WRITE_DATA, is_lease_stat_open, is_oplock_stat_open, share_conflict
@@ -39,6 +38,7 @@ from .api import (
     AckResult,
     BreakNotice,
     Disposition,
+    Leaving,
     NodeId,
     OpenId,
     OpenRequest,
@@ -211,7 +211,10 @@ def evaluate_open(
             refused = OpenResult(STATUS_FILE_NOT_AVAILABLE)
             return OpenOutcome(st, (), refused, wake=expired, released=released)
         for open_id in set(hit):
-            drop_open(st, open_id, released)
+            if st.opens[open_id].resilient:
+                lower_without_ack(st, trial, open_id)
+            else:
+                drop_open(st, open_id, released)
         expired = True
 
 
@@ -506,7 +509,7 @@ def evaluate_operation(
             # Only breaks that need no ack are dropped: they set no deadline.
             return replace(out, notices=tuple(notices), released=released)
         for victim in set(hit):
-            if st.opens[victim].persistent:
+            if st.opens[victim].persistent or st.opens[victim].resilient:
                 lower_without_ack(st, trial, victim)
             else:
                 drop_open(st, victim, released)
@@ -659,20 +662,16 @@ def _closed(st: FileState, released: Released) -> CloseOutcome:
 
 
 def disconnect(
-    state: FileState | None,
-    open_id: OpenId,
-    *,
-    now: float,
-    durable_ms: int | None = None,
-    handle: dict[str, Any] | None = None,
+    state: FileState | None, open_id: OpenId, *, now: float, leaving: Leaving | None = None
 ) -> DisconnectOutcome:
-    """The open's node or connection is gone: keep it disconnected (for
-    ``durable_ms``, if given) if it may be reclaimed, else close it."""
+    """The open's node or connection is gone: keep it disconnected (as
+    ``leaving`` says, if its connection dropped) if it may be reclaimed,
+    else close it."""
     if state is None or open_id not in state.opens:
         return DisconnectOutcome(state, False, CloseOutcome(state, (), ()))
     st, _ = _fresh(state, state.file, now)
     released = Released()
-    kept = disconnected.disconnect(st, open_id, now, released, durable_ms, handle)
+    kept = disconnected.disconnect(st, open_id, now, released, leaving)
     return DisconnectOutcome(st, kept, _closed(st, released))
 
 

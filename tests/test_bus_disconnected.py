@@ -26,6 +26,7 @@ from oplock_bus.api import (
     STATUS_LOCK_NOT_GRANTED,
     STATUS_SHARING_VIOLATION,
     STATUS_SUCCESS,
+    Leaving,
     LockRange,
     Operation,
 )
@@ -232,7 +233,7 @@ def test_a_dropped_connections_durable_open_waits_for_its_client(backend: str) -
         before = time.time()
         # Node A is alive; only its client's connection dropped (a resiliency
         # timeout of 5 s replaces the 60 s, the file position travels along).
-        assert await bus.disconnect(F, a.oid("h"), 5_000, {"position": 4096})
+        assert await bus.disconnect(F, a.oid("h"), Leaving(5_000, {"position": 4096}))
         found = await bus.find_disconnected("h")
         assert found is not None and found.reclaim == {"client": "A", "position": 4096}
         _, index = await bus.store.load("durable:{h}")
@@ -253,7 +254,7 @@ def test_a_dropped_connection_closes_an_open_without_handle_caching(backend: str
         bus = await _bus(backend)
         a = Client(bus, "A")
         await a.open("h", share=SHARE_NONE, durable_ms=60_000, lease=a.lease(1, R))
-        assert not await bus.disconnect(F, a.oid("h"), None)
+        assert not await bus.disconnect(F, a.oid("h"))
         assert await bus.find_disconnected("h") is None
         c = Client(bus, "C")
         assert (await c.open("x", share=SHARE_NONE)).status == STATUS_SUCCESS
@@ -270,6 +271,27 @@ def test_a_durable_attribute_open_is_recorded_so_it_can_wait(backend: str) -> No
         await a.open("h", access=0x80, share=SHARE_ALL, durable_ms=60_000, persistent=True)
         assert await bus.disconnect(F, a.oid("h"))
         assert await bus.find_disconnected("h") is not None
+        await bus.stop()
+
+    run(body())
+
+
+def test_a_resilient_open_loses_caching_to_an_opener_but_stays(backend: str) -> None:
+    async def body() -> None:
+        bus = await _bus(backend)
+        a = Client(bus, "A")
+        # Not durable: resilient only (FSCTL_LMR_REQUEST_RESILIENCY), so its
+        # node says what a reconnect checks when the connection drops.
+        await a.open("h", share=SHARE_ALL, lease=a.lease(1, R | W | H))
+        leaving = Leaving(10_000, {"client": "A"}, resilient=True, durable_key="h")
+        assert await bus.disconnect(F, a.oid("h"), leaving)
+        c = Client(bus, "C", client_guid=b"other-client-guid")
+        got = await c.open("x", share=SHARE_ALL, lease=c.lease(2, R | W))
+        # Granted at once, but only R: A still caches R and H (pike's
+        # durable.test_resiliency_reconnect_before_timeout, as Windows).
+        assert (got.status, got.lease_state) == (STATUS_SUCCESS, R)
+        found = await bus.find_disconnected("h")
+        assert found is not None and found.lease_state == R | H
         await bus.stop()
 
     run(body())

@@ -41,8 +41,10 @@ KNOWN = {
     # Its reconnect "without the persistent flag" copies the granted flags, so it
     # sends the very DH2C its own clean-up step must then succeed with.
     "Persistent.test_reconnect_fails",
-    # A resilient handle's lease broken while it is disconnected should drop to
-    # what the opener leaves it, without closing; the node closes it (left for later).
+    # They ask a 100 ms resiliency timeout, then reconnect well after 100 ms
+    # and expect the handle back; the node closes it at 100 ms, the timeout
+    # MS-SMB2 3.3.5.15.9 sets. The lease the opener gets meanwhile (R, the
+    # disconnected handle keeping RH) is the one they expect.
     "DurableHandleTest.test_resiliency_reconnect_before_timeout",
     "DurableHandleTest.test_resiliency_upgrade_reconnect_before_timeout",
 }

@@ -75,7 +75,7 @@ class SmbConnection(ConnectionState):
         # Set once teardown has begun. Not ``closed``: a failed write marks the
         # transport closed long before teardown runs, and teardown must still
         # release every open, lock and session of the connection.
-        self._torn_down = False
+        self._teardown: asyncio.Future[None] | None = None
 
     # -- main loop ---------------------------------------------------------
 
@@ -119,16 +119,30 @@ class SmbConnection(ConnectionState):
         return max(0.0, self._sessionless_since + self.node.config.logon_timeout - now)
 
     async def teardown(self) -> None:
-        """Release everything the connection holds, whatever ended it (once)."""
-        if self._torn_down:
+        """Release everything the connection holds, whatever ended it (once).
+
+        A second caller (the node stopping while the client hangs up) waits
+        for the first to finish: the node must not stop its bus while a
+        teardown still closes opens on it."""
+        if self._teardown is not None:
+            await asyncio.shield(self._teardown)
             return
-        self._torn_down = True
+        # The first caller tears down itself, at once: a connection the
+        # client closed must stop counting against its address before the
+        # node accepts the next one.
+        self._teardown = asyncio.get_running_loop().create_future()
+        try:
+            await self._tear_down(asyncio.current_task())
+        finally:
+            self._teardown.set_result(None)
+
+    async def _tear_down(self, caller: asyncio.Task[Any] | None) -> None:
         self.closed = True
         for ctx, task in list(self.pending.values()):
             if not _outlives_channel(ctx, self):
                 task.cancel()
         for rest in list(self._chain_tasks):
-            if rest is not asyncio.current_task():
+            if rest is not caller:
                 rest.cancel()
         await drop_connection(self.node, self)
         try:

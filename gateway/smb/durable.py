@@ -28,6 +28,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from oplock_bus.api import Leaving
+
 from ..protocol.constants import Dialect, NtStatusError, OplockLevel, Status
 from .state import Open
 
@@ -168,6 +170,23 @@ def reclaim_data(op: Open, ask: DurableAsk) -> dict[str, Any]:
         "lease_version": op.lease_version,
         "timeout_ms": ask.timeout(),
     }
+
+
+def leaving(op: Open) -> Leaving:
+    """What the bus must keep of ``op`` when its connection drops, beyond
+    what it was opened with: its file position, its resiliency, and for a
+    handle made resilient without being durable, all a reconnect checks."""
+    handle: dict[str, Any] = {"position": op.position, "durable": op.durable}
+    if op.resilient:
+        handle["resilient_ms"] = op.resilient_timeout_ms
+    if not op.durable:
+        handle |= reclaim_data(op, DurableAsk(1, default_ms=op.resilient_timeout_ms))
+    return Leaving(
+        timeout_ms=DurableTable.timeout_ms(op),
+        handle=handle,
+        resilient=op.resilient,
+        durable_key=durable_key(op.persistent_id),
+    )
 
 
 def new_persistent_id() -> int:

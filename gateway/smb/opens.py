@@ -15,7 +15,7 @@ import os
 
 from oplock_bus.api import Operation
 
-from . import streams, writetime
+from . import durable, streams, writetime
 from .notify import end_watch
 from .services import NodeServices
 from .state import ConnectionState, Open, Session, SessionState, TreeConnect
@@ -107,19 +107,18 @@ async def disconnect_tree(
 async def _outlive_connection(node: NodeServices, op: Open) -> None:
     """The transport dropped under a handle that survives it (MS-SMB2 3.3.7.1).
 
-    A durable handle is left to the bus, disconnected, so that its client can
-    take it back through any node, this one or another (``create``'s take
-    over): the node lets go of the descriptor but not of what the handle
-    holds. The node parks the rest itself (``DurableTable``).
+    A durable or resilient handle is left to the bus, disconnected, so that
+    its client can take it back through any node, this one or another
+    (``create``'s take over): the node lets go of the descriptor but not of
+    what the handle holds. The node parks the rest itself (``DurableTable``).
     """
     # Delete-on-close stays with a node that can carry it out when the
     # handle is closed unclaimed or broken; persistent handles go regardless.
-    handed = op.durable and op.stream is None and (op.persistent or not op.delete_on_close)
+    handed = (op.durable or op.resilient) and op.stream is None
+    handed = handed and (op.persistent or not op.delete_on_close)
     if handed and op.file_key and op.bus_open_id and node.vouched():
         try:
-            kept = await node.bus.disconnect(
-                op.file_key, op.bus_open_id, node.durable.timeout_ms(op), {"position": op.position}
-            )
+            kept = await node.bus.disconnect(op.file_key, op.bus_open_id, durable.leaving(op))
         except NotImplementedError:
             pass
         except Exception as e:  # noqa: BLE001 - the node keeps it instead

@@ -722,9 +722,11 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
         lease_key=held.lease_key,
         lease_version=kept["lease_version"],
         delete_on_close=bool(kept["options"] & CreateOptions.DELETE_ON_CLOSE),
-        durable=True,
+        durable=kept.get("durable", True),
         persistent=found.persistent,
         durable_timeout_ms=kept["timeout_ms"],
+        resilient=bool(kept.get("resilient_ms")),
+        resilient_timeout_ms=kept.get("resilient_ms", 0),
         create_guid=held.create_guid,
         position=kept.get("position", 0),
     )
