@@ -15,6 +15,12 @@ That last step is what makes caching safe on one server and what a naively
 clustered server breaks: if the other node never sends the break, the
 buffered writes stay here and the other client reads stale data.
 
+With ``durable`` the file is opened with a DH2Q (a persistent handle on a
+continuously available share); with a `clients.reconnect.Reconnector` on the
+client, a lost connection is then got back and the handle reclaimed without
+the cache noticing: dirty pages, local locks and lease state stay as they
+were, and the request that was in flight is sent again.
+
 Read freshness: MS-FSA breaks other opens' Read caching on a byte-range lock
 or a write, but a server may deliver those breaks after the conflicting
 request completes (Samba sends them asynchronously). So whenever a lock goes
@@ -38,7 +44,7 @@ from gateway.protocol.constants import (
     Status,
 )
 
-from .messages import BreakNotice
+from .messages import BreakNotice, DurableRequest
 from .smb2client import READ_WRITE, SHARE_ALL, Open, SmbError, Tree
 
 log = logging.getLogger("clients.caching")
@@ -112,9 +118,11 @@ class CachingFile:
         disposition: int = CreateDisposition.OPEN_IF,
         access: int = READ_WRITE,
         share_access: int = SHARE_ALL,
+        durable: DurableRequest | None = None,
         on_event: EventHook | None = None,
     ) -> CachingFile:
-        """``mode``: "lease" (ask RWH), "oplock" (ask Batch) or "none" (no caching)."""
+        """``mode``: "lease" (ask RWH), "oplock" (ask Batch) or "none" (no caching);
+        ``durable``: ask for a durable or persistent handle (DH2Q)."""
         if mode not in ("lease", "oplock", "none"):
             raise ValueError(f"mode {mode!r}: lease, oplock or none")
         holder: list[CachingFile] = []
@@ -133,6 +141,7 @@ class CachingFile:
             disposition=disposition,
             oplock=OplockLevel.BATCH if mode == "oplock" else OplockLevel.NONE,
             lease_state=RWH if mode == "lease" else None,
+            durable=durable,
             on_break=on_break,
         )
         f = cls(op, mode, on_event)
@@ -187,8 +196,8 @@ class CachingFile:
         self._emit("break", new=new, old=self._caching, ack_required=notice.ack_required)
         if self._caching & W and not new & W:
             # Writes and locks live only here: give them back before acknowledging.
-            self._breaking = asyncio.Event()
-            return asyncio.ensure_future(self._write_back_then_ack(notice, new))
+            self._breaking = breaking = asyncio.Event()
+            return asyncio.ensure_future(self._write_back_then_ack(notice, new, breaking))
         self._caching &= new
         if not new & R:
             self._drop_cache()
@@ -196,8 +205,9 @@ class CachingFile:
             return asyncio.ensure_future(self._ack(notice))
         return None
 
-    async def _write_back_then_ack(self, notice: BreakNotice, new: int) -> None:
-        assert self._breaking is not None
+    async def _write_back_then_ack(
+        self, notice: BreakNotice, new: int, breaking: asyncio.Event
+    ) -> None:
         try:
             async with self._io:
                 pages = await self._write_back()
@@ -210,8 +220,11 @@ class CachingFile:
             if notice.ack_required:
                 await self._ack(notice)
         finally:
-            done, self._breaking = self._breaking, None
-            done.set()
+            # Another break may have come meanwhile (one found at a reconnect,
+            # say): its own write-back clears its own event.
+            if self._breaking is breaking:
+                self._breaking = None
+            breaking.set()
             self._lock_released.set()
 
     async def _ack(self, notice: BreakNotice) -> None:

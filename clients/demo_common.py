@@ -89,8 +89,14 @@ def demo_cluster(
     port: int | None = None,
     uncoordinated: bool = False,
     say: Callable[[str], None] | None = None,
+    continuous_availability: bool = False,
+    takeover: bool = False,
+    node_args: Sequence[str] = (),
 ) -> Iterator[DemoCluster]:
-    """Start ``nodes`` gateway nodes over one fresh share; stop them and clean up on exit."""
+    """Start ``nodes`` gateway nodes over one fresh share; stop them and clean up on exit.
+
+    ``continuous_availability``, ``takeover`` and ``node_args`` go to every
+    node (`smbgw serve --ca --takeover ...`), for the failover demo."""
     workdir = Path(tempfile.mkdtemp(prefix="smbgw-demo-"))
     try:
         share_dir = workdir / SHARE
@@ -112,8 +118,10 @@ def demo_cluster(
             shares=[f"{SHARE}={share_dir}"],
             users=str(users),
             uncoordinated=uncoordinated,
+            continuous_availability=continuous_availability,
+            takeover=takeover,
             # Node logs go to files: their lines would tear the progress bar apart.
-            node_args=["--log-level", "WARNING"],
+            node_args=["--log-level", "WARNING", *node_args],
             log_dir=workdir / "logs",
         )
         cluster = LocalCluster(spec)

@@ -17,22 +17,29 @@ each node grants its own client Write caching, the writes stay in the
 clients' caches, and one client's pages overwrite the other's.
 
 `run_jet` takes (host, port) endpoints and spreads clients over them
-round-robin, so ``smbgw demo access`` can point it at a local cluster.
+round-robin, so ``smbgw demo access`` can point it at a local cluster. With
+``persistent`` each client opens the database with a persistent handle and
+reconnects as Windows does (`clients.reconnect`) when its node goes away, so
+``smbgw demo failover`` can kill a node under it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import struct
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from gateway.protocol.constants import CreateDisposition
 
 from .caching import CacheStats, CachingFile
+from .messages import DurableRequest
+from .reconnect import Reconnector
 from .smb2client import DEFAULT_DIALECTS, SMB2Client
 
 LOCK_BASE = 0x10000000
@@ -42,6 +49,7 @@ _CHECKED_FROM = 8
 
 Endpoint = tuple[str, int]
 Progress = Callable[[int, int], None]  # (committed so far, updates planned)
+Opened = Callable[[int], None]  # client i has the database open
 
 
 def encode_page(page: int, counter: int, writer: int, size: int) -> bytes:
@@ -88,6 +96,10 @@ class JetConfig:
     # as users do: the first has Write caching and dirty pages by the time
     # the next open breaks it.
     open_stagger: float = 0.02
+    # Open with a persistent handle (DH2Q) and reconnect after a lost
+    # connection, giving up after reconnect_deadline seconds.
+    persistent: bool = False
+    reconnect_deadline: float = 60.0
 
 
 @dataclass
@@ -99,6 +111,10 @@ class ClientResult:
     granted: int = 0  # caching CREATE granted, as lease bits (R 1, H 2, W 4)
     open_seconds: float = 0.0  # how long CREATE took (it waits for other clients' breaks)
     stats: CacheStats = field(default_factory=CacheStats)
+    reconnects: int = 0  # lost connections got back (persistent only)
+    reclaimed: int = 0  # handles taken back with a DH2C
+    replayed: int = 0  # requests sent again after a reconnect (unanswered when it was lost)
+    paused_seconds: float = 0.0  # the longest wait from a lost connection to its handle back
 
 
 @dataclass
@@ -194,6 +210,7 @@ async def _worker(
     updates: int,
     counter: _Counter,
     start: asyncio.Barrier,
+    on_open: Opened | None,
 ) -> ClientResult:
     result = ClientResult(endpoint)
     rng = random.Random(cfg.seed * 1_000_003 + index)
@@ -202,6 +219,7 @@ async def _worker(
     except BaseException:
         await start.abort()
         raise
+    reconnector = Reconnector(client, deadline=cfg.reconnect_deadline) if cfg.persistent else None
     try:
         tree = await client.tree_connect(cfg.share)
         # Logons take several round trips; without this the first client
@@ -209,21 +227,17 @@ async def _worker(
         await start.wait()
         await asyncio.sleep(index * cfg.open_stagger)
         opened = time.monotonic()
+        durable = DurableRequest(os.urandom(16)) if cfg.persistent else None
         f = await CachingFile.open(
-            tree, cfg.path, mode=cfg.mode, disposition=CreateDisposition.OPEN
+            tree, cfg.path, mode=cfg.mode, disposition=CreateDisposition.OPEN, durable=durable
         )
         result.open_seconds = time.monotonic() - opened
         result.stats = f.stats
         result.granted = f.caching
-        size = cfg.page_size
+        if on_open is not None:
+            on_open(index)
         for _ in range(updates):
-            page = rng.randrange(cfg.pages)
-            await f.lock(LOCK_BASE + page, 1)
-            value, intact = decode_page(await f.read(page * size, size), page, size)
-            result.corrupt_reads += not intact
-            await f.write(page * size, encode_page(page, value + 1, index + 1, size))
-            await f.unlock(LOCK_BASE + page, 1)
-            result.committed += 1
+            await _update(f, rng.randrange(cfg.pages), index, cfg.page_size, result)
             counter.commit()
             await asyncio.sleep(cfg.think)
         await f.close()
@@ -232,8 +246,23 @@ async def _worker(
         raise
     finally:
         result.breaks = client.breaks_received
+        if reconnector is not None:
+            stats = reconnector.stats
+            result.reconnects, result.reclaimed = stats.reconnects, stats.reclaimed
+            result.replayed = stats.replayed
+            result.paused_seconds = stats.longest_pause
         await client.close()
     return result
+
+
+async def _update(f: CachingFile, page: int, index: int, size: int, result: ClientResult) -> None:
+    """One record update under Jet's page lock: committed when the unlock returns."""
+    await f.lock(LOCK_BASE + page, 1)
+    value, intact = decode_page(await f.read(page * size, size), page, size)
+    result.corrupt_reads += not intact
+    await f.write(page * size, encode_page(page, value + 1, index + 1, size))
+    await f.unlock(LOCK_BASE + page, 1)
+    result.committed += 1
 
 
 async def run_jet(
@@ -241,8 +270,12 @@ async def run_jet(
     config: JetConfig | None = None,
     *,
     progress: Progress | None = None,
+    on_open: Opened | None = None,
 ) -> JetReport:
-    """Create the database, run the clients (client i on endpoint i mod n), verify."""
+    """Create the database, run the clients (client i on endpoint i mod n), verify.
+
+    ``progress(done, total)`` is called at each commit, ``on_open(i)`` when
+    client i has opened the database."""
     cfg = config or JetConfig()
     if not endpoints:
         raise ValueError("at least one (host, port) endpoint")
@@ -253,12 +286,12 @@ async def run_jet(
     counter = _Counter(cfg.updates, progress)
     barrier = asyncio.Barrier(cfg.clients)
     start = time.monotonic()
-    results = await asyncio.gather(
-        *(
-            _worker(i, endpoints[i % len(endpoints)], cfg, share + (i < extra), counter, barrier)
-            for i in range(cfg.clients)
-        )
-    )
+
+    def worker(i: int) -> Coroutine[Any, Any, ClientResult]:
+        updates = share + (i < extra)
+        return _worker(i, endpoints[i % len(endpoints)], cfg, updates, counter, barrier, on_open)
+
+    results = await asyncio.gather(*(worker(i) for i in range(cfg.clients)))
     seconds = time.monotonic() - start
     total, corrupt = await verify_database(endpoints[0], cfg)
     committed = sum(r.committed for r in results)

@@ -53,11 +53,15 @@ _OPLOCK_BREAK = struct.Struct("<HBBIQQ")
 _LEASE_ACK = struct.Struct("<HHI16sIQ")
 _LEASE_BREAK = struct.Struct("<HHI16sIIIII")
 _SMALL = struct.Struct("<HH")
+_DH2Q = struct.Struct("<II8s16s")  # Timeout, Flags, Reserved, CreateGuid
+_DH2Q_RESP = struct.Struct("<II")  # Timeout, Flags
+_DH2C = struct.Struct("<QQ16sI")  # FileId (persistent, volatile), CreateGuid, Flags
 
 # Offered in preference order; the server picks (MS-SMB2 3.3.5.4).
 CIPHERS = (Cipher.AES_128_GCM, Cipher.AES_128_CCM, Cipher.AES_256_GCM, Cipher.AES_256_CCM)
 SIGNING_ALGORITHMS = (SigningAlgorithm.AES_GMAC, SigningAlgorithm.AES_CMAC)
 LEASE_BREAK_ACK_REQUIRED = 0x01
+DHANDLE_FLAG_PERSISTENT = 0x02  # SMB2_DHANDLE_FLAG_PERSISTENT (MS-SMB2 2.2.13.2.11)
 
 
 class SmbProtocolError(Exception):
@@ -162,9 +166,11 @@ def parse_negotiate_response(body: bytes) -> NegotiateResponse:
 # -- SESSION_SETUP, TREE_CONNECT ---------------------------------------------------
 
 
-def session_setup_request(security_mode: int, token: bytes) -> bytes:
+def session_setup_request(security_mode: int, token: bytes, previous_session_id: int = 0) -> bytes:
+    """``previous_session_id``: the session a reconnecting client lost (MS-SMB2 2.2.5)."""
     offset = HEADER_SIZE + _SESS_REQ.size
-    return _SESS_REQ.pack(25, 0, security_mode, 0, 0, offset, len(token), 0) + token
+    head = _SESS_REQ.pack(25, 0, security_mode, 0, 0, offset, len(token), previous_session_id)
+    return head + token
 
 
 def parse_session_setup_response(body: bytes) -> tuple[int, bytes]:
@@ -204,6 +210,24 @@ class LeaseRequest:
     epoch: int = 0
 
 
+@dataclass(frozen=True)
+class DurableRequest:
+    """A DH2Q: ask for a durable handle, persistent on a continuously available share."""
+
+    create_guid: bytes  # 16 bytes naming this create, kept for the reconnect
+    timeout_ms: int = 60_000
+    persistent: bool = True
+
+
+@dataclass(frozen=True)
+class DurableReconnect:
+    """A DH2C: take back the durable handle ``file_id`` after a lost connection."""
+
+    file_id: FileId
+    create_guid: bytes
+    persistent: bool
+
+
 def create_request(
     name: str,
     *,
@@ -214,6 +238,7 @@ def create_request(
     attributes: int = 0,
     oplock: int = OplockLevel.NONE,
     lease: LeaseRequest | None = None,
+    durable: DurableRequest | DurableReconnect | None = None,
 ) -> bytes:
     name_bytes = name.replace("/", "\\").encode("utf-16-le")
     contexts: list[tuple[bytes, bytes]] = []
@@ -224,6 +249,8 @@ def create_request(
         else:
             data = _LEASE_V1.pack(lease.key, lease.state, 0, 0)
         contexts.append((b"RqLs", data))
+    if durable is not None:
+        contexts.append(_durable_context(durable))
     name_off = HEADER_SIZE + _CREATE_REQ.size
     # The Buffer field is never empty (MS-SMB2 2.2.13), hence the NUL for "".
     buf = name_bytes or b"\x00"
@@ -240,6 +267,13 @@ def create_request(
     return head + buf
 
 
+def _durable_context(durable: DurableRequest | DurableReconnect) -> tuple[bytes, bytes]:
+    flags = DHANDLE_FLAG_PERSISTENT if durable.persistent else 0
+    if isinstance(durable, DurableRequest):
+        return b"DH2Q", _DH2Q.pack(durable.timeout_ms, flags, bytes(8), durable.create_guid)
+    return b"DH2C", _DH2C.pack(*durable.file_id, durable.create_guid, flags)
+
+
 @dataclass
 class CreateResponse:
     oplock: int
@@ -249,6 +283,7 @@ class CreateResponse:
     file_id: FileId
     lease_state: int | None = None
     lease_epoch: int = 0
+    durable_flags: int | None = None  # the DH2Q response's Flags; None: not durable (v2)
 
 
 def parse_create_response(body: bytes) -> CreateResponse:
@@ -261,7 +296,7 @@ def parse_create_response(body: bytes) -> CreateResponse:
     # Not gateway.protocol.contexts.parse_create_contexts: that is the server's
     # strict request parser (it raises NtStatusError, a status the server never
     # sent, and refuses unaligned or duplicate contexts); a response is read
-    # leniently here, taking only the lease context and skipping the rest.
+    # leniently here, taking only the lease and DH2Q contexts and skipping the rest.
     contexts = _blob(body, ctx_off, ctx_len)
     pos = 0
     while ctx_len and pos + _CTX_HDR.size <= len(contexts):
@@ -272,6 +307,8 @@ def parse_create_response(body: bytes) -> CreateResponse:
             out.lease_state = _LEASE_V1.unpack_from(data)[1]
             if len(data) >= _LEASE_V2.size:
                 out.lease_epoch = _LEASE_V2.unpack_from(data)[5]
+        elif name == b"DH2Q" and len(data) >= _DH2Q_RESP.size:
+            out.durable_flags = _DH2Q_RESP.unpack_from(data)[1]
         if not nxt:
             break
         pos += nxt

@@ -12,6 +12,11 @@ use `gateway.protocol.crypto`. A break is routed to the open it names (an
 oplock break by FileId, a lease break by LeaseKey) and handed to that open's
 ``on_break``; an open without one acknowledges at once with the level the
 server offered, as a client that caches nothing would.
+
+A durable or persistent handle (``create(..., durable=DurableRequest(...))``)
+can be taken back after the connection is lost: `clients.reconnect` plugs a
+`Recovery` into the client, and every request on such an open goes through it
+(`OpenRequest` says how to build the request again for a new connection).
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import inspect
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import spnego
 
@@ -33,6 +39,7 @@ from gateway.protocol.constants import (
     CreateDisposition,
     CreateOptions,
     Dialect,
+    HeaderFlags,
     OplockLevel,
     SecurityMode,
     SessionFlags,
@@ -43,12 +50,30 @@ from gateway.protocol.constants import (
 from gateway.protocol.header import Header
 
 from . import messages as m
-from .messages import BreakNotice, FileId, LeaseRequest, LockElement, SmbProtocolError
+from .messages import (
+    BreakNotice,
+    DurableReconnect,
+    DurableRequest,
+    FileId,
+    LeaseRequest,
+    LockElement,
+    SmbProtocolError,
+)
 from .transport import Response, SessionChannel, SmbError, Transport
 
 log = logging.getLogger("clients.smb2")
 
-__all__ = ["BreakHandler", "Open", "SMB2Client", "SmbError", "Tree"]
+__all__ = [
+    "BreakHandler",
+    "DurableRequest",
+    "Login",
+    "Open",
+    "OpenRequest",
+    "Recovery",
+    "SMB2Client",
+    "SmbError",
+    "Tree",
+]
 
 DEFAULT_DIALECTS = (Dialect.SMB2_1, Dialect.SMB3_0, Dialect.SMB3_0_2, Dialect.SMB3_1_1)
 READ_WRITE = int(AccessMask.GENERIC_READ | AccessMask.GENERIC_WRITE)
@@ -56,6 +81,48 @@ SHARE_ALL = int(ShareAccess.READ | ShareAccess.WRITE | ShareAccess.DELETE)
 _MAX_IO = 1024 * 1024
 
 BreakHandler = Callable[["Open", BreakNotice], Awaitable[None] | None]
+
+
+@dataclass(frozen=True)
+class Login:
+    """How a client logged on: what it needs to log on again after losing its connection."""
+
+    port: int
+    user: str
+    password: str
+    domain: str = ""
+    dialects: tuple[int, ...] = DEFAULT_DIALECTS
+    require_signing: bool = False
+    encrypt: bool = False
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class OpenRequest:
+    """A request on an open, built again at every send: after a reconnect the
+    tree has a new id and the handle may have a new volatile FileId."""
+
+    command: int
+    body: Callable[[FileId], bytes]
+    payload: int = 0
+    expect: tuple[int, ...] = (Status.SUCCESS,)
+    locks: tuple[LockElement, ...] = field(default=())  # a LOCK's elements, for its replay
+
+
+class Recovery(Protocol):
+    """A reconnecting client (`clients.reconnect.Reconnector`) plugged into `SMB2Client`."""
+
+    def connection_lost(self, reason: BaseException) -> None:
+        """The transport ended without our asking: start getting it back."""
+
+    async def ready(self) -> None:
+        """Return once no reconnect is due or running (raise if one failed)."""
+
+    async def send(self, op: Open, request: OpenRequest) -> Response:
+        """Send ``request`` on durable ``op``, reconnecting and replaying as needed."""
+
+    def stop(self) -> None:
+        """The client is closing: reconnect no more."""
 
 
 @dataclass(frozen=True)
@@ -84,12 +151,16 @@ class SMB2Client:
         self.session_id = 0
         self.encrypt = False
         self.breaks_received = 0
+        self.login: Login | None = None  # set by connect(): what a reconnect repeats
+        self.recovery: Recovery | None = None
+        self.trees: list[Tree] = []
         self._opens: dict[FileId, Open] = {}
         self._parked: list[BreakNotice] = []
         self._tasks: set[asyncio.Future[None]] = set()
         self._negotiated: _Negotiated | None = None
         if receives_breaks:
             transport.on_notification = self._on_notification
+            transport.on_lost = self._lost
 
     @classmethod
     async def connect(
@@ -104,31 +175,47 @@ class SMB2Client:
         require_signing: bool = False,
         encrypt: bool = False,
         timeout: float = 10.0,
+        client_guid: bytes | None = None,
+        previous_session_id: int = 0,
     ) -> SMB2Client:
+        """``client_guid`` and ``previous_session_id``: a client coming back after a
+        lost connection keeps its ClientGuid (its leases and durable handles are
+        known by it) and names the session it lost."""
+        login = Login(port, user, password, domain, dialects, require_signing, encrypt, timeout)
         transport = await Transport.open(host, port, timeout)
         client = cls(transport, host)
+        client.login = login
+        if client_guid is not None:
+            client.client_guid = client_guid
         try:
-            await asyncio.wait_for(
-                client._login(user, password, domain, dialects, require_signing, encrypt), timeout
-            )
+            await asyncio.wait_for(client._login(login, previous_session_id), timeout)
         except BaseException:
             await transport.close()
             raise
         return client
 
+    def adopt(self, fresh: SMB2Client) -> None:
+        """Carry on over ``fresh``'s connection and session (a reconnect): trees
+        and opens stay these objects, and breaks arriving there come here."""
+        self.transport = fresh.transport
+        self.dialect, self.server_capabilities = fresh.dialect, fresh.server_capabilities
+        self.max_read, self.max_write = fresh.max_read, fresh.max_write
+        self.channel, self.session_id = fresh.channel, fresh.session_id
+        self.encrypt, self._negotiated = fresh.encrypt, fresh._negotiated
+        self.transport.on_notification = self._on_notification
+        self.transport.on_lost = self._lost
+
+    def _lost(self, reason: BaseException) -> None:
+        if self.recovery is not None:
+            self.recovery.connection_lost(reason)
+
     # -- NEGOTIATE and SESSION_SETUP ---------------------------------------------------
 
-    async def _login(
-        self,
-        user: str,
-        password: str,
-        domain: str,
-        dialects: tuple[int, ...],
-        require_signing: bool,
-        encrypt: bool,
-    ) -> None:
-        await self._negotiate(dialects, require_signing, encrypt)
-        await self._session_setup(user, password, domain, encrypt)
+    async def _login(self, login: Login, previous_session_id: int) -> None:
+        await self._negotiate(login.dialects, login.require_signing, login.encrypt)
+        await self._session_setup(
+            login.user, login.password, login.domain, login.encrypt, previous_session_id
+        )
 
     async def _negotiate(
         self, dialects: tuple[int, ...], require_signing: bool, encrypt: bool
@@ -137,6 +224,8 @@ class SMB2Client:
         if require_signing:
             sec_mode |= SecurityMode.SIGNING_REQUIRED
         caps = Capabilities.LEASING | Capabilities.LARGE_MTU
+        if max(dialects) >= Dialect.SMB3_0:
+            caps |= Capabilities.PERSISTENT_HANDLES  # as Windows: it may ask for them
         if encrypt:
             caps |= Capabilities.ENCRYPTION
         body = m.negotiate_request(tuple(dialects), int(sec_mode), int(caps), self.client_guid)
@@ -183,7 +272,9 @@ class SMB2Client:
         await other._session_setup(user, password, domain, encrypt)
         return other
 
-    async def _session_setup(self, user: str, password: str, domain: str, encrypt: bool) -> None:
+    async def _session_setup(
+        self, user: str, password: str, domain: str, encrypt: bool, previous_session_id: int = 0
+    ) -> None:
         assert self._negotiated is not None
         neg, sec_mode = self._negotiated.response, self._negotiated.security_mode
         preauth, cipher = self._negotiated.preauth, self._negotiated.cipher
@@ -198,7 +289,7 @@ class SMB2Client:
         session_id = 0
         while True:
             assert token is not None
-            body = m.session_setup_request(int(sec_mode), token)
+            body = m.session_setup_request(int(sec_mode), token, previous_session_id)
             resp = await self.transport.request(
                 Command.SESSION_SETUP,
                 body,
@@ -246,6 +337,12 @@ class SMB2Client:
     # -- trees ----------------------------------------------------------------------------
 
     async def tree_connect(self, share: str) -> Tree:
+        tree_id, info = await self._tree_connect(share)
+        tree = Tree(self, tree_id, share, info)
+        self.trees.append(tree)
+        return tree
+
+    async def _tree_connect(self, share: str) -> tuple[int, m.TreeConnectResponse]:
         unc = f"\\\\{self.host}\\{share}"
         resp = await self.request(
             Command.TREE_CONNECT,
@@ -257,7 +354,7 @@ class SMB2Client:
         info = m.parse_tree_connect_response(resp.body)
         if info.share_flags & ShareFlags.ENCRYPT_DATA and not self.encrypt:
             raise SmbProtocolError("the share demands encryption; connect with encrypt=True")
-        return Tree(self, resp.header.tree_id, share, info)
+        return resp.header.tree_id, info
 
     async def request(
         self,
@@ -268,6 +365,7 @@ class SMB2Client:
         payload: int = 0,
         sign: bool | None = None,
         expect: tuple[int, ...] = (Status.SUCCESS,),
+        flags: int = 0,
     ) -> Response:
         if self.channel is None:
             raise SmbProtocolError("not logged on")
@@ -279,6 +377,7 @@ class SMB2Client:
             payload=payload,
             sign=sign,
             expect=expect,
+            flags=flags,
         )
 
     async def echo(self) -> None:
@@ -288,6 +387,8 @@ class SMB2Client:
 
     async def close(self) -> None:
         """Log off and drop the connection; open handles are closed by the server."""
+        if self.recovery is not None:
+            self.recovery.stop()
         if not self.transport.closed and self.channel is not None:
             try:
                 await asyncio.wait_for(self.request(Command.LOGOFF, m.small_request()), 5)
@@ -307,7 +408,17 @@ class SMB2Client:
             self._route(notice)
 
     def unregister(self, op: Open) -> None:
-        self._opens.pop(op.file_id, None)
+        if self._opens.get(op.file_id) is op:
+            del self._opens[op.file_id]
+
+    def opens(self) -> list[Open]:
+        return list(self._opens.values())
+
+    def lowered(self, op: Open, notice: BreakNotice) -> None:
+        """Caching the server took while we could not be told (found at a
+        reconnect): handled as a break that needs no acknowledgement."""
+        op.note_break(notice)
+        self._run_handler(op, notice)
 
     def _on_notification(self, hdr: Header, body: bytes) -> None:
         self.breaks_received += 1
@@ -376,13 +487,16 @@ class Tree:
         oplock: int = OplockLevel.NONE,
         lease_state: int | None = None,
         lease_key: bytes | None = None,
+        durable: DurableRequest | None = None,
         on_break: BreakHandler | None = None,
     ) -> Open:
-        """Open or create a file; ``lease_state`` asks for a lease instead of ``oplock``."""
+        """Open or create a file; ``lease_state`` asks for a lease instead of
+        ``oplock``, ``durable`` for a durable (or persistent) handle (3.x)."""
+        if self.client.recovery is not None:
+            await self.client.recovery.ready()  # not on a connection known to be gone
         lease: LeaseRequest | None = None
         if lease_state is not None:
-            version = 2 if self.client.dialect >= Dialect.SMB3_0 else 1
-            lease = LeaseRequest(lease_key or os.urandom(16), lease_state, version)
+            lease = LeaseRequest(lease_key or os.urandom(16), lease_state, self._lease_version())
         body = m.create_request(
             path,
             access=access,
@@ -391,14 +505,51 @@ class Tree:
             options=options,
             oplock=oplock,
             lease=lease,
+            durable=durable if self.client.dialect >= Dialect.SMB3_0 else None,
         )
         resp = await self.client.request(Command.CREATE, body, tree_id=self.tree_id)
         info = m.parse_create_response(resp.body)
         op = Open(self, path, info, lease.key if lease is not None else None, on_break)
+        op.access, op.share_access, op.options = access, share_access, options
+        if durable is not None and info.durable_flags is not None:
+            op.durable = durable
+            op.persistent = bool(info.durable_flags & m.DHANDLE_FLAG_PERSISTENT)
         self.client.register(op)
         return op
 
+    def _lease_version(self) -> int:
+        return 2 if self.client.dialect >= Dialect.SMB3_0 else 1
+
+    async def reconnect(self) -> None:
+        """Connect this tree again in the client's new session (after a reconnect)."""
+        self.tree_id, self.info = await self.client._tree_connect(self.share)
+
+    async def reclaim(self, op: Open) -> None:
+        """Take durable ``op`` back with a DH2C (MS-SMB2 3.2.4.4): same name,
+        FileId, CreateGuid, lease key and persistent flag as it was granted.
+        Caching the server took meanwhile reaches the open's break handler."""
+        assert op.durable is not None, "only a durable handle can be reclaimed"
+        lease = None
+        if op.lease_key is not None:
+            lease = LeaseRequest(op.lease_key, op.lease_state, self._lease_version())
+        again = DurableReconnect(op.file_id, op.durable.create_guid, op.persistent)
+        body = m.create_request(
+            op.path, access=op.access, share=op.share_access,
+            disposition=CreateDisposition.OPEN, options=op.options,
+            oplock=op.oplock_level, lease=lease, durable=again,
+        )  # fmt: skip
+        resp = await self.client.request(Command.CREATE, body, tree_id=self.tree_id)
+        info = m.parse_create_response(resp.body)
+        before = op.caching
+        self.client.unregister(op)
+        op.reclaimed(self, info)
+        self.client.register(op)
+        if before & ~op.caching:
+            self.client.lowered(op, op.lowered_notice(before))
+
     async def disconnect(self) -> None:
+        if self in self.client.trees:
+            self.client.trees.remove(self)  # nothing to connect again after a reconnect
         await self.client.request(Command.TREE_DISCONNECT, m.small_request(), tree_id=self.tree_id)
 
 
@@ -426,6 +577,11 @@ class Open:
         self.on_break = on_break
         self.breaks: list[BreakNotice] = []
         self.closed = False
+        # What a reconnect repeats (Tree.create fills them in).
+        self.access, self.share_access, self.options = READ_WRITE, SHARE_ALL, 0
+        self.durable: DurableRequest | None = None  # granted durable: reclaimable
+        self.persistent = False
+        self.lost: BaseException | None = None  # why a reconnect could not take it back
 
     @property
     def caching(self) -> int:
@@ -447,25 +603,64 @@ class Open:
             else:
                 self.oplock_level = notice.new_oplock
 
-    async def _request(self, command: int, body: bytes, payload: int = 0) -> Response:
-        return await self.client.request(command, body, tree_id=self.tree.tree_id, payload=payload)
+    def reclaimed(self, tree: Tree, info: m.CreateResponse) -> None:
+        """Take what the DH2C's response says: the handle as the server kept it."""
+        self.tree = tree
+        self.file_id = info.file_id
+        self.oplock_level = info.oplock
+        if self.lease_key is not None and info.lease_state is not None:
+            self.lease_state = info.lease_state
+            self.lease_epoch = info.lease_epoch
+
+    def lowered_notice(self, before: int) -> BreakNotice:
+        """A break, needing no acknowledgement, from ``before`` to the caching held now."""
+        if self.lease_key is not None:
+            return BreakNotice(
+                None, lease_key=self.lease_key, current_state=before,
+                new_state=self.lease_state, epoch=self.lease_epoch, ack_required=False,
+            )  # fmt: skip
+        return BreakNotice(self.file_id, new_oplock=self.oplock_level, ack_required=False)
+
+    # -- requests -------------------------------------------------------------------------
+
+    async def _request(self, request: OpenRequest) -> Response:
+        recovery = self.client.recovery
+        if self.durable is not None and recovery is not None:
+            return await recovery.send(self, request)
+        return await self.send_now(request)
+
+    async def send_now(self, request: OpenRequest, *, replay: bool = False) -> Response:
+        """Send ``request`` once, on the connection and tree as they are now;
+        ``replay``: it was sent before, on a connection that was lost (3.x
+        marks it SMB2_FLAGS_REPLAY_OPERATION)."""
+        flags = 0
+        if replay and self.client.dialect >= Dialect.SMB3_0:
+            flags = HeaderFlags.REPLAY_OPERATION
+        return await self.client.request(
+            request.command,
+            request.body(self.file_id),
+            tree_id=self.tree.tree_id,
+            payload=request.payload,
+            expect=request.expect,
+            flags=flags,
+        )
 
     async def read(self, offset: int, length: int) -> bytes:
         """Up to ``length`` bytes; short at end of file, b"" past it."""
         out = bytearray()
         while len(out) < length:
             n = min(length - len(out), self.client.max_read)
-            try:
-                resp = await self.client.request(
+            at = offset + len(out)
+            resp = await self._request(
+                OpenRequest(
                     Command.READ,
-                    m.read_request(self.file_id, offset + len(out), n),
-                    tree_id=self.tree.tree_id,
+                    _read_body(at, n),
                     payload=n,
+                    expect=(Status.SUCCESS, Status.END_OF_FILE),
                 )
-            except SmbError as e:
-                if e.status == Status.END_OF_FILE:
-                    break
-                raise
+            )
+            if resp.status == Status.END_OF_FILE:
+                break
             data = m.parse_read_response(resp.body)
             out += data
             if len(data) < n:
@@ -476,8 +671,9 @@ class Open:
         done = 0
         while done < len(data) or not data:
             chunk = data[done : done + self.client.max_write]
+            at = offset + done
             resp = await self._request(
-                Command.WRITE, m.write_request(self.file_id, offset + done, chunk), len(chunk)
+                OpenRequest(Command.WRITE, _write_body(at, chunk), payload=len(chunk))
             )
             written = m.parse_write_response(resp.body)
             done += written
@@ -486,7 +682,7 @@ class Open:
         return done
 
     async def flush(self) -> None:
-        await self._request(Command.FLUSH, m.flush_request(self.file_id))
+        await self._request(OpenRequest(Command.FLUSH, m.flush_request))
 
     async def lock(
         self, offset: int, length: int, *, exclusive: bool = True, wait: bool = True
@@ -502,15 +698,18 @@ class Open:
         await self.lock_elements([LockElement.unlock(offset, length)])
 
     async def lock_elements(self, elements: list[LockElement]) -> None:
-        await self._request(Command.LOCK, m.lock_request(self.file_id, elements))
+        locks = tuple(elements)
+        await self._request(
+            OpenRequest(Command.LOCK, lambda fid: m.lock_request(fid, list(locks)), locks=locks)
+        )
 
     async def acknowledge(self, notice: BreakNotice, level: int | None = None) -> int:
         """Acknowledge a break with ``level`` (default: what the server offered)."""
         if notice.is_lease:
             assert notice.lease_key is not None
-            state = notice.new_state if level is None else level
+            key, state = notice.lease_key, notice.new_state if level is None else level
             resp = await self._request(
-                Command.OPLOCK_BREAK, m.lease_ack_request(notice.lease_key, state)
+                OpenRequest(Command.OPLOCK_BREAK, lambda _fid: m.lease_ack_request(key, state))
             )
             granted = m.parse_lease_ack_response(resp.body)
             for op in list(self.client._opens.values()):
@@ -518,15 +717,37 @@ class Open:
                     op.lease_state = granted
             return granted
         new = notice.new_oplock if level is None else level
-        resp = await self._request(Command.OPLOCK_BREAK, m.oplock_ack_request(self.file_id, new))
+        resp = await self._request(
+            OpenRequest(Command.OPLOCK_BREAK, lambda fid: m.oplock_ack_request(fid, new))
+        )
         self.oplock_level = m.parse_oplock_ack_response(resp.body)
         return self.oplock_level
 
     async def close(self) -> None:
-        if self.closed:
+        if self.closed or self.lost is not None:  # a handle no reconnect got back is gone
+            self.closed = True
             return
-        self.closed = True
+        recovery = self.client.recovery if self.durable is not None else None
         try:
-            await self._request(Command.CLOSE, m.close_request(self.file_id))
+            if recovery is not None:
+                # A CLOSE must reach the server: on a connection known to be
+                # gone, wait until the handle is back.
+                await recovery.ready()
+            self.closed = True
+            await self.send_now(OpenRequest(Command.CLOSE, m.close_request))
+        except ConnectionError as e:
+            if recovery is None:
+                raise
+            # Lost in flight: not replayed (clients/reconnect.py says why).
+            log.info("CLOSE of %s not answered (%s); the server ends the handle", self.path, e)
         finally:
+            self.closed = True
             self.client.unregister(self)
+
+
+def _read_body(offset: int, length: int) -> Callable[[FileId], bytes]:
+    return lambda fid: m.read_request(fid, offset, length)
+
+
+def _write_body(offset: int, data: bytes) -> Callable[[FileId], bytes]:
+    return lambda fid: m.write_request(fid, offset, data)

@@ -90,6 +90,7 @@ class _Pending:
 
 
 NotificationHandler = Callable[[Header, bytes], None]
+LossHandler = Callable[[BaseException], None]
 
 
 class Transport:
@@ -107,6 +108,9 @@ class Transport:
         self.multi_credit = False  # CreditCharge only counts with 2.1+ and LARGE_MTU
         self.sessions: dict[int, SessionChannel] = {}
         self.on_notification: NotificationHandler | None = None
+        # Called once when the server or the network ends the connection (not
+        # when we close it): a reconnecting client starts over from there.
+        self.on_lost: LossHandler | None = None
         self.closed = False
         self.close_reason: BaseException | None = None
         self._read_task = asyncio.get_running_loop().create_task(self._read_loop())
@@ -140,13 +144,15 @@ class Transport:
         payload: int = 0,
         sign: bool | None = None,
         expect: Collection[int] = (Status.SUCCESS,),
+        flags: int = 0,
     ) -> Response:
         """Send one request and wait for its final response (interim ones are absorbed).
 
         ``payload`` is the larger of the bytes sent and expected back; it sets
         the CreditCharge. ``sign`` overrides the session's sign-everything
-        rule (3.1.1 signs TREE_CONNECT whatever it is). A status outside
-        ``expect`` raises SmbError.
+        rule (3.1.1 signs TREE_CONNECT whatever it is). ``flags`` go into the
+        header (SMB2_FLAGS_REPLAY_OPERATION for a request sent again). A
+        status outside ``expect`` raises SmbError.
         """
         if self.closed:
             raise ConnectionError(f"connection closed: {self.close_reason}")
@@ -169,6 +175,7 @@ class Transport:
             credits=ask,
             tree_id=tree_id,
             session_id=sid,
+            flags=flags,
         )
         raw = hdr.pack() + body
         wire = raw
@@ -182,7 +189,15 @@ class Transport:
         self._pending[mid] = entry
         self._writer.write(frame(wire))
         try:
-            await self._writer.drain()
+            try:
+                await self._writer.drain()
+            except OSError as e:
+                # The connection broke under the write: nobody will await the
+                # future, so it must not be left for _shutdown to fail.
+                if self._pending.get(mid) is entry:
+                    del self._pending[mid]
+                future.cancel()
+                raise ConnectionError(f"connection lost: {e}") from e
             response = await future
         except asyncio.CancelledError:
             # Cancelling our task cancelled the future too; the server still
@@ -218,6 +233,7 @@ class Transport:
 
     async def _read_loop(self) -> None:
         reason: BaseException | None = None
+        ours = False  # we closed it ourselves: nothing to recover
         try:
             while True:
                 data = await self._reader.read(65536)
@@ -230,11 +246,15 @@ class Transport:
             reason = e
         except asyncio.CancelledError:
             reason = ConnectionError("connection closed by the client")
+            ours = True
         except Exception as e:  # a notification handler's bug: fail loudly, not silently
             log.exception("connection reader failed")
             reason = e
         finally:
+            was_open = not self.closed
             self._shutdown(reason or ConnectionError("connection closed"))
+            if was_open and not ours and self.on_lost is not None:
+                self.on_lost(self.close_reason or ConnectionError("connection closed"))
 
     def _on_frame(self, data: bytes) -> None:
         encrypted = False

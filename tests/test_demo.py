@@ -74,7 +74,7 @@ def test_help_names_the_options_and_the_exit_status() -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["demo"], "required: {access,break}"),
+        (["demo"], "required: {access,break,failover}"),
         (["demo", "access", "--nodes", "0"], "--nodes: nodes must be between 1 and 16, not 0"),
         (["demo", "access", "--nodes", "two"], "'two' is not a whole number"),
         (["demo", "access", "--clients", "0"], "clients must be between 1 and 64, not 0"),
