@@ -10,6 +10,8 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from oplock_bus.api import BusUnavailable
+
 from .config import (
     BUS_PASSWORD_ENV,
     Config,
@@ -95,6 +97,10 @@ async def serve(cfg: Config) -> int:
     except ConfigError:
         await bus.stop()
         raise
+    except BusUnavailable as e:
+        # Nothing to serve without the lock space: one line, not a traceback.
+        await bus.stop()
+        raise ConfigError(f"cannot start: {e} (--bus {redact(cfg.bus_url or '')})") from None
     except OSError as e:
         await bus.stop()
         if e.errno == errno.EADDRINUSE:

@@ -57,6 +57,14 @@ def test_port_in_use(tmp_path: Path) -> None:
     assert_one_line_error(result, "port in use")
 
 
+def test_unreachable_bus_at_start(tmp_path: Path) -> None:
+    users = write_users(tmp_path / "users")
+    nobody = free_port()  # nothing listens there
+    result = serve("--listen", f"127.0.0.1:{free_port()}", "--share", f"s={tmp_path}",
+                   "--users", str(users), "--bus", f"redis://127.0.0.1:{nobody}/0")  # fmt: skip
+    assert_one_line_error(result, "Redis unreachable")
+
+
 def test_unknown_toml_setting(tmp_path: Path) -> None:
     conf = tmp_path / "gw.toml"
     conf.write_text('listen = "127.0.0.1:1"\nfrobnicate = true\n')
