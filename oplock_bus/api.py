@@ -195,6 +195,9 @@ class Leaving:
     # caching instead of closing it (MS-SMB2 3.3.5.15.9, as Windows does).
     resilient: bool = False
     durable_key: str = ""  # for an open made without one (resilient only)
+    # Names the create that made it, so that a replay of that create finds
+    # it (``find_replayable``); opaque to the bus.
+    replay_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -332,6 +335,10 @@ class LockBus(abc.ABC):
     async def find_disconnected(self, durable_key: str) -> DisconnectedOpen | None:
         """The durable open left behind, by its connection or its dead node,
         under ``durable_key``."""
+        return None
+
+    async def find_replayable(self, replay_key: str) -> DisconnectedOpen | None:
+        """The disconnected open its connection left with ``replay_key``."""
         return None
 
     async def reconnect(

@@ -56,6 +56,11 @@ def durable_doc_key(key: str) -> str:
     return f"durable:{{{key}}}"
 
 
+def replay_doc_key(key: str) -> str:
+    """Where a disconnected open is found by the create that made it (api.Leaving)."""
+    return f"replay:{{{key}}}"
+
+
 def file_channel(file: FileKey) -> str:
     return f"file:{{{file}}}"
 
@@ -520,9 +525,24 @@ class Coordinator(LockBus):
             await self.store.transact(
                 durable_doc_key(entry.durable_key), lambda _doc: (index, None)
             )
+            if entry.replay_key:
+                by_create = {"durable": entry.durable_key, "expires": entry.expires()}
+                await self.store.transact(
+                    replay_doc_key(entry.replay_key), lambda _doc: (by_create, None)
+                )
             log.info("open %s of %s kept for %d ms for its client", open_id, file, entry.durable_ms)
             return True
         return False
+
+    async def find_replayable(self, replay_key: str) -> DisconnectedOpen | None:
+        key = replay_doc_key(replay_key)
+        _, index = await self.store.load(key)
+        if index is None:
+            return None
+        found = await self.find_disconnected(index["durable"])
+        if found is None:  # taken over or closed since: the entry is done
+            await self._forget_if(key, index)
+        return found
 
     async def _unindex(self, key: str, file: FileKey) -> None:
         def forget(doc: Any) -> tuple[Any, None]:
@@ -552,18 +572,20 @@ class Coordinator(LockBus):
 
         def take(
             st: FileState | None,
-        ) -> tuple[FileState | None, tuple[DisconnectedOpen, str] | None]:
+        ) -> tuple[FileState | None, tuple[DisconnectedOpen, OpenEntry] | None]:
             new, entry = rules.reconnect(st, found.open_id, open_id, node_id, epoch, now=now)
             if new is None or entry is None:
                 return new, None
-            return new, (_disconnected_view(new, entry), entry.durable_key)
+            return new, (_disconnected_view(new, entry), entry)
 
         taken = await self._apply(found.file, take)
         if taken is None:
             return None
-        view, key = taken
-        if key:
-            await self._unindex(key, found.file)
+        view, entry = taken
+        if entry.durable_key:
+            await self._unindex(entry.durable_key, found.file)
+        if entry.replay_key:
+            await self.store.transact(replay_doc_key(entry.replay_key), lambda _doc: (None, None))
         return view
 
     async def sweep_disconnected(self) -> int:
@@ -575,7 +597,15 @@ class Coordinator(LockBus):
             _, index = await self.store.load(key)
             if index is not None and now >= index["expires"]:
                 closed += await self._expire(key, index, now)
+        for key in await self.store.keys("replay:"):
+            _, index = await self.store.load(key)
+            if index is not None and now >= index["expires"]:
+                await self._forget_if(key, index)
         return closed
+
+    async def _forget_if(self, key: str, index: dict[str, Any]) -> None:
+        """Delete the index entry ``key`` unless someone rewrote it meanwhile."""
+        await self.store.transact(key, lambda doc: (None if doc == index else doc, None))
 
     async def _expire(self, key: str, index: dict[str, Any], now: float) -> int:
         file, open_id = index["file"], index["open_id"]
@@ -589,7 +619,7 @@ class Coordinator(LockBus):
         )
         await self._finish_close(file, out.finished_waiters, out.dropped_leases, ())
         # Closed now, or earlier, or taken over: the index entry is done.
-        await self.store.transact(key, lambda doc: (None if doc == index else doc, None))
+        await self._forget_if(key, index)
         if out.durable_keys:
             log.info("disconnected open %s of %s expired unclaimed", open_id, file)
             return 1

@@ -113,6 +113,7 @@ def disconnect(
         o.resilient = o.resilient or leaving.resilient
         o.durable_ms = leaving.timeout_ms or o.durable_ms
         o.durable_key = o.durable_key or leaving.durable_key
+        o.replay_key = o.replay_key or leaving.replay_key
         if leaving.handle:
             o.reclaim = {**(o.reclaim or {}), **leaving.handle}
     if not keeps(st, o):

@@ -56,6 +56,7 @@ class OpenEntry:
     durable_ms: int = 0
     persistent: bool = False
     resilient: bool = False  # set when its connection dropped (see api.Leaving)
+    replay_key: str = ""  # likewise
     durable_key: str = ""
     reclaim: dict[str, Any] | None = None
     disconnected: float = 0.0

@@ -297,6 +297,39 @@ def test_a_resilient_open_loses_caching_to_an_opener_but_stays(backend: str) -> 
     run(body())
 
 
+def test_a_disconnected_open_is_found_by_the_create_that_made_it(backend: str) -> None:
+    async def body() -> None:
+        bus = await _bus(backend)
+        a = Client(bus, "A")
+        await a.open("h", share=SHARE_NONE, durable_ms=300, persistent=True)
+        assert await bus.disconnect(F, a.oid("h"), Leaving(replay_key="client:create"))
+        found = await bus.find_replayable("client:create")
+        assert found is not None and found.open_id == a.oid("h")
+        assert await bus.find_replayable("client:other") is None
+        assert await bus.reconnect(found, "B/h", "B") is not None
+        # Connected again: a replay is the new node's business now.
+        assert await bus.find_replayable("client:create") is None
+        assert await bus.store.keys("replay:") == []
+        await bus.stop()
+
+    run(body())
+
+
+def test_a_replay_index_entry_goes_with_its_expired_open(backend: str) -> None:
+    async def body() -> None:
+        bus = await _bus(backend)
+        a = Client(bus, "A")
+        await a.open("h", share=SHARE_NONE, durable_ms=200, persistent=True)
+        assert await bus.disconnect(F, a.oid("h"), Leaving(replay_key="client:create"))
+        await asyncio.sleep(0.3)
+        await bus.sweep_disconnected()
+        assert await bus.find_replayable("client:create") is None
+        assert await bus.store.keys("replay:") == []
+        await bus.stop()
+
+    run(body())
+
+
 def test_the_in_process_bus_sweeps_what_nobody_reclaims() -> None:
     async def body() -> None:
         bus = await _bus("memory")

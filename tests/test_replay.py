@@ -1,6 +1,7 @@
 """Replayed requests (gateway.smb.replay): the ChannelSequence rule and the
-CreateGuid cache, on their own. smbtorture's smb2.replay (tests/test_torture.py,
-35 of 56, as one smbd) runs them with a real client.
+CreateGuid cache, on their own; and smbtorture's replay of a persistent handle
+waiting on the bus. The whole smb2.replay suite (tests/test_torture.py, 35 of
+56 on a plain share, as one smbd) runs them with a real client.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ import pytest
 from gateway.protocol.constants import Command, Dialect, NtStatusError, Status
 from gateway.smb.replay import ReplayCache, used
 from gateway.smb.state import Open
+
+from .conftest import start_gateway
+from .test_torture import NODE_ARGS, run_suite
 
 GUID_A, GUID_B = b"A" * 16, b"B" * 16
 
@@ -97,3 +101,17 @@ def test_a_failed_create_leaves_nothing_and_a_zero_guid_is_not_cached() -> None:
     cache.abandon(key)
     assert cache.lookup(key) == (False, None)
     assert ReplayCache.key(GUID_A, bytes(16)) is None
+
+
+@pytest.mark.torture
+def test_a_persistent_handle_is_replayed_after_its_connection_dropped(tmp_path: Path) -> None:
+    """smbtorture smb2.replay.replay5 on a CA share (smbd skips it, having none):
+    a persistent open's connection drops; on a new connection a CREATE with its
+    CreateGuid is DUPLICATE_OBJECTID, its replay gets the open back from the bus."""
+    node = start_gateway(tmp_path / "gw", extra=[*NODE_ARGS, "--ca"])
+    try:
+        results = run_suite([node.host], node.port, "smb2.replay.replay5", tmp_path / "out")
+    finally:
+        assert node.stop() == 0
+    assert results == {"smb2.replay.replay5": "success"}, node.log()[-3000:]
+    assert "Traceback" not in node.log()

@@ -31,6 +31,7 @@ from typing import Any
 from oplock_bus.api import Leaving
 
 from ..protocol.constants import Dialect, NtStatusError, OplockLevel, Status
+from .replay import replay_bus_key
 from .state import Open
 
 log = logging.getLogger("smbgw.durable")
@@ -176,7 +177,10 @@ def leaving(op: Open) -> Leaving:
     """What the bus must keep of ``op`` when its connection drops, beyond
     what it was opened with: its file position, its resiliency, and for a
     handle made resilient without being durable, all a reconnect checks."""
-    handle: dict[str, Any] = {"position": op.position, "durable": op.durable}
+    handle: dict[str, Any] = {
+        "position": op.position, "durable": op.durable,
+        "persistent_id": op.persistent_id, "create_action": op.create_action,
+    }  # fmt: skip
     if op.resilient:
         handle["resilient_ms"] = op.resilient_timeout_ms
     if not op.durable:
@@ -186,6 +190,7 @@ def leaving(op: Open) -> Leaving:
         handle=handle,
         resilient=op.resilient,
         durable_key=durable_key(op.persistent_id),
+        replay_key=replay_bus_key(op.replay_key) if op.replay_key else "",
     )
 
 

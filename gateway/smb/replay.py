@@ -29,6 +29,11 @@ ReplayKey = tuple[bytes, bytes]  # (ClientGuid, CreateGuid)
 _GUARDED = frozenset({Command.WRITE, Command.SET_INFO, Command.IOCTL})
 
 
+def replay_bus_key(key: ReplayKey) -> str:
+    """How the bus names a create for a replay of it (opaque to the bus)."""
+    return f"{key[0].hex()}:{key[1].hex()}"
+
+
 class ReplayCache:
     """The node's DH2Q creates by (ClientGuid, CreateGuid): running, or the
     open each made while that open is still eligible for a replay."""

@@ -36,7 +36,7 @@ from ...rpc.srvsvc import SrvsvcPipe
 from .. import durable, opens, security, streams
 from ..context import Reply, RequestContext
 from ..limits import log_limit
-from ..replay import ReplayCache
+from ..replay import ReplayCache, ReplayKey, replay_bus_key
 from ..state import Open
 
 log = logging.getLogger("smbgw.create")
@@ -157,6 +157,13 @@ async def _open_file_once(
         if not replayed:
             raise NtStatusError(Status.DUPLICATE_OBJECTID, "CreateGuid of an open handle")
         return await _replayed(ctx, req, op)
+    # Its open may wait on the bus, disconnected (a persistent handle whose
+    # connection or node went: smbtorture smb2.replay.replay5).
+    found = await ctx.node.bus.find_replayable(replay_bus_key(key))
+    if found is not None:
+        if not replayed:
+            raise NtStatusError(Status.DUPLICATE_OBJECTID, "CreateGuid of a disconnected handle")
+        return await _replayed_from_bus(ctx, req, key, found)
     replays.begin(key)
     try:
         reply, op = await _open_file(ctx, req, ask)
@@ -167,6 +174,22 @@ async def _open_file_once(
     if op.connection is not None and op.connection.closed:
         await opens.close(ctx.node, op)  # its channel dropped and no other is left
     return reply
+
+
+async def _replayed_from_bus(
+    ctx: RequestContext, req: CreateRequest, key: ReplayKey, found: bus_api.DisconnectedOpen
+) -> Reply:
+    """A replayed CREATE whose open waits on the bus: taken over, as a
+    reconnect would, then answered as the first time."""
+    held = _Held.kept(found)
+    session = ctx.session
+    assert session is not None
+    if (held.user, held.domain) != (session.username.lower(), session.domain.lower()):
+        raise NtStatusError(Status.ACCESS_DENIED, "replay of another user's create")
+    op = await _adopt(ctx, found, held, int(found.reclaim["persistent_id"]), ctx.node.next_id())
+    opens.register(ctx.conn, op)
+    ctx.node.replays.made(key, op)
+    return await _replayed(ctx, req, op)
 
 
 async def _replayed(ctx: RequestContext, req: CreateRequest, op: Open) -> Reply:
@@ -690,23 +713,36 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
     another node, or whose node died: the bus kept it, disconnected, with
     its share mode, lease and locks; this node reopens the file and becomes
     its owner."""
-    node = ctx.node
-    tree = ctx.require_tree()
-    fs = tree.fs
-    assert fs is not None
     found = await _find_disconnected(ctx, durable.durable_key(reclaim.persistent_id))
     if found is None:
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "no such durable handle")
     held = _Held.kept(found)
     lease_req = _check_reclaim(ctx, req, reclaim, held)
+    op = await _adopt(ctx, found, held, reclaim.persistent_id, _volatile_id(ctx, reclaim))
+    return await _reconnected(ctx, req, op, lease_req)
+
+
+async def _adopt(
+    ctx: RequestContext,
+    found: bus_api.DisconnectedOpen,
+    held: _Held,
+    persistent_id: int,
+    volatile_id: int,
+) -> Open:
+    """Reopen the file of a disconnected open the checks gave to this
+    client, and take the open over on the bus: this node becomes its owner."""
+    node = ctx.node
+    tree = ctx.require_tree()
+    fs = tree.fs
+    assert fs is not None
     kept = found.reclaim
     path, info = fs.lookup(held.name)
     if info is None or info.file_key != found.file:
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "the durable handle's file is gone")
     fd = _open_fd(path, _open_flags(kept["access"], info.is_dir))
     op = Open(
-        persistent_id=reclaim.persistent_id,
-        volatile_id=_volatile_id(ctx, reclaim),
+        persistent_id=persistent_id,
+        volatile_id=volatile_id,
         tree=tree,
         smb_name=held.name,
         host_path=path,
@@ -729,6 +765,7 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
         resilient_timeout_ms=kept.get("resilient_ms", 0),
         create_guid=held.create_guid,
         position=kept.get("position", 0),
+        create_action=kept.get("create_action", CreateAction.OPENED),
     )
     op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
     node.opens[op.bus_open_id] = op  # a break decided meanwhile must find it
@@ -746,7 +783,7 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
             node, held.client_guid, held.lease_key, taken.lease_state, taken.lease_epoch
         )
     log.debug("durable handle %s of %s taken over", op.bus_open_id, held.name)
-    return await _reconnected(ctx, req, op, lease_req)
+    return op
 
 
 async def _find_disconnected(ctx: RequestContext, key: str) -> bus_api.DisconnectedOpen | None:
