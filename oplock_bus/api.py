@@ -75,6 +75,27 @@ class BusUnavailable(RuntimeError):
     status = STATUS_BUS_UNAVAILABLE
 
 
+class GenerationChanged(BusUnavailable):
+    """A write refused because the bus generation is not the writer's: Redis
+    lost its state or changed master, and the nodes are (or must start)
+    re-asserting what they hold (``oplock_bus.recovery``). Nothing was
+    written; the same transaction may run again once the recovery is over."""
+
+
+class NodeIdInUse(RuntimeError):
+    """Another live process is registered under this node id.
+
+    Two processes under one id would each take the other's heartbeat for a
+    lapse of their own and fence themselves over and over: the second one
+    must not start. ``address`` is what the other one registered with.
+    """
+
+    def __init__(self, node_id: NodeId, address: str) -> None:
+        super().__init__(f"node id {node_id} is in use by a live node at {address}")
+        self.node_id = node_id
+        self.address = address
+
+
 # Lease flags in the create response (MS-SMB2 2.2.14.2.10).
 LEASE_FLAG_BREAK_IN_PROGRESS = 0x02
 
@@ -237,6 +258,7 @@ BroadcastHandler = Callable[[dict[str, Any]], None]
 
 
 FenceHandler = Callable[[NodeId], Awaitable[None]]
+LostHandler = Callable[[NodeId, list[tuple[FileKey, OpenId]]], Awaitable[None]]
 
 
 class LockBus(abc.ABC):
@@ -247,6 +269,13 @@ class LockBus(abc.ABC):
     # nodes are about to release its grants, so its clients must stop caching
     # under them. A bus no node can drop out of (in-process) never calls it.
     fence_handler: FenceHandler | None = None
+    # Called after a bus recovery (Redis lost its state) with opens of a
+    # node of this process that conflicted with what other nodes re-asserted
+    # and were given up: their clients must not go on using them.
+    lost_handler: LostHandler | None = None
+    # Whether other processes share this lock space (Redis), so that what
+    # this node sees of its volumes must agree with what they see.
+    shared = False
 
     def vouches(self, node_id: NodeId) -> bool:
         """Whether ``node_id``'s grants are still its own right now.
@@ -360,3 +389,25 @@ class LockBus(abc.ABC):
     def on_broadcast(self, topic: str, handler: BroadcastHandler) -> None:
         """Call ``handler`` with each payload another node broadcasts on ``topic``."""
         return None
+
+    # -- joining: one id per live node, and views the nodes must share -------------
+
+    async def joined(self, node_id: NodeId) -> None:
+        """Return once ``node_id`` (declared with :meth:`register_node`, the bus
+        started) is registered where the other nodes see it. Raises
+        :class:`NodeIdInUse` if another live node holds the id, BusUnavailable
+        if the registration does not complete in time. A bus no other process
+        shares has nobody to register with."""
+        return None
+
+    async def publish_probe(self, node_id: NodeId, name: str, value: str) -> dict[NodeId, str]:
+        """Enter ``node_id``'s ``value`` under ``name``, for as long as the node
+        lives, and return what the other live nodes entered under ``name``.
+
+        Opaque to the bus: the gateway uses it to check that every node sees a
+        share's volume the same way. Entries of dead or stopped nodes do not
+        count, so a changed setting is not held against the nodes that come
+        after them. Call it after :meth:`joined`: two nodes entering different
+        values at the same time, at least one of them sees the other's.
+        """
+        return {}

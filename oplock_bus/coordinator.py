@@ -530,6 +530,8 @@ class Coordinator(LockBus):
                 await self.store.transact(
                     replay_doc_key(entry.replay_key), lambda _doc: (by_create, None)
                 )
+            # It lives nowhere else now: not in the node's memory, only here.
+            await self.store.persist()
             log.info("open %s of %s kept for %d ms for its client", open_id, file, entry.durable_ms)
             return True
         return False
@@ -624,6 +626,16 @@ class Coordinator(LockBus):
             log.info("disconnected open %s of %s expired unclaimed", open_id, file)
             return 1
         return 0
+
+    async def reassert(self, mine: FileState, epoch: int, now: float) -> rules.ReassertOutcome:
+        """Put back what a node holds in one file after the bus lost it
+        (``oplock_bus.recovery``)."""
+
+        def put_back(st: FileState | None) -> tuple[FileState | None, rules.ReassertOutcome]:
+            out = rules.reassert(st, mine, epoch, now=now)
+            return out.state, out
+
+        return await self._apply(mine.file, put_back)
 
     # -- introspection ---------------------------------------------------------------
 

@@ -7,7 +7,11 @@ Keys (after the namespace; one hash tag, so the scripts run on Cluster):
   TTL, epoch, registration time). Stays after a crash: that is how the
   survivors know whom to look for.
 - ``{nodes}:hb:<node-id>``: ``"<epoch> <redis time>"`` with a TTL, renewed
-  every TTL/3. When it expires the node counts as dead.
+  every 0.5 s (TTL/3 if shorter). When it expires the node counts as dead. While it lives no
+  other process may register under that id (``NodeIdInUse``).
+- ``{nodes}:probes:<node-id>``: probe name -> value (``publish_probe``),
+  written again at each registration, removed by a clean stop; only a live
+  node's count.
 - ``{nodes}:addresses``: node id -> JSON (id, listen address, the addresses
   it listens on now) for every node that runs with address takeover
   (``gateway/takeover.py``). Unlike the member record it stays when the node
@@ -43,6 +47,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -50,12 +55,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import redis_scripts as scripts
-from .api import BusUnavailable, NodeId
+from .api import BusUnavailable, NodeId, NodeIdInUse
+from .recovery import Recovery, new_generation, split
 from .redis_store import RedisStore, bus_errors
 
 log = logging.getLogger("oplock_bus.liveness")
 
 DEFAULT_TTL = 5.0
+HEARTBEAT_INTERVAL = 0.5  # at most; TTL/3 when that is shorter
+RETRY_INTERVAL = 0.2  # after a failed renewal
+MEMBER_TOPIC = "member"  # broadcast: a node registered (payload: its id)
 # Past this fraction of its TTL without a confirmed renewal a node acts on
 # nothing it was granted (``vouches``) and drops its clients; the others
 # release its grants at the full TTL.
@@ -85,6 +94,17 @@ class Registration:
     # What this process published as its drain (``publish_drain``), if it
     # was drained: entered again under each new epoch.
     drain: dict[str, Any] | None = None
+    # Epochs a bus recovery carried over to the current one (the same
+    # process, its grants re-asserted): still this registration's.
+    carried: set[int] = field(default_factory=set)
+    failing: bool = False  # renewals fail: said once, and once when they work again
+    # What it entered with ``publish_probe``: entered again under each epoch.
+    probes: dict[str, str] = field(default_factory=dict)
+    # Set once the first registration succeeded or was refused.
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # Why the id could not be had: a first registration refused ends there;
+    # a later one (after a lapse) keeps trying, and says so once.
+    refused: NodeIdInUse | None = None
 
 
 class Liveness:
@@ -111,9 +131,40 @@ class Liveness:
         # to serve a dead one's address.
         self.takeover = takeover
         self.nodes: dict[NodeId, Registration] = {}
+        # In this process's member records: a registration whose reply was
+        # lost finds its own record, not another process holding the id.
+        self.instance = secrets.token_hex(8)
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self.reaped: list[tuple[NodeId, int]] = []  # for logs and tests
+        # Rebuilds the lock space when Redis loses it (set by RedisBus).
+        self.recovery: Recovery | None = None
+        # The members whose heartbeat the watcher last saw: a recovery
+        # waits for them to re-assert what they hold.
+        self.known_alive: set[NodeId] = set()
+        self.fenced_events = 0
+        self._kick = asyncio.Event()  # renew now (a waiting open, a retry)
+        # A node that registers says so: the watcher would see it only on
+        # its next pass, and Redis may be lost before then.
+        store.on_broadcast(MEMBER_TOPIC, self._member_joined)
+
+    # -- for metrics and status ----------------------------------------------------------
+
+    @property
+    def recoveries(self) -> int:
+        return self.recovery.recoveries if self.recovery is not None else 0
+
+    @property
+    def recovery_seconds(self) -> list[float]:
+        return self.recovery.recovery_seconds if self.recovery is not None else []
+
+    @property
+    def recovering(self) -> bool:
+        return self.recovery is not None and self.recovery.running
+
+    @property
+    def generation(self) -> str:
+        return self.store.generation
 
     # -- names -------------------------------------------------------------------
 
@@ -123,6 +174,9 @@ class Liveness:
 
     def hb_key(self, node_id: NodeId) -> str:
         return self.store.key(f"{{nodes}}:hb:{node_id}")
+
+    def probes_key(self, node_id: NodeId) -> str:
+        return probes_key(self.store, node_id)
 
     @property
     def addresses_key(self) -> str:
@@ -151,23 +205,25 @@ class Liveness:
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self._tasks = []
-        if self.nodes:
+        # A node refused its id leaves the live holder's entries alone.
+        mine = [n for n, reg in self.nodes.items() if reg.refused is None]
+        if mine:
             # First, so that nobody sees the entry without a heartbeat and
             # takes over the address of a node that leaves on purpose (also
             # one left by an earlier life that ran with takeover). A drained
             # node's entry stays: its address is served by another node
             # while it is down (a rolling upgrade), until it registers again.
-            leaving = [n for n, reg in self.nodes.items() if reg.drain is None]
+            leaving = [n for n in mine if self.nodes[n].drain is None]
             with contextlib.suppress(Exception), bus_errors():
                 if leaving:
                     await self.store.client.hdel(self.addresses_key, *leaving)
-                await self.store.client.hdel(self.drain_key, *self.nodes)
+                await self.store.client.hdel(self.drain_key, *mine)
         for reg in self.nodes.values():
             if reg.ready.is_set():
                 with contextlib.suppress(Exception), bus_errors():
                     await scripts.deregister(
                         self.store.client,
-                        [self.members_key, self.hb_key(reg.node_id)],
+                        [self.members_key, self.hb_key(reg.node_id), self.probes_key(reg.node_id)],
                         [reg.node_id, reg.epoch],
                     )
 
@@ -196,12 +252,22 @@ class Liveness:
                 await asyncio.wait_for(reg.ready.wait(), self.store.target.timeout)
             except TimeoutError:
                 raise BusUnavailable(f"node {node_id} is not registered on the bus") from None
-        if time.monotonic() - reg.last_renewed > self.ttl / 2:
-            raise BusUnavailable(f"node {node_id} cannot renew its heartbeat")
-        hub = self.store.hub
-        if hub is None or not hub.connected:
-            raise BusUnavailable("the bus subscriber is disconnected")
-        return reg.epoch
+        # A Redis restart or a Sentinel switch leaves the heartbeat unrenewed
+        # and the subscriber down for a moment: the open waits (its client
+        # sees a pause) while this node may still act, rather than fail.
+        while True:
+            if self.recovery is not None and self.recovery.running:
+                await self.recovery.wait()
+            hub = self.store.hub
+            renewed = time.monotonic() - reg.last_renewed <= self.ttl / 2
+            if renewed and hub is not None and hub.connected:
+                return reg.epoch
+            if not self.vouches(node_id):
+                if not renewed:
+                    raise BusUnavailable(f"node {node_id} cannot renew its heartbeat")
+                raise BusUnavailable("the bus subscriber is disconnected")
+            self._kick.set()
+            await asyncio.sleep(0.05)
 
     def vouches(self, node_id: NodeId) -> bool:
         """See ``LockBus.vouches``: the monotonic clock keeps running while the
@@ -214,38 +280,118 @@ class Liveness:
 
     def current(self, node_id: NodeId, epoch: int) -> bool:
         reg = self.nodes.get(node_id)
-        return reg is None or (reg.ready.is_set() and reg.epoch == epoch)
+        return reg is None or (
+            reg.ready.is_set() and (reg.epoch == epoch or epoch in reg.carried)
+        )
 
     # -- registration ------------------------------------------------------------------
+
+    async def joined(self, node_id: NodeId) -> None:
+        """See ``LockBus.joined``: waits for the first registration of
+        ``node_id`` (retried meanwhile if Redis does not answer)."""
+        reg = self.nodes.get(node_id)
+        if reg is None:
+            return
+        timeout = 3 * self.store.target.timeout
+        try:
+            await asyncio.wait_for(reg.settled.wait(), timeout)
+        except TimeoutError:
+            raise BusUnavailable(
+                f"node {node_id} could not register on the bus within {timeout:g} s"
+            ) from None
+        if reg.refused is not None:
+            raise reg.refused
 
     async def _register(self, reg: Registration) -> None:
         delay = 0.05
         while True:
             try:
                 await self._register_once(reg)
+                reg.refused = None
                 return
             except BusUnavailable as e:
                 log.warning("node %s cannot register on the bus: %s", reg.node_id, e)
+            except NodeIdInUse as e:
+                if not reg.settled.is_set():
+                    # Its first registration: this process must not serve.
+                    reg.refused = e
+                    reg.settled.set()
+                    return
+                # Lapsed, and another process took the id meanwhile: ours
+                # stays fenced until that one leaves.
+                if reg.refused is None:
+                    log.error("node %s cannot register again: %s", reg.node_id, e)
+                reg.refused = e
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def _register_once(self, reg: Registration) -> None:
+    async def reregister(self, node_id: NodeId) -> tuple[int, int]:
+        """For a recovery: register ``node_id`` again (the same process; what
+        it held is re-asserted, not released); (new epoch, old epoch)."""
+        reg = self.nodes[node_id]
+        old = reg.epoch
+        await self._register_once(reg, recovering=True)
+        reg.carried.add(old)
+        return reg.epoch, old
+
+    def epochs(self, node_id: NodeId) -> set[int]:
+        """The registration epochs whose grants are still ``node_id``'s."""
+        reg = self.nodes.get(node_id)
+        if reg is None or not reg.ready.is_set():
+            return set()
+        return {reg.epoch, *reg.carried}
+
+    def _member_joined(self, payload: dict[str, Any]) -> None:
+        node = payload.get("node")
+        if isinstance(node, str):
+            self.known_alive.add(node)
+
+    async def fence_all(self) -> None:
+        """A recovery went on without this process: drop every client and
+        register afresh (releasing what the old epochs held), holding nothing."""
+        self.store.generation = ""
+        for reg in self.nodes.values():
+            reg.ready.clear()
+            reg.carried.clear()
+            await self._tell_fenced(reg)
+            self._spawn_register(reg)
+
+    async def _register_once(self, reg: Registration, *, recovering: bool = False) -> None:
         hub = self.store.hub
         assert hub is not None
         # Listen for our breaks before anyone can address one to us.
         await hub.confirm([self.store.node_channel(reg.node_id)])
+        marker = json.dumps({"instance": self.instance})[1:-1]
         record = json.dumps({
             "id": reg.node_id, "address": reg.address, "started": reg.started, "ttl": self.ttl,
             "takeover": self.takeover,
-        })[:-1]  # fmt: skip
+        })[:-1] + ", " + marker  # fmt: skip
+        probes = [part for item in sorted(reg.probes.items()) for part in item]
+        store = self.store
+        first = not store.generation
         with bus_errors():
-            epoch, previous = await scripts.register(
-                self.store.client,
-                [self.store.key("{nodes}:epoch"), self.members_key, self.hb_key(reg.node_id)],
-                [reg.node_id, record, int(self.ttl * 1000)],
-            )
+            epoch, previous, *rest = await scripts.register(
+                store.client,
+                [
+                    store.key("{nodes}:epoch"), self.members_key,
+                    self.hb_key(reg.node_id), self.probes_key(reg.node_id),
+                    store.key("{nodes}:gen"),
+                ],
+                [
+                    reg.node_id, record, int(self.ttl * 1000), marker, reg.epoch,
+                    new_generation() if first else "", *probes,
+                ],
+            )  # fmt: skip
         epoch = int(epoch)
-        if previous is not None:
+        if first and epoch != 0 and rest:
+            store.generation, running = split(rest[0])
+            if running and self.recovery is not None:
+                # Started while the others rebuild: hold nothing, but say so.
+                self.recovery.noticed(rest[0], "a recovery was running at start")
+        if epoch == 0:
+            holder = json.loads(previous) if previous is not None else {}
+            raise NodeIdInUse(reg.node_id, str(holder.get("address", "an unknown address")))
+        if previous is not None and not recovering:
             # An earlier life of this node id (crashed, or this process
             # before its heartbeat lapsed): what it held is not ours.
             n = await self.release(reg.node_id, epoch - 1)
@@ -253,10 +399,21 @@ class Liveness:
                 "node %s re-registered under epoch %d; released %s opens of its earlier epochs",
                 reg.node_id, epoch, n,
             )  # fmt: skip
+        if not recovering:
+            reg.carried.clear()
         reg.epoch = epoch
         reg.last_renewed = time.monotonic()
         reg.fenced_told = False
         reg.ready.set()
+        reg.settled.set()
+        if not recovering:
+            # Whom a recovery must wait for, known from the start: the
+            # watcher refreshes it, but Redis may be lost before it runs.
+            with contextlib.suppress(BusUnavailable), bus_errors():
+                members: dict[Any, Any] = await self.store.client.hgetall(self.members_key)
+                self.known_alive |= {k.decode() for k in members}
+            with contextlib.suppress(BusUnavailable):
+                await self.store.broadcast(MEMBER_TOPIC, {"node": reg.node_id})
         await self._enter_drain(reg)
 
     async def _enter_drain(self, reg: Registration) -> None:
@@ -277,9 +434,13 @@ class Liveness:
     # -- heartbeat ---------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
-        interval = self.ttl / 3
+        # Often, so that a node that lost Redis for a Sentinel switch (about
+        # 2 s) still has most of its fence window left when it is back.
+        interval = min(self.ttl / 3, HEARTBEAT_INTERVAL)
         while True:
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), interval)
+            self._kick.clear()
             for reg in list(self.nodes.values()):
                 if reg.ready.is_set():
                     await self._renew(reg)
@@ -290,25 +451,49 @@ class Liveness:
                 # Bounded by the heartbeat interval, not the command timeout:
                 # a Redis that hangs must not keep us from fencing ourselves
                 # before the other nodes release our grants at the TTL.
-                ok = await asyncio.wait_for(
+                got = await asyncio.wait_for(
                     scripts.renew(
                         self.store.client,
-                        [self.hb_key(reg.node_id)],
-                        [reg.epoch, int(self.ttl * 1000)],
+                        [self.hb_key(reg.node_id), self.store.key("{nodes}:gen")],
+                        [reg.epoch, int(self.ttl * 1000), self.store.generation],
                     ),
                     self.ttl / 3,
                 )
         except (BusUnavailable, TimeoutError) as e:
             age = time.monotonic() - reg.last_renewed
-            log.warning("node %s: heartbeat not renewed for %.1fs: %s", reg.node_id, age, e)
+            if not reg.failing:
+                reg.failing = True
+                log.warning("node %s: heartbeat not renewed for %.1fs: %s", reg.node_id, age, e)
+            # Try again soon: Redis may be back in a moment.
+            asyncio.get_running_loop().call_later(RETRY_INTERVAL, self._kick.set)
             if age > self.ttl * FENCE_FRACTION:
                 await self._tell_fenced(reg)
             return
-        if ok == 1:
-            if time.monotonic() - reg.last_renewed > self.ttl / 2:
+        code = int(got[0])
+        recovery = self.recovery
+        if code == 2 and recovery is not None and recovery.enabled:
+            if self.vouches(reg.node_id):
+                recovery.noticed(
+                    got[1] if len(got) > 1 else None, "its generation is gone or changed"
+                )
+                return
+            # Fenced meanwhile: it holds nothing to re-assert, so it registers
+            # afresh under whatever generation the bus has now.
+            self.store.generation = ""
+        if code == 1:
+            age = time.monotonic() - reg.last_renewed
+            if age > self.ttl / 2:
                 self._reconnected()
+            if reg.failing:
+                reg.failing = False
+                log.warning("node %s: heartbeat renewed again after %.1fs", reg.node_id, age)
             reg.last_renewed = time.monotonic()
+            if recovery is not None:
+                with contextlib.suppress(BusUnavailable):
+                    await recovery.check_master()
             return
+        if recovery is not None and recovery.running:
+            return  # re-registering under the recovery's generation
         log.error(
             "node %s: registration under epoch %d lapsed; its opens are lost",
             reg.node_id, reg.epoch,
@@ -328,6 +513,7 @@ class Liveness:
         if reg.fenced_told or self.on_fenced is None:
             return
         reg.fenced_told = True
+        self.fenced_events += 1
         try:
             await self.on_fenced(reg.node_id)
         except Exception:
@@ -359,6 +545,8 @@ class Liveness:
             found = await scripts.expired(
                 client, [self.members_key, *(self.hb_key(i) for i in ids)], ids
             )
+        dead = {found[i].decode() for i in range(0, len(found), 2)}
+        self.known_alive = set(ids) - dead
         done = []
         for i in range(0, len(found), 2):
             node_id, record = found[i].decode(), found[i + 1]
@@ -437,6 +625,29 @@ class Liveness:
         with bus_errors():
             await self.store.client.hset(self.drain_key, reg.node_id, entry)
 
+    # -- probes (``LockBus.publish_probe``) -------------------------------------------------
+
+    async def publish_probe(self, node_id: NodeId, name: str, value: str) -> dict[NodeId, str]:
+        reg = self.nodes.get(node_id)
+        if reg is None or not reg.ready.is_set():
+            raise BusUnavailable(f"node {node_id} is not registered on the bus")
+        reg.probes[name] = value
+        client = self.store.client
+        # Written before the others are read: of two nodes doing this at
+        # once, the later reader sees the earlier writer.
+        with bus_errors():
+            await client.hset(self.probes_key(node_id), name, value)
+        others: dict[NodeId, str] = {}
+        for member in await read_members(self.store):
+            other = str(member["id"])
+            if other == node_id or not member["alive"]:
+                continue
+            with bus_errors():
+                raw: Any = await client.hget(self.probes_key(other), name)
+            if raw is not None:
+                others[other] = raw.decode()
+        return others
+
     # -- introspection ---------------------------------------------------------------------
 
 
@@ -463,6 +674,10 @@ async def read_members(store: RedisStore) -> list[dict[str, Any]]:
             rec["drain"] = drain["state"] if current and drain is not None else None
             out.append(rec)
     return sorted(out, key=lambda r: str(r["id"]))
+
+
+def probes_key(store: RedisStore, node_id: NodeId) -> str:
+    return store.key(f"{{nodes}}:probes:{node_id}")
 
 
 def addresses_key(store: RedisStore) -> str:

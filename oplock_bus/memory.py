@@ -126,6 +126,9 @@ class InProcessBus(Coordinator):
         super().__init__(MemoryStore(), break_timeout=break_timeout, clock=clock)
         self.node_id = node_id
         self._sweeper: asyncio.Task[None] | None = None
+        # node id -> probe name -> value (publish_probe): nodes sharing this
+        # process, as in tests; they live as long as the bus.
+        self._probes: dict[NodeId, dict[str, str]] = {}
 
     async def start(self) -> None:
         await super().start()
@@ -136,6 +139,14 @@ class InProcessBus(Coordinator):
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         await super().stop()
+
+    async def publish_probe(self, node_id: NodeId, name: str, value: str) -> dict[NodeId, str]:
+        self._probes.setdefault(node_id, {})[name] = value
+        return {
+            other: probes[name]
+            for other, probes in self._probes.items()
+            if other != node_id and name in probes
+        }
 
     async def _sweep_loop(self) -> None:
         """Close disconnected opens nobody came back for (on Redis, the

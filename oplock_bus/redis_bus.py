@@ -15,6 +15,7 @@ from .api import (
     BroadcastHandler,
     BusUnavailable,
     DisconnectedOpen,
+    FileKey,
     NodeId,
     OpenId,
     OpenRequest,
@@ -22,6 +23,7 @@ from .api import (
 )
 from .coordinator import Coordinator
 from .liveness import DEFAULT_TTL, Liveness
+from .recovery import Recovery
 from .redis_store import RedisStore
 from .redis_url import RedisTarget
 
@@ -31,6 +33,8 @@ log = logging.getLogger("oplock_bus.redis")
 class RedisBus(Coordinator):
     """One lock space shared by every node on the same Redis (and namespace);
     calls ``fence_handler`` (see ``LockBus``) when a node of this process lapses."""
+
+    shared = True
 
     def __init__(
         self,
@@ -56,6 +60,20 @@ class RedisBus(Coordinator):
             sweep=self.sweep_disconnected,
             takeover=takeover,
         )
+        liveness = self.liveness
+        self.recovery = Recovery(
+            self.redis_store,
+            self,
+            ttl=node_ttl,
+            nodes=lambda: [n for n, reg in liveness.nodes.items() if reg.refused is None],
+            known_alive=lambda: liveness.known_alive,
+            reregister=liveness.reregister,
+            vouches=lambda: any(liveness.vouches(n) for n in liveness.nodes),
+            epochs=liveness.epochs,
+        )
+        self.recovery.on_lost = self._lost
+        self.recovery.fence = liveness.fence_all
+        liveness.recovery = self.recovery
 
     async def start(self) -> None:
         await super().start()
@@ -95,11 +113,21 @@ class RedisBus(Coordinator):
     def vouches(self, node_id: NodeId) -> bool:
         return self.liveness.vouches(node_id)
 
+    async def joined(self, node_id: NodeId) -> None:
+        await self.liveness.joined(node_id)
+
+    async def publish_probe(self, node_id: NodeId, name: str, value: str) -> dict[NodeId, str]:
+        return await self.liveness.publish_probe(node_id, name, value)
+
     async def broadcast(self, topic: str, payload: dict[str, Any]) -> None:
         await self.redis_store.broadcast(topic, payload)
 
     def on_broadcast(self, topic: str, handler: BroadcastHandler) -> None:
         self.redis_store.on_broadcast(topic, handler)
+
+    async def _lost(self, node_id: NodeId, opens: list[tuple[FileKey, OpenId]]) -> None:
+        if self.lost_handler is not None:
+            await self.lost_handler(node_id, opens)
 
     async def _fenced(self, node_id: NodeId) -> None:
         log.error("node %s is fenced off the bus: its clients must drop their caching", node_id)

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,7 +34,36 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+log = logging.getLogger("oplock_bus.redis")
+
 Connect = Callable[[], Awaitable[AbstractConnection]]
+RoundTripObserver = Callable[[float], None]
+
+# Told each command's round trip in seconds, from the call to its reply. A
+# plain callback, so that the bus stays free of any metrics library (the
+# gateway's metrics register one). Kept for the whole process, as the pipe is
+# made inside the store's start and a node process runs one bus: a process
+# with several buses (tests, benches) would see all their commands here.
+_round_trip_observers: list[RoundTripObserver] = []
+
+
+def observe_round_trips(observer: RoundTripObserver) -> Callable[[], None]:
+    """Call ``observer`` with each command's round trip; returns its remover."""
+    _round_trip_observers.append(observer)
+
+    def remove() -> None:
+        with contextlib.suppress(ValueError):
+            _round_trip_observers.remove(observer)
+
+    return remove
+
+
+def _observe(seconds: float) -> None:
+    for observer in _round_trip_observers:
+        try:
+            observer(seconds)
+        except Exception as e:  # noqa: BLE001 - a metric must never break the bus
+            log.warning("round-trip observer failed: %s: %s", type(e).__name__, e)
 
 
 def pack(args: tuple[Any, ...]) -> bytes:
@@ -51,14 +82,21 @@ def pack(args: tuple[Any, ...]) -> bytes:
     return b"".join(parts)
 
 
+class NotSent(RedisConnectionError):
+    """The command never left: no connection could be made. Unlike a reply
+    lost in flight, the caller knows it was not executed, so it may retry."""
+
+
 class CommandPipe:
     def __init__(self, connect: Connect, *, timeout: float) -> None:
         self._connect_fn = connect
         self.timeout = timeout
         self._conn: AbstractConnection | None = None
         self._connecting: asyncio.Future[AbstractConnection] | None = None
-        # Each command's future and the loop time by which its reply is due.
-        self._in_flight: deque[tuple[asyncio.Future[Any], float]] = deque()
+        # Each command's future, the loop time by which its reply is due and,
+        # while someone observes round trips, when it was sent (perf_counter:
+        # uvloop's loop time moves in whole milliseconds, more than a round trip).
+        self._in_flight: deque[tuple[asyncio.Future[Any], float, float]] = deque()
         self._outbox: list[bytes] = []
         self._wake_writer = asyncio.Event()
         self._watchdog: asyncio.TimerHandle | None = None
@@ -72,10 +110,16 @@ class CommandPipe:
         and dropped, which keeps the order."""
         packed = pack(args)
         if self._conn is None:
-            await self._connection()
+            try:
+                await self._connection()
+            except NotSent:
+                raise
+            except (OSError, RedisConnectionError, TimeoutError) as e:
+                raise NotSent(f"{e}") from e
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._in_flight.append((fut, loop.time() + self.timeout))
+        sent = time.perf_counter() if _round_trip_observers else 0.0
+        self._in_flight.append((fut, loop.time() + self.timeout, sent))
         self._outbox.append(packed)
         self._wake_writer.set()
         if self._watchdog is None:
@@ -101,7 +145,7 @@ class CommandPipe:
 
     async def _connection(self) -> AbstractConnection:
         if self._closed:
-            raise RedisConnectionError("the bus is stopping")
+            raise NotSent("the bus is stopping")
         if self._conn is not None:
             return self._conn
         if self._connecting is None:
@@ -144,7 +188,9 @@ class CommandPipe:
                     reply = e
                 if not self._in_flight:
                     raise RedisConnectionError("a reply nobody asked for")
-                fut = self._in_flight.popleft()[0]
+                fut, _due, sent = self._in_flight.popleft()
+                if sent and _round_trip_observers:
+                    _observe(time.perf_counter() - sent)
                 if fut.done():
                     continue  # its caller was cancelled
                 if isinstance(reply, ResponseError):

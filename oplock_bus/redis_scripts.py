@@ -24,12 +24,24 @@ from redis.exceptions import NoScriptError
 # nothing and returns -1 (the caller waits a moment); the claimant's own
 # write clears it.
 #
-# Once written: ARGV[5] is a count n, ARGV[6..5+n] are channels to publish
+# Generation (bus recovery, oplock_bus/recovery.py): given a third key, the
+# bus generation, the write happens only if it is ARGV[5], the caller's, and
+# no recovery runs; with ARGV[6] = '1' (a node re-asserting what it holds)
+# only while the recovery of ARGV[5] runs. Otherwise -2: nothing is granted
+# on a Redis that lost its state (or changed master) before the nodes have
+# rebuilt it.
+#
+# Once written: ARGV[7] is a count n, ARGV[8..7+n] are channels to publish
 # to, the key's own channel (a file's channel is named as its key) getting
 # the new value ('-' once deleted) so a subscriber's next CAS needs no read;
 # the rest are (channel, message) pairs, each message sent with the new
 # value appended (break notices, see redis_messages.message_prefix).
 CAS = """
+if KEYS[3] then
+  local want = ARGV[5]
+  if ARGV[6] == '1' then want = want .. ' r' end
+  if redis.call('GET', KEYS[3]) ~= want then return -2 end
+end
 local claim = redis.call('GET', KEYS[2])
 if claim and claim ~= ARGV[3] then
   return -1
@@ -57,8 +69,8 @@ if ARGV[2] == '' then
 else
   redis.call('SET', KEYS[1], ARGV[2])
 end
-local n = tonumber(ARGV[5])
-for i = 6, 5 + n do
+local n = tonumber(ARGV[7])
+for i = 8, 7 + n do
   if ARGV[i] == KEYS[1] then
     if ARGV[2] == '' then
       redis.call('PUBLISH', ARGV[i], '-')
@@ -69,36 +81,118 @@ for i = 6, 5 + n do
     redis.call('PUBLISH', ARGV[i], '')
   end
 end
-for i = 6 + n, #ARGV, 2 do
+for i = 8 + n, #ARGV, 2 do
   redis.call('PUBLISH', ARGV[i], ARGV[i + 1] .. ARGV[2])
 end
 return 1
 """
 
-# KEYS: epoch counter, members hash, this node's heartbeat key.
-# ARGV: node id, member record prefix (JSON without the closing epoch),
-# TTL in ms. Returns {new epoch, previous member record or false}.
+# KEYS: epoch counter, members hash, this node's heartbeat key, its probes
+# hash, the bus generation. ARGV: node id, member record prefix (JSON
+# without the closing epoch), TTL in ms, the process's instance marker (as
+# the record spells it), the lowest epoch to hand out (after Redis lost its
+# state a node's epochs keep rising), a generation to set if there is none
+# ('' for none), then the probes' (name, value) pairs. Returns {new epoch,
+# previous member record or false, the generation or false}; {0, the
+# holder's record or false} when another process holds the id: its
+# heartbeat is alive and the record is not this process's (a registration
+# of ours whose reply was lost passes).
 REGISTER = """
-local epoch = redis.call('INCR', KEYS[1])
 local previous = redis.call('HGET', KEYS[2], ARGV[1])
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  if not previous or not string.find(previous, ARGV[4], 1, true) then
+    return {0, previous}
+  end
+end
+local g = redis.call('GET', KEYS[5])
+if not g and ARGV[6] ~= '' then
+  redis.call('SET', KEYS[5], ARGV[6])
+  g = ARGV[6]
+end
+if tonumber(redis.call('GET', KEYS[1]) or '0') < tonumber(ARGV[5]) then
+  redis.call('SET', KEYS[1], ARGV[5])
+end
+local epoch = redis.call('INCR', KEYS[1])
 local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
 local record = ARGV[2] .. ',"epoch":' .. epoch .. ',"registered":' .. now .. '}'
 redis.call('HSET', KEYS[2], ARGV[1], record)
 redis.call('SET', KEYS[3], epoch .. ' ' .. now, 'PX', ARGV[3])
-return {epoch, previous}
+redis.call('DEL', KEYS[4])
+for i = 7, #ARGV, 2 do
+  redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1])
+end
+return {epoch, previous, g}
 """
 
-# KEYS: heartbeat key. ARGV: epoch, TTL in ms. 1 if renewed; 0 if the key
-# is gone or belongs to another epoch: this registration has lapsed.
+# KEYS: heartbeat key, bus generation. ARGV: epoch, TTL in ms, generation.
+# {1} if renewed; {0} if the key is gone or belongs to another epoch: this
+# registration has lapsed; {2, generation or false} if the generation is
+# neither ARGV[3] nor its recovery: Redis lost its state, or another node
+# began a recovery.
 RENEW = """
+local g = redis.call('GET', KEYS[2])
+if g ~= ARGV[3] and g ~= ARGV[3] .. ' r' then
+  return {2, g}
+end
 local cur = redis.call('GET', KEYS[1])
 if not cur or string.sub(cur, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then
-  return 0
+  return {0}
 end
 local t = redis.call('TIME')
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. string.format('%d.%06d', t[1], t[2]), 'PX', ARGV[2])
-return 1
+return {1}
+"""
+
+# KEYS: generation, recovery record, nodes expected, nodes that re-asserted,
+# the generation the last recovery ended with. ARGV: new generation, this
+# node's id, TTL in ms, the generation this node knows, then the ids of the
+# nodes it knew alive. Begins a recovery under ARGV[1] unless one runs
+# already; either way this node is expected. Returns the generation key, or
+# 'late' if a recovery ended without this node: what it holds may have been
+# given to others since, so it must fence itself.
+BEGIN_RECOVERY = """
+local g = redis.call('GET', KEYS[1])
+if g and g ~= ARGV[4] and redis.call('GET', KEYS[5]) == g then
+  return 'late'
+end
+if not g or string.sub(g, -2) ~= ' r' then
+  g = ARGV[1] .. ' r'
+  local t = redis.call('TIME')
+  redis.call('SET', KEYS[1], g)
+  redis.call('SET', KEYS[2], t[1] .. '.' .. string.format('%06d', t[2]) .. ' ' .. ARGV[3])
+  redis.call('DEL', KEYS[3], KEYS[4])
+  for i = 5, #ARGV do
+    redis.call('SADD', KEYS[3], ARGV[i])
+  end
+end
+redis.call('SADD', KEYS[3], ARGV[2])
+return g
+"""
+
+# KEYS: as BEGIN_RECOVERY. ARGV: the recovery's generation, this node's id
+# ('' when it only looks). Records that the node has re-asserted, and ends
+# the recovery once every expected node has, or the TTL since its start has
+# gone by (the missing ones are dead: what they held was never re-asserted,
+# and is nobody's). Returns the generation key.
+FINISH_RECOVERY = """
+local g = redis.call('GET', KEYS[1])
+if g ~= ARGV[1] .. ' r' then
+  return g
+end
+if ARGV[2] ~= '' then
+  redis.call('SADD', KEYS[4], ARGV[2])
+end
+local since, ttl = string.match(redis.call('GET', KEYS[2]) or '0 0', '([^ ]+) ([^ ]+)')
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if #redis.call('SDIFF', KEYS[3], KEYS[4]) > 0 and now < tonumber(since) + tonumber(ttl) / 1000 then
+  return g
+end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[5], ARGV[1])
+redis.call('DEL', KEYS[2])
+return ARGV[1]
 """
 
 # KEYS: members hash, then one heartbeat key per ARGV node id. Returns the
@@ -127,7 +221,8 @@ end
 return 0
 """
 
-# KEYS: members hash, heartbeat key. ARGV: node id, epoch. A clean stop.
+# KEYS: members hash, heartbeat key, probes hash. ARGV: node id, epoch. A
+# clean stop; what another process registered under the id since stays.
 DEREGISTER = """
 local cur = redis.call('GET', KEYS[2])
 if cur and string.sub(cur, 1, #ARGV[2] + 1) == ARGV[2] .. ' ' then
@@ -136,6 +231,7 @@ end
 local rec = redis.call('HGET', KEYS[1], ARGV[1])
 if rec and string.find(rec, '"epoch":' .. ARGV[2] .. ',', 1, true) then
   redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('DEL', KEYS[3])
 end
 return 1
 """
@@ -171,3 +267,5 @@ renew = Script(RENEW)
 expired = Script(EXPIRED)
 forget = Script(FORGET)
 deregister = Script(DEREGISTER)
+begin_recovery = Script(BEGIN_RECOVERY)
+finish_recovery = Script(FINISH_RECOVERY)

@@ -11,7 +11,8 @@ default; ``{...}`` is the Redis Cluster hash tag):
 - channels ``file:{<file>}`` (a file changed), ``waiter:{<file>}:<id>`` (a
   blocking lock was decided) and ``node:<node-id>`` (break notices for
   that node). Payloads of the first two are empty.
-- ``{nodes}:*``: node liveness, see :mod:`oplock_bus.liveness`.
+- ``{nodes}:*``: node liveness, see :mod:`oplock_bus.liveness`;
+  ``{nodes}:gen``, the bus generation, see :mod:`oplock_bus.recovery`.
 
 Connection failures surface as :class:`~oplock_bus.api.BusUnavailable`.
 """
@@ -20,12 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import itertools
 import json
 import logging
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,9 +44,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redis_scripts as scripts
-from .api import BreakHandler, BreakNotice, BroadcastHandler, BusUnavailable, NodeId
+from .api import (
+    BreakHandler,
+    BreakNotice,
+    BroadcastHandler,
+    BusUnavailable,
+    GenerationChanged,
+    NodeId,
+)
 from .redis_messages import decode_message, encode_notice, message_prefix
-from .redis_pipe import CommandPipe
+from .redis_pipe import CommandPipe, NotSent
 from .redis_pubsub import PubSubHub
 from .redis_url import Connector, RedisTarget
 from .store import ConflictRetriesExhausted, Doc, Store, Subscription
@@ -87,10 +96,16 @@ def _decode(raw: bytes | None) -> tuple[str | None, Doc | None]:
     return token.decode(), doc
 
 
+# Set in the task of a node re-asserting what it holds during a bus
+# recovery: its writes are the only ones the generation check lets through.
+REASSERTING: contextvars.ContextVar[bool] = contextvars.ContextVar("reasserting", default=False)
+
 # Documents remembered (their last value seen here) to try a CAS without
 # reading first; a stale one only costs the failed CAS, which returns the
 # current value.
 CACHED_KEYS = 4096
+# How long a disconnect waits for a replica to have the open (see persist).
+PERSIST_WAIT_MS = 200
 # How long a writer waits while another holds the key's turn (claims last 20 ms).
 CLAIM_PAUSE = 0.001
 
@@ -101,6 +116,7 @@ class _Pending:
     publish: Callable[[Any], list[str]] | None
     send: Callable[[Any], list[BreakNotice]] | None
     future: asyncio.Future[Any]
+    reassert: bool = False
 
 
 def _resolve(results: list[tuple[_Pending, Any]]) -> None:
@@ -136,6 +152,26 @@ class RedisStore(Store):
         self._cache: OrderedDict[str, bytes | None] = OrderedDict()
         self._pipe: CommandPipe | None = None
         self.running = False
+        # The bus generation every write is checked against ('' : none yet),
+        # and what a write refused for its generation waits on (the
+        # recovery: it returns once the node may write again, or raises
+        # BusUnavailable). Redis Cluster has no check: a script touches one
+        # slot, and the generation lives in another.
+        self.generation = ""
+        self.gen_key = self.key("{nodes}:gen")
+        self.on_stale: Callable[[], Awaitable[None]] | None = None
+        # Likewise when no connection to Redis could be made: returns to try
+        # again, or raises the error once the node may no longer wait.
+        self.on_unreachable: Callable[[BusUnavailable], Awaitable[None]] | None = None
+        # Replicas of the master, as last seen (oplock_bus.recovery): a
+        # durable open left disconnected waits until one has it (persist).
+        self.replicas = 0
+        # The last value seen of every file document in which a node of this
+        # process holds something, for re-asserting it after a loss (the
+        # cache above forgets; this keeps exactly what we hold).
+        self.held: dict[str, bytes] = {}
+        self._markers: list[bytes] = []
+        self._file_prefix = self.key("file:")
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -150,6 +186,8 @@ class RedisStore(Store):
         self.connector = Connector(self.target)
         if not isinstance(self.connector.client, RedisCluster):
             self._pipe = CommandPipe(self._connect_pipe, timeout=self.target.timeout)
+        else:
+            self.gen_key = ""
         if not subscriber:
             with bus_errors():
                 await self.client.ping()
@@ -261,7 +299,9 @@ class RedisStore(Store):
         value = "" if doc is None else self._encode(doc)
         rkey = self.ns + key
         with bus_errors():
-            res = await self._cas(rkey, token, value)
+            res = await self._cas(rkey, token, value, reassert=REASSERTING.get())
+        if res == -2:
+            raise GenerationChanged("the bus is recovering its state")
         if res == 1:
             self._remember(rkey, value.encode() if value else None)
         else:
@@ -286,8 +326,33 @@ class RedisStore(Store):
         # - the wake-ups, and the break notices for other nodes, go out in
         #   the CAS script itself, each carrying the value just written so
         #   that the woken or notified node's next CAS needs no read.
-        rkey = self.ns + key
-        pending = _Pending(fn, publish, send, asyncio.get_running_loop().create_future())
+        while True:
+            try:
+                return await self._transact(self.ns + key, fn, publish, send)
+            except GenerationChanged:
+                # Nothing was written: once the node may write again (the
+                # recovery re-asserted what the nodes hold), the same
+                # transaction runs on the rebuilt state.
+                if self.on_stale is None or REASSERTING.get():
+                    raise
+                await self.on_stale()
+            except BusUnavailable as e:
+                # No Redis to send it to (restarting, or Sentinel between
+                # masters): nothing was written, so wait while this node may
+                # still act, rather than fail the client's request.
+                if not isinstance(e.__cause__, NotSent) or self.on_unreachable is None:
+                    raise
+                await self.on_unreachable(e)
+
+    async def _transact(
+        self,
+        rkey: str,
+        fn: Callable[[Doc | None], tuple[Doc | None, T]],
+        publish: Callable[[T], list[str]] | None,
+        send: Callable[[T], list[BreakNotice]] | None,
+    ) -> T:
+        future = asyncio.get_running_loop().create_future()
+        pending = _Pending(fn, publish, send, future, REASSERTING.get())
         queue = self._queues.get(rkey)
         if queue is not None:
             queue.append(pending)  # the key's committer takes it with its next batch
@@ -302,10 +367,17 @@ class RedisStore(Store):
     async def _commit_queue(self, rkey: str) -> None:
         try:
             while True:
-                batch = [p for p in self._queues[rkey] if not p.future.done()]
-                self._queues[rkey] = []
-                if not batch:
+                queued = [p for p in self._queues[rkey] if not p.future.done()]
+                if not queued:
+                    self._queues[rkey] = []
                     return
+                # One CAS carries one kind of write: a recovery's re-assertion
+                # must not fail with the ordinary writes it would wait behind.
+                n = next(
+                    (i for i, p in enumerate(queued) if p.reassert != queued[0].reassert),
+                    len(queued),
+                )
+                batch, self._queues[rkey] = queued[:n], queued[n:]
                 try:
                     await self._commit(rkey, batch)
                 except asyncio.CancelledError:
@@ -370,11 +442,15 @@ class RedisStore(Store):
                 # From the third try on, a failure claims the next turn (see
                 # the CAS script): another node whose every commit starts on
                 # the value it just wrote would otherwise win every time.
-                res = await self._cas(rkey, token, value, attempt >= 3, wake, messages)
+                res = await self._cas(
+                    rkey, token, value, attempt >= 3, wake, messages, batch[0].reassert
+                )
                 if res == 1:
                     self._remember(rkey, value.encode() if value else None)
                     _resolve(results)
                     return
+                if res == -2:
+                    raise GenerationChanged("the bus is recovering its state")
                 if res == -1:
                     # Another writer's turn: let it write, then try on its value.
                     attempt -= 1
@@ -393,19 +469,33 @@ class RedisStore(Store):
         claim: bool = False,
         wake: Sequence[str] = (),
         messages: Sequence[tuple[str, bytes]] = (),
+        reassert: bool = False,
     ) -> Any:
         """The CAS script (redis_scripts.CAS): 1 written, -1 another writer's
-        turn, else the current value (0: absent)."""
+        turn, -2 refused for its generation, else the current value (0:
+        absent)."""
         args: list[str | bytes | int] = [
             token or "",
             value,
             self._token_prefix,
             "1" if claim else "0",
+            self.generation,
+            "1" if reassert else "0",
             len(wake),
             *wake,
         ]
         args += [part for pair in messages for part in pair]
-        return await scripts.cas.run(self._call, [rkey, rkey + ":claim"], args)
+        keys = [rkey, rkey + ":claim"]
+        if self.gen_key and self.generation:
+            keys.append(self.gen_key)
+        return await scripts.cas.run(self._call, keys, args)
+
+    async def persist(self) -> None:
+        # WAIT covers the writes of the connection it runs on: the pipe, where
+        # the documents go. Bounded: a lagging replica costs 0.2 s, not more.
+        if self.replicas > 0:
+            with bus_errors():
+                await self._call("WAIT", 1, PERSIST_WAIT_MS)
 
     def peek(self, key: str) -> Doc | None:
         return _decode(self._cache.get(self.ns + key))[1]
@@ -424,6 +514,12 @@ class RedisStore(Store):
         return raw
 
     def _remember(self, rkey: str, raw: bytes | None) -> None:
+        if raw is not None and rkey.startswith(self._file_prefix) and any(
+            m in raw for m in self._markers
+        ):
+            self.held[rkey] = raw
+        else:
+            self.held.pop(rkey, None)
         cache = self._cache
         cache[rkey] = raw
         cache.move_to_end(rkey)
@@ -490,6 +586,8 @@ class RedisStore(Store):
 
     def register_node(self, node_id: NodeId, handler: BreakHandler) -> None:
         self.handlers[node_id] = handler
+        # How a document names an open (or a waiting open) of this node.
+        self._markers.append(b'"node_id":' + json.dumps(node_id).encode())
         if self.hub is not None:
             self.hub.add_permanent(self.node_channel(node_id))
 

@@ -12,6 +12,7 @@ Byte-range locks live in :mod:`oplock_bus.brl` and are re-exported here.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 
 from . import disconnected
@@ -705,6 +706,74 @@ def set_delete_pending(state: FileState | None, pending: bool) -> FileState | No
     st = state.clone()
     st.delete_pending = pending
     return st
+
+
+# -- bus recovery (oplock_bus.recovery) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReassertOutcome:
+    state: FileState | None
+    reasserted: tuple[OpenId, ...]
+    lost: tuple[OpenId, ...]  # given up: they conflicted with what others hold
+
+
+def held_by(state: FileState, node_id: NodeId, epochs: Collection[int]) -> FileState:
+    """What ``node_id`` holds in ``state`` under its registration ``epochs``:
+    its opens (not its waiting ones: their openers evaluate again and queue
+    anew), their leases, locks and queued locks, and the delete-pending flag
+    it may have set."""
+    mine = FileState(file=state.file, next_seq=state.next_seq, delete_pending=state.delete_pending)
+    mine.opens = {
+        k: o for k, o in state.opens.items() if o.node_id == node_id and o.epoch in epochs
+    }
+    mine.leases = {
+        k: x for k, x in state.leases.items() if any(i in mine.opens for i in x.opens)
+    }
+    mine.locks = [x for x in state.locks if x.open_id in mine.opens]
+    mine.waiters = [w for w in state.waiters if w.open_id in mine.opens]
+    return mine.clone()
+
+
+def reassert(
+    state: FileState | None, mine: FileState, epoch: int, *, now: float
+) -> ReassertOutcome:
+    """Put back what a node holds (``held_by``) into the rebuilt record,
+    under its new registration ``epoch``.
+
+    Another node's re-assertion may already be there; this one's entries
+    replace any of the same name (the record may be a stale replica's). If
+    the rules held before the loss, nothing conflicts; if something does, the
+    opens re-asserted here that take part give way, newest first, and are
+    reported lost: no grant is ever held twice."""
+    st, _ = _fresh(state, mine.file, now)
+    before = set(invariant_violations(st))
+    for open_id, o in mine.opens.items():
+        st.opens[open_id] = replace(o, epoch=epoch, owner_data=dict(o.owner_data))
+    st.next_seq = max(st.next_seq, mine.next_seq)
+    for lid, lease in mine.leases.items():
+        cur = st.leases.get(lid)
+        if cur is None:
+            st.leases[lid] = replace(lease, opens=[i for i in lease.opens if i in st.opens])
+        else:
+            cur.opens += [i for i in lease.opens if i in mine.opens and i not in cur.opens]
+    held = {(x.open_id, x.offset, x.length, x.exclusive) for x in st.locks}
+    st.locks += [
+        x for x in mine.locks if (x.open_id, x.offset, x.length, x.exclusive) not in held
+    ]
+    queued = {w.waiter_id for w in st.waiters}
+    st.waiters += [w for w in mine.waiters if w.waiter_id not in queued]
+    st.delete_pending = st.delete_pending or mine.delete_pending
+    expire_breaks(st, now)
+    lost: list[OpenId] = []
+    released = Released()
+    newest_first = sorted(mine.opens, key=lambda i: -mine.opens[i].seq)
+    while set(invariant_violations(st)) - before and newest_first:
+        open_id = newest_first.pop(0)
+        drop_open(st, open_id, released)
+        lost.append(open_id)
+    kept = tuple(i for i in mine.opens if i not in lost)
+    return ReassertOutcome(None if st.is_idle() else st, kept, tuple(lost))
 
 
 # -- invariants (used by tests and by the stores' debug checks) -------------------------

@@ -3,20 +3,27 @@
 Nodes (id, address, epoch, last heartbeat, DRAINING or DRAINED after
 ``smbgw drain``), which node serves which address (its own, or one taken
 over from a dead or drained node), open files with their opens,
-oplock and lease states, byte-range locks and lock waiters, and the breaks
-still waiting for an acknowledgement.
+oplock and lease states, byte-range locks and lock waiters, the breaks
+still waiting for an acknowledgement, and the bus generation with the
+recovery that may be running (``oplock_bus/recovery.py``).
+
+It also keeps two hashes of opaque text for the gateway, whose contents the
+bus never reads: ``{nodes}:views`` (node id -> what that node last answered
+to a status request: its sessions and opens, by bus open id) and
+``{nodes}:dead`` (node id -> when a node saw it reaped). The SMB facts in
+them (users, client addresses, shares, paths) are the gateway's; here they
+are strings (``gateway/status.py`` reads and writes them).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from typing import Any
 
-from .api import OPLOCK_BATCH, OPLOCK_EXCLUSIVE, OPLOCK_II, OPLOCK_LEASE, BusUnavailable
+from .api import OPLOCK_BATCH, OPLOCK_EXCLUSIVE, OPLOCK_II, OPLOCK_LEASE
 from .coordinator import Coordinator
 from .liveness import AddressView, read_address_view, read_members
-from .redis_store import RedisStore
+from .recovery import split as split_generation
+from .redis_store import RedisStore, bus_errors
 from .redis_url import SCHEMES, RedisTarget, parse_url, redact
 
 OPLOCK_NAMES = {
@@ -26,7 +33,8 @@ OPLOCK_NAMES = {
 
 
 def lease_bits(state: int) -> str:
-    return "".join(c for bit, c in ((1, "R"), (2, "H"), (4, "W")) if state & bit) or "none"
+    """A lease state in letters, in the order Windows and smbstatus write them (RWH)."""
+    return "".join(c for bit, c in ((1, "R"), (4, "W"), (2, "H")) if state & bit) or "none"
 
 
 def tool_target(url: str, password: str | None, command: str) -> RedisTarget:
@@ -44,22 +52,84 @@ async def collect(url: str, password: str | None = None) -> dict[str, Any]:
     store = RedisStore(target)
     try:
         await store.start(subscriber=False)
-        nodes = await read_members(store)
-        view = await read_address_view(store, nodes)
-        snap = await Coordinator(store).snapshot()
-        now = float((await store.client.time())[0])
+        return await read_bus(store)
     finally:
         await store.stop()
+
+
+async def read_bus(store: RedisStore) -> dict[str, Any]:
+    """Everything the bus on a started ``store`` holds (a tool's, or a node's
+    own): read only, so a node may call it on the store it serves with."""
+    nodes = await read_members(store)
+    view = await read_address_view(store, nodes)
+    snap = await Coordinator(store).snapshot()
+    with bus_errors():
+        seconds, micros = await store.client.time()
+    generation = await read_generation(store)
     return {
-        "bus": target.describe(),
-        "namespace": target.namespace,
-        "time": now,
+        "bus": store.target.describe(),
+        "namespace": store.target.namespace,
+        "time": float(seconds) + float(micros) / 1e6,
         "nodes": nodes,
         "addresses": addresses(view),
         "files": snap["files"],
         "leases": snap["leases"],
         "pending_breaks": pending_breaks(snap["files"]),
+        **generation,
     }
+
+
+async def read_generation(store: RedisStore) -> dict[str, Any]:
+    """The bus generation (``{nodes}:gen``: "<gen>", or "<gen> r" while a
+    recovery runs) and, while one runs, its record (``{nodes}:recovery``:
+    "<start, Redis time> <TTL ms>") with the nodes it waits for and those
+    that have re-asserted what they hold."""
+    with bus_errors():
+        raw: Any = await store.client.get(store.key("{nodes}:gen"))
+        record: Any = await store.client.get(store.key("{nodes}:recovery"))
+        expected: Any = await store.client.smembers(store.key("{nodes}:expect"))
+        asserted: Any = await store.client.smembers(store.key("{nodes}:asserted"))
+    generation, running = split_generation(raw)
+    recovery: dict[str, Any] | None = None
+    if running or record is not None:
+        since, _, ttl_ms = (record or b"").decode().partition(" ")
+        recovery = {
+            "since": float(since) if since else None,
+            "ttl": int(ttl_ms) / 1000 if ttl_ms.isdigit() else None,
+            "expected": sorted(x.decode() for x in expected or ()),
+            "asserted": sorted(x.decode() for x in asserted or ()),
+        }
+    return {"generation": generation or None, "recovering": running, "recovery": recovery}
+
+
+# -- the gateway's opaque records ------------------------------------------------------
+
+VIEWS = "{nodes}:views"
+DEAD = "{nodes}:dead"
+
+
+async def read_texts(store: RedisStore, name: str) -> dict[str, str]:
+    """Node id -> text, from the hash ``name`` (VIEWS or DEAD)."""
+    with bus_errors():
+        raw: dict[Any, Any] = await store.client.hgetall(store.key(name))
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def read_text(store: RedisStore, name: str, node_id: str) -> str | None:
+    with bus_errors():
+        raw: Any = await store.client.hget(store.key(name), node_id)
+    return raw.decode() if raw is not None else None
+
+
+async def write_text(store: RedisStore, name: str, node_id: str, text: str) -> None:
+    with bus_errors():
+        await store.client.hset(store.key(name), node_id, text)
+
+
+async def forget_texts(store: RedisStore, name: str, node_ids: list[str]) -> None:
+    if node_ids:
+        with bus_errors():
+            await store.client.hdel(store.key(name), *node_ids)
 
 
 def addresses(view: AddressView) -> list[dict[str, Any]]:
@@ -76,19 +146,6 @@ def addresses(view: AddressView) -> list[dict[str, Any]]:
             "owner_draining": owner in view.draining, "served_by": served.get(address, []),
         })  # fmt: skip
     return out
-
-
-def _address_line(a: dict[str, Any]) -> str:
-    owner, by = a["owner"], a["served_by"]
-    if not by:
-        why = ""
-        if owner and a.get("owner_draining"):
-            why = f" (its owner {owner} is drained)"
-        elif owner and not a["owner_alive"]:
-            why = f" (its owner {owner} is dead)"
-        return f"  {a['address']}  not served{why}"
-    taken = f" (taken over from {owner})" if owner and owner not in by else ""
-    return f"  {a['address']}  served by {', '.join(by)}{taken}"
 
 
 def pending_breaks(files: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,66 +168,3 @@ def pending_breaks(files: dict[str, Any]) -> list[dict[str, Any]]:
                     "to": lease_bits(lease["break_to"]), "deadline": lease["break_deadline"],
                 })  # fmt: skip
     return out
-
-
-def render(st: dict[str, Any]) -> str:
-    now = st["time"]  # Redis's clock: heartbeats and deadlines are read against it
-    lines = [f"bus {st['bus']} (namespace {st['namespace']!r})", f"nodes ({len(st['nodes'])}):"]
-    for n in st["nodes"]:
-        beat = n["heartbeat"]
-        seen = f"last heartbeat {max(0.0, now - beat):.1f}s ago" if beat else "DEAD: no heartbeat"
-        takeover = "  takeover" if n.get("takeover") else ""
-        drain = f"  {n['drain'].upper()}" if n.get("drain") else ""  # serves nobody
-        lines.append(f"  {n['id']}  {n['address']}  epoch {n['epoch']}  {seen}{takeover}{drain}")
-    lines.append(f"addresses ({len(st['addresses'])}):")
-    lines.extend(_address_line(a) for a in st["addresses"])
-    lines.append(f"open files ({len(st['files'])}):")
-    for file, doc in sorted(st["files"].items()):
-        flags = "  delete pending" if doc.get("delete_pending") else ""
-        lines.append(f"  {file}{flags}")
-        for open_id, o in doc["opens"].items():
-            level = OPLOCK_NAMES.get(o["oplock"], hex(o["oplock"]))
-            lease = f" lease {o['lease_id']}" if o.get("lease_id") else ""
-            lines.append(
-                f"    open {open_id} node {o['node_id']} epoch {o.get('epoch', 0)} "
-                f"access 0x{o['access']:x} share 0x{o['share']:x} oplock {level}{lease}"
-            )
-        for lid, x in doc["leases"].items():
-            lines.append(f"    lease {lid} {lease_bits(x['state'])} epoch {x['epoch']}")
-        for lk in doc["locks"]:
-            kind = "exclusive" if lk["exclusive"] else "shared"
-            lines.append(f"    lock {lk['open_id']} {lk['offset']}+{lk['length']} {kind}")
-        for w in doc["waiters"]:
-            spans = ", ".join(f"{r['offset']}+{r['length']}" for r in w["ranges"])
-            lines.append(f"    waiting lock {w['open_id']} {spans}")
-        for open_id, r in doc.get("pending", {}).items():
-            lines.append(
-                f"    waiting open {open_id} node {r['node_id']} "
-                f"access 0x{r['access']:x} share 0x{r['share']:x}"
-            )
-    lines.append(f"pending breaks ({len(st['pending_breaks'])}):")
-    for b in st["pending_breaks"]:
-        who = b.get("open_id") or b.get("lease")
-        left = b["deadline"] - now
-        lines.append(
-            f"  {b['file']} {b['kind']} {who} on {b['node_id']}: {b['from']} -> {b['to']}, "
-            f"{left:.1f}s left"
-        )
-    return "\n".join(lines)
-
-
-def main(url: str, as_json: bool, password: str | None = None) -> int:
-    """Print the status; 2 with one line on stderr if the bus cannot be read."""
-    import asyncio
-
-    try:
-        st = asyncio.run(collect(url, password))
-    except (ValueError, BusUnavailable) as e:
-        print(f"smbgw status: {e}", file=sys.stderr)
-        return 2
-    if as_json:
-        print(json.dumps(st, indent=2, sort_keys=True))
-    else:
-        print(render(st))
-    return 0
-

@@ -150,6 +150,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def publish(self, channels: Iterable[str]) -> None: ...
 
+    async def persist(self) -> None:
+        """Make what was just written survive the loss of this server as far
+        as the backend can (a disconnected durable open lives nowhere else).
+        Nothing to do for a store in this process's memory."""
+        return None
+
     def subscribed(self, channel: str) -> bool:
         """Whether a subscription to ``channel`` would be ready at once (a
         lazy subscriber then subscribes before evaluating: it costs nothing)."""

@@ -22,9 +22,11 @@ anonymous device number that differs between hosts (Samba needs vfs_fileid for
 the same reason), so the volume id is kept in an xattr on the share root, created
 once (XATTR_CREATE: concurrent first starts agree) and read by every node
 afterwards. Without xattrs (read-only or xattr-less volume) it falls back to
-``st_dev``, which is right on a single host. An explicit ``volume_id`` overrides
-both. Two shares whose roots overlap get different ids: give each share its own
-tree, or the same explicit ``volume_id``.
+``st_dev``, which is right on a single host; a node with other nodes on its bus
+refuses that (``st_dev_fallback=False``: ``VolumeIdUnavailable``). An explicit
+``volume_id`` overrides both. Two shares whose roots overlap get different ids:
+give each share its own tree, or the same explicit ``volume_id``. ``root_key``
+is the root's identity, which the nodes of a cluster compare at start.
 
 DOS metadata. Attributes other than READONLY-on-files (the owner write bit) and
 the creation time live in one ``user.smbgw.dos`` xattr; where xattrs are missing
@@ -480,10 +482,17 @@ _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
 
 
+class VolumeIdUnavailable(OSError):
+    """No volume id could be read from or stored on the share root, and the
+    caller ruled out ``st_dev``, which other hosts may not share."""
+
+
 class ShareFS:
     """One share: a POSIX directory tree every node mounts at its own path."""
 
-    def __init__(self, root: str, *, volume_id: int | None = None) -> None:
+    def __init__(
+        self, root: str, *, volume_id: int | None = None, st_dev_fallback: bool = True
+    ) -> None:
         if not os.path.exists(root):
             raise FileNotFoundError(errno.ENOENT, "share root does not exist", root)
         if not os.path.isdir(root):
@@ -497,7 +506,7 @@ class ShareFS:
         if volume_id is not None:
             self.volume_id = volume_id & 0xFFFFFFFFFFFFFFFF
         else:
-            self.volume_id = self._stored_volume_id(st)
+            self.volume_id = self._stored_volume_id(st, st_dev_fallback)
         try:
             self._cluster = max(512, os.statvfs(self.root).f_frsize or 4096)
         except OSError:
@@ -518,7 +527,12 @@ class ShareFS:
         value, self.volume_created = _VOLUME.unpack(raw)
         return int(value)
 
-    def _stored_volume_id(self, st: os.stat_result) -> int:
+    def root_key(self) -> str:
+        """The root directory's cluster-wide identity, as every file's is made
+        (volume id and inode): equal on every node that sees the same tree."""
+        return f"{self.volume_id:x}:{os.stat(self.root).st_ino:x}"
+
+    def _stored_volume_id(self, st: os.stat_result, st_dev_fallback: bool) -> int:
         """The id kept on the root, created now if missing; st_dev without xattrs."""
         value = self._read_volume_xattr()
         if value is not None:
@@ -537,6 +551,11 @@ class ShareFS:
                     return value
             except OSError:
                 pass
+        if not st_dev_fallback:
+            raise VolumeIdUnavailable(
+                errno.ENOTSUP, "no volume id: cannot read or store xattr " + _XATTR_VOLUME,
+                self.root,
+            )  # fmt: skip
         log.warning(
             "share %s: no volume id xattr (no xattr support or read-only); using st_dev, "
             "which other hosts mounting this volume may not share",
