@@ -13,10 +13,12 @@ buffer to answer with, plus whether the exchange is finished.  It accepts
 
 Only NTLMv2 is accepted (NTLMv1 and LM responses are refused, as Samba does with
 its default ``ntlm auth = ntlmv2-only``).  The NTProofStr is checked against the
-users table, the session base key is HMAC_MD5(NTOWFv2, NTProofStr), the
-client's random session key is decrypted with RC4 when NTLMSSP_NEGOTIATE_KEY_EXCH
-is negotiated, and the MIC of the AUTHENTICATE message is verified whenever the
-client flags it (MsvAvFlags bit 0x2).  User names match case-insensitively and
+users table (which needs only each user's NT hash: the users file may keep
+just that, gateway/users.py), the session base key is HMAC_MD5(NTOWFv2,
+NTProofStr), the client's random session key is decrypted with RC4 when
+NTLMSSP_NEGOTIATE_KEY_EXCH is negotiated, and the MIC of the AUTHENTICATE
+message is verified whenever the client flags it (MsvAvFlags bit 0x2).  User
+names match case-insensitively and
 the client's domain is accepted whatever it is (the NTOWFv2 is computed with
 the domain the client sent, and for robustness with its upper-cased form and
 the empty domain, like Samba's password check).  Anonymous (NULL session)
@@ -62,6 +64,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher
 from impacket import ntlm
 
 from .protocol.constants import NtStatusError, Status
+from .users import Credential, nt_hash_of
 
 try:
     from cryptography.hazmat.decrepit.ciphers.algorithms import ARC4
@@ -335,7 +338,7 @@ class _NtlmAcceptor:
 
     def __init__(
         self,
-        users: Mapping[str, tuple[str, str]],
+        users: Mapping[str, tuple[str, Credential]],
         allow_guest: bool,
         server_name: str,
         domain_name: str,
@@ -501,8 +504,10 @@ class _NtlmAcceptor:
             raise AuthError("malformed NTLMv2 response")
         nt_proof, blob = nt[:16], nt[16:]
         av = _av_pairs(blob[28:])
-        canonical, password = entry
-        nt_hash: bytes = ntlm.compute_nthash(password)
+        canonical, credential = entry
+        # Everything below (NTOWFv2, the session base key, and so the signing
+        # and sealing keys) derives from the NT hash alone.
+        nt_hash = nt_hash_of(credential)
         for dom in dict.fromkeys((domain, _upper(domain), "")):
             response_key = _ntowfv2(nt_hash, user, dom)
             if hmac.compare_digest(
@@ -558,7 +563,8 @@ _START, _WAIT_NEGOTIATE, _CHALLENGE_SENT, _DONE, _FAILED = range(5)
 class Authenticator:
     """One SESSION_SETUP exchange; create a new one for every logon attempt.
 
-    `users` maps user name -> clear-text password (as `gateway.config.load_users` returns).
+    `users` maps user name -> NT hash or clear-text password (as
+    `gateway.config.load_users` returns).
     After `step()` returned done=True: `username` (the users-file spelling),
     `domain` (as the client sent it), `workstation`, `session_key` (16 bytes,
     the NTLM exported session key: the SMB signing/encryption key source),
@@ -567,13 +573,13 @@ class Authenticator:
 
     def __init__(
         self,
-        users: Mapping[str, str],
+        users: Mapping[str, Credential],
         allow_guest: bool = False,
         *,
         server_name: str = "SMBGW",
         domain_name: str = "WORKGROUP",
     ) -> None:
-        table = {name.lower(): (name, password) for name, password in users.items()}
+        table = {name.lower(): (name, cred) for name, cred in users.items()}
         self._ntlm = _NtlmAcceptor(table, allow_guest, server_name, domain_name)
         self._state = _START
         self._spnego = False

@@ -22,6 +22,7 @@ from typing import IO
 
 from oplock_bus.redis_url import redact, split_password
 
+from .children import die_with_parent
 from .config import BUS_PASSWORD_ENV, ConfigError, parse_share
 from .localredis import LocalRedis, RedisError
 
@@ -146,8 +147,10 @@ class LocalCluster:
         else:
             out = subprocess.PIPE
         proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env
-        )
+            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+            # SIGTERM (a clean stop) when we die, even by SIGKILL (children.py).
+            preexec_fn=die_with_parent(),
+        )  # fmt: skip
         if not isinstance(out, int):
             out.close()
         elif proc.stdout is not None:
@@ -269,7 +272,10 @@ def run_foreground(spec: ClusterSpec) -> int:
     def on_signal(_sig: int, _frame: object) -> None:
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP too: a closed terminal sends it to the whole group, and the nodes
+    # themselves only reload on it; the cluster must not outlive its terminal.
+    stopping = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in stopping}
     try:
         cluster.start(progress=lambda m: print(f"started {m}", file=sys.stderr))
         print(connect_help(cluster, _first_user(spec.users)), flush=True)

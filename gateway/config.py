@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 import os
 import re
 import shlex
@@ -15,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .fs.acl import check_rid_collisions
+from .users import Credential, parse_credential
 
 
 class ConfigError(Exception):
@@ -33,6 +36,10 @@ class ShareConfig:
     # SMB2_GLOBAL_CAP_PERSISTENT_HANDLES at NEGOTIATE) so they ask for
     # persistent handles and fail over to another node.
     continuous_availability: bool = False
+    # The volume id of every file's identity (gateway/fs/vfs.py): given here,
+    # it overrides the one kept in the root's xattr (or st_dev); every node
+    # serving the share must then give the same.
+    volume_id: int | None = None
 
 
 @dataclass
@@ -41,7 +48,7 @@ class Config:
     listen_port: int = 445
     shares: list[ShareConfig] = field(default_factory=list)
     users_file: str | None = None
-    users: dict[str, str] = field(default_factory=dict)
+    users: dict[str, Credential] = field(default_factory=dict)  # NT hash or clear text
     node_id: str = ""
     bus_url: str | None = None
     # The bus password kept out of the URL, so that it is in no command line:
@@ -66,6 +73,11 @@ class Config:
     # giving back an address (moving the address on a real host).
     takeover: bool = False
     takeover_command: str | None = None
+    # Where to serve Prometheus metrics (gateway/metrics.py); None: nowhere.
+    metrics_listen: tuple[str, int] | None = None
+    # Where the node's admin socket for `smbgw status` goes (gateway/status.py);
+    # None: $RUNTIME_DIRECTORY, /run/smbgw (root), $XDG_RUNTIME_DIR/smbgw or /tmp/smbgw-<uid>.
+    runtime_dir: str | None = None
     max_io_size: int = 8 * 1024 * 1024
     max_credits: int = 8192
     # What one client may take of a node (docs/configuration.md#limits).
@@ -82,6 +94,14 @@ class Config:
     # only for running smbtorture, never in production.
     torture_hooks: bool = False
     log_level: str = "INFO"
+    # Seconds a node starting on a Redis bus waits for Redis to answer before
+    # it gives up (exit 2): Redis and the nodes often start together.
+    bus_wait: float = 10.0
+    # Log to this file instead of stderr, rotated by size (gateway/logsetup.py):
+    # log_max_bytes 0 never rotates; log_backups older files are kept.
+    log_file: str | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
 
     def share(self, name: str) -> ShareConfig | None:
         for s in self.shares:
@@ -101,17 +121,24 @@ class Config:
 _SHARE_NAME = re.compile(r"^[A-Za-z0-9_.$ -]{1,80}$")
 
 
-def parse_listen(value: str) -> tuple[str, int]:
+def parse_listen(value: str, where: str = "--listen") -> tuple[str, int]:
+    """``HOST:PORT``, ``[IPv6]:PORT`` or ``:PORT`` (every address); ``where``
+    names the flag or TOML key in the error."""
     host, sep, port = value.rpartition(":")
     if not sep:
-        host, port = value, "445"
-    host = host.strip("[]") or "0.0.0.0"
-    try:
-        port_n = int(port)
-    except ValueError:
-        raise ConfigError(f"--listen {value!r}: port must be a number") from None
+        # A bare host once meant port 445 without a word: say what to write.
+        raise ConfigError(f"{where} {value!r}: no port; write HOST:PORT (e.g. {value}:445)")
+    if ":" in host:
+        if not (host.startswith("[") and host.endswith("]")):
+            raise ConfigError(f"{where} {value!r}: write an IPv6 address as [ADDRESS]:PORT")
+        host = host[1:-1]
+    host = host or "0.0.0.0"
+    # Not int(): it takes " 445", "4_45" and other digits than 0-9.
+    if not re.fullmatch(r"[0-9]{1,5}", port):
+        raise ConfigError(f"{where} {value!r}: port must be a number; write HOST:PORT")
+    port_n = int(port)
     if not 0 < port_n < 65536:
-        raise ConfigError(f"--listen {value!r}: port must be 1-65535")
+        raise ConfigError(f"{where} {value!r}: port must be 1-65535")
     return host, port_n
 
 
@@ -132,43 +159,93 @@ def load_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_log_level(value: str, where: str = "--log-level") -> str:
+    # getattr(logging, ...) would quietly fall back to INFO for a typo.
+    level = value.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"{where} {value!r}: not a log level; use one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+# TOML conversions: each takes only the TOML type it names, so that a value of
+# another type is refused rather than misread (bool("no") is True, str(4489)
+# a host name); TypeError's message is the type expected, for the error line.
+
+
 def _strict_bool(value: Any) -> bool:
-    # bool() would read the string "false" as true.
     if not isinstance(value, bool):
-        raise ValueError(value)
+        raise TypeError("true or false")
     return value
+
+
+def _strict_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("a string")
+    return value
+
+
+def _strict_int(value: Any) -> int:
+    # bool is an int to Python, not to an operator.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError("an integer")
+    return value
+
+
+def _strict_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise TypeError("a number of seconds")
+    return float(value)
+
+
+def _toml_log_level(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().upper() not in LOG_LEVELS:
+        raise TypeError("one of " + ", ".join(f'"{v}"' for v in LOG_LEVELS))
+    return value.strip().upper()
+
+
+def _shown(value: Any) -> str:
+    """A TOML value as the operator wrote it: "no", not 'no'."""
+    return json.dumps(value, default=str)
 
 
 # TOML key, Config attribute, conversion: the settings that are plain values.
 _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
-    ("users", "users_file", str),
-    ("node_id", "node_id", str),
-    ("bus", "bus_url", str),
-    ("bus_password_file", "bus_password_file", str),
-    ("server_name", "server_name", str),
-    ("signing_required", "signing_required", bool),
-    ("encrypt_required", "encrypt_required", bool),
-    ("multichannel", "multichannel", bool),
-    ("break_timeout", "break_timeout", float),
-    ("durable_timeout", "durable_timeout", float),
-    ("node_ttl", "node_ttl", float),
+    ("users", "users_file", _strict_str),
+    ("node_id", "node_id", _strict_str),
+    ("bus", "bus_url", _strict_str),
+    ("bus_password_file", "bus_password_file", _strict_str),
+    ("server_name", "server_name", _strict_str),
+    ("signing_required", "signing_required", _strict_bool),
+    ("encrypt_required", "encrypt_required", _strict_bool),
+    ("multichannel", "multichannel", _strict_bool),
+    ("break_timeout", "break_timeout", _strict_seconds),
+    ("durable_timeout", "durable_timeout", _strict_seconds),
+    ("node_ttl", "node_ttl", _strict_seconds),
     ("takeover", "takeover", _strict_bool),
-    ("takeover_command", "takeover_command", str),
-    ("max_io_size", "max_io_size", int),
-    ("max_credits", "max_credits", int),
-    ("logon_timeout", "logon_timeout", float),
-    ("max_connections_per_address", "max_connections_per_address", int),
-    ("max_sessions_per_connection", "max_sessions_per_connection", int),
-    ("max_opens_per_connection", "max_opens_per_connection", int),
-    ("max_opens_per_session", "max_opens_per_session", int),
-    ("max_opens_per_node", "max_opens_per_node", int),
-    ("max_pending_per_connection", "max_pending_per_connection", int),
-    ("log_level", "log_level", lambda v: str(v).upper()),
-    ("torture_hooks", "torture_hooks", bool),
+    ("takeover_command", "takeover_command", _strict_str),
+    ("max_io_size", "max_io_size", _strict_int),
+    ("max_credits", "max_credits", _strict_int),
+    ("logon_timeout", "logon_timeout", _strict_seconds),
+    ("max_connections_per_address", "max_connections_per_address", _strict_int),
+    ("max_sessions_per_connection", "max_sessions_per_connection", _strict_int),
+    ("max_opens_per_connection", "max_opens_per_connection", _strict_int),
+    ("max_opens_per_session", "max_opens_per_session", _strict_int),
+    ("max_opens_per_node", "max_opens_per_node", _strict_int),
+    ("max_pending_per_connection", "max_pending_per_connection", _strict_int),
+    ("log_level", "log_level", _toml_log_level),
+    ("torture_hooks", "torture_hooks", _strict_bool),
+    ("runtime_dir", "runtime_dir", _strict_str),
+    ("bus_wait", "bus_wait", _strict_seconds),
+    ("log_file", "log_file", _strict_str),
+    ("log_max_bytes", "log_max_bytes", _strict_int),
+    ("log_backups", "log_backups", _strict_int),
 ]
-_TOML_KEYS = {"listen", "shares"} | {key for key, _, _ in _SCALARS}
+_TOML_KEYS = {"listen", "metrics_listen", "shares"} | {key for key, _, _ in _SCALARS}
 _SHARE_BOOLS = ("guest_ok", "read_only", "encrypt", "continuous_availability")
-_SHARE_KEYS = {"name", "path", "comment", *_SHARE_BOOLS}
+_SHARE_KEYS = {"name", "path", "comment", "volume_id", *_SHARE_BOOLS}
 
 
 def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
@@ -176,13 +253,24 @@ def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
     if unknown:
         raise ConfigError(f"{source}: unknown setting(s): {', '.join(sorted(unknown))}")
     if "listen" in data:
-        cfg.listen_host, cfg.listen_port = parse_listen(str(data["listen"]))
+        if not isinstance(data["listen"], str):
+            raise ConfigError(
+                f'{source}: listen = {_shown(data["listen"])}: expected a string "HOST:PORT"'
+            )
+        cfg.listen_host, cfg.listen_port = parse_listen(data["listen"], f"{source}: listen =")
+    if "metrics_listen" in data:
+        value = data["metrics_listen"]
+        if not isinstance(value, str):
+            raise ConfigError(
+                f'{source}: metrics_listen = {_shown(value)}: expected a string "HOST:PORT"'
+            )
+        cfg.metrics_listen = parse_listen(value, f"{source}: metrics_listen =")
     for key, attr, convert in _SCALARS:
         if key in data:
             try:
                 setattr(cfg, attr, convert(data[key]))
-            except (TypeError, ValueError):
-                raise ConfigError(f"{source}: {key} = {data[key]!r} is not valid") from None
+            except TypeError as e:
+                raise ConfigError(f"{source}: {key} = {_shown(data[key])}: expected {e}") from None
     shares = data.get("shares", [])
     if not isinstance(shares, list):
         raise ConfigError(f"{source}: 'shares' must be an array of tables ([[shares]])")
@@ -196,28 +284,59 @@ def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
 
 
 def _share_from_toml(entry: dict[str, Any], source: str) -> ShareConfig:
-    name = str(entry["name"])
+    name: str = _share_setting(entry, "name", _strict_str, "", "", source)
+
+    def text(key: str) -> str:
+        return str(_share_setting(entry, key, _strict_str, "", name, source))
 
     def flag(key: str) -> bool:
-        return _share_bool(entry, key, name, source)
+        return bool(_share_setting(entry, key, _strict_bool, False, name, source))
 
     return ShareConfig(
         name=name,
-        path=str(entry["path"]),
-        comment=str(entry.get("comment", "")),
+        path=text("path"),
+        comment=text("comment"),
         guest_ok=flag("guest_ok"),
         read_only=flag("read_only"),
         encrypt=flag("encrypt"),
         continuous_availability=flag("continuous_availability"),
+        volume_id=_share_setting(entry, "volume_id", _volume_id, None, name, source),
     )
 
 
-def _share_bool(entry: dict[str, Any], key: str, share: str, source: str) -> bool:
-    # bool() would read the string "false" as true: only a TOML boolean will do.
-    value = entry.get(key, False)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{source}: share {share}: {key} = {value!r} is not true or false")
-    return value
+_HEX_VOLUME_ID = re.compile(r"^(0[xX])?[0-9A-Fa-f]{1,16}$")
+
+
+def _volume_id(value: Any) -> int:
+    """A TOML integer, or hex digits in a string (as ``smbgw status`` shows
+    file ids); the volume id is a 64-bit number, 0 is not one."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _HEX_VOLUME_ID.match(value.strip()):
+        number = int(value.strip(), 16)
+    if number is None or not 0 < number < 1 << 64:
+        raise TypeError('an integer from 1 to 2**64-1, or hex digits in a string ("5eed")')
+    return number
+
+
+def _share_setting(
+    entry: dict[str, Any],
+    key: str,
+    convert: Callable[[Any], Any],
+    default: Any,
+    share: str,
+    source: str,
+) -> Any:
+    """One [[shares]] value of the type ``convert`` takes, or a ConfigError
+    naming the file, the share and the key."""
+    if key not in entry:
+        return default
+    try:
+        return convert(entry[key])
+    except TypeError as e:
+        where = f"share {share}: " if share else "[[shares]] "
+        raise ConfigError(f"{source}: {where}{key} = {_shown(entry[key])}: expected {e}") from None
 
 
 def validate(cfg: Config) -> None:
@@ -232,6 +351,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"share {s.name!r} is configured twice")
         seen.add(s.name.lower())
         if not os.path.isdir(s.path):
+            # A file (or a device) is there: "does not exist" would send the
+            # operator looking for a typo.
+            if os.path.exists(s.path):
+                raise ConfigError(f"share {s.name}: {s.path} is not a directory")
             raise ConfigError(f"share {s.name}: directory {s.path} does not exist")
         if not os.access(s.path, os.R_OK | os.X_OK):
             raise ConfigError(f"share {s.name}: directory {s.path} is not readable")
@@ -243,6 +366,13 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"users {a!r} and {b!r} would share a SID (see docs); rename one")
     elif not any(s.guest_ok for s in cfg.shares):
         raise ConfigError("no users file (--users FILE) and no guest share: nobody could log on")
+    # float() takes "nan" and "inf" from a flag, and nan passes every "<= 0".
+    for name in ("break_timeout", "node_ttl", "durable_timeout", "logon_timeout", "bus_wait"):
+        if not math.isfinite(getattr(cfg, name)):
+            raise ConfigError(f"{name} must be a finite number of seconds")
+    if cfg.bus_wait < 0:
+        raise ConfigError("bus_wait must be 0 (do not wait) or more seconds")
+    validate_log_file(cfg)
     if cfg.break_timeout <= 0:
         raise ConfigError("break_timeout must be positive")
     if cfg.node_ttl <= 0:
@@ -262,7 +392,58 @@ def validate(cfg: Config) -> None:
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{name} must be positive")
     if not cfg.node_id:
-        cfg.node_id = f"{socket.gethostname()}-{cfg.listen_host}-{cfg.listen_port}"
+        cfg.node_id = default_node_id(socket.gethostname(), cfg.listen_host, cfg.listen_port)
+    check_node_id(cfg.node_id)
+
+
+# A node id names Redis keys and channels ("{nodes}:hb:<id>", "node:<id>") and
+# open ids ("<id>/<handle>"): no ':', '/', braces (the Cluster hash tag),
+# blanks or control characters, and short.
+NODE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NOT_IN_NODE_ID = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def check_node_id(node_id: str) -> None:
+    if not NODE_ID.match(node_id):
+        shown = repr(node_id)
+        if len(node_id) > 70:  # still one line for a 5,000-character id
+            shown = f"{node_id[:60]!r}... ({len(node_id)} characters)"
+        raise ConfigError(
+            f"node id {shown} is not allowed: 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (--node-id, node_id)"
+        )
+
+
+def default_node_id(hostname: str, host: str, port: int) -> str:
+    """``<hostname>-<listen address>-<port>``, made a valid node id: an IPv6
+    address's ':' become '-', and a host name too long is cut at its first
+    dot, then to what fits."""
+    tail = _NOT_IN_NODE_ID.sub("-", f"-{host}-{port}")
+    head = _NOT_IN_NODE_ID.sub("-", hostname).strip("-._")
+    room = 64 - len(tail)
+    if len(head) > room:
+        head = head.split(".", 1)[0][:room].rstrip("-._")
+    return f"{head or 'smbgw'}{tail}"
+
+
+def validate_log_file(cfg: Config) -> None:
+    """The log file's settings; the file itself is opened when the node
+    starts (``smbgw check`` creates nothing), but a directory that is not
+    there is caught here, where check sees it too."""
+    if cfg.log_max_bytes < 0:
+        raise ConfigError("log_max_bytes must be 0 (never rotate) or more bytes")
+    if cfg.log_backups < 1:
+        # RotatingFileHandler with no backups never rotates: the file would
+        # grow without bound while log_max_bytes says otherwise.
+        raise ConfigError("log_backups must be at least 1")
+    if cfg.log_file is not None:
+        if not cfg.log_file:
+            raise ConfigError("log_file is empty: leave it out to log to stderr")
+        folder = os.path.dirname(os.path.abspath(cfg.log_file))
+        if not os.path.isdir(folder):
+            raise ConfigError(f"log file {cfg.log_file}: directory {folder} does not exist")
+        if os.path.isdir(cfg.log_file):
+            raise ConfigError(f"log file {cfg.log_file} is a directory")
 
 
 def validate_takeover(cfg: Config) -> None:
@@ -299,20 +480,22 @@ def _check_command(command: str) -> None:
         raise ConfigError(f"takeover_command: {argv[0]} is not an executable program")
 
 
-def load_users(path: str | os.PathLike[str]) -> dict[str, str]:
-    """Read ``user:password`` lines; ``#`` comments and blank lines are ignored.
+def load_users(path: str | os.PathLike[str]) -> dict[str, Credential]:
+    """Read ``user:nt:HASH`` and ``user:password`` lines (gateway/users.py);
+    ``#`` comments and blank lines are ignored.
 
     The password is everything after the first colon, kept verbatim (only the
-    line ending is removed).  User names are stripped of surrounding blanks,
-    must be non-empty, must not contain a backslash and must be unique ignoring
-    case.  Raises ConfigError with a one-line message naming the file (and line).
+    line ending is removed); one starting with ``nt:`` is an NT hash.  User
+    names are stripped of surrounding blanks, must be non-empty, must not
+    contain a backslash and must be unique ignoring case.  Raises ConfigError
+    with a one-line message naming the file (and line).
     """
     try:
         with open(path, "rb") as f:
             raw = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read users file {path}: {e.strerror or e}") from None
-    users: dict[str, str] = {}
+    users: dict[str, Credential] = {}
     seen: dict[str, int] = {}
     for lineno, line_b in enumerate(raw.split(b"\n"), 1):
         try:
@@ -337,7 +520,10 @@ def load_users(path: str | os.PathLike[str]) -> dict[str, str]:
                 f"on line {seen[key]}"
             )
         seen[key] = lineno
-        users[user] = password
+        try:
+            users[user] = parse_credential(password)
+        except ValueError as e:
+            raise ConfigError(f"users file {path}, line {lineno}: {e}") from None
     if not users:
         raise ConfigError(f"users file {path} defines no user")
     return users

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .children import die_with_parent
+
 INSTALL_HINT = "install it with `apt-get install redis-server` (or run `bash scripts/install.sh`)"
 
 
@@ -48,7 +50,9 @@ class LocalRedis:
             "--appendonly", "no", "--dir", self._dir.name, "--logfile", str(log),
             "--protected-mode", "no",
         ]  # fmt: skip
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL)
+        # Stops when we die, even by SIGKILL (children.py): a private server
+        # must not outlive the cluster it was started for.
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent())
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

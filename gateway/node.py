@@ -13,16 +13,21 @@ import logging
 import resource
 import secrets
 import socket
+import time
 import uuid
 from typing import Any
 
-from oplock_bus.api import BreakNotice, LockBus
+from oplock_bus.api import BreakNotice, BusUnavailable, LockBus, NodeIdInUse
 from oplock_bus.liveness import Liveness
 
-from .config import Config, ConfigError
+from .busstate import BusWatch
+from .config import Config, ConfigError, ShareConfig
 from .drain import DRAIN_TOPIC, NodeDrain
-from .fs.vfs import ShareFS
+from .fs.vfs import ShareFS, VolumeIdUnavailable
+from .metrics import NodeMetrics
 from .smb import breaks, channels, opens
+from .smb.breakclock import BreakClock
+from .smb.busoutage import BusOutage
 from .smb.channels import SESSION_TOPIC
 from .smb.connection import SmbConnection
 from .smb.durable import DurableTable
@@ -30,6 +35,7 @@ from .smb.limits import log_limit
 from .smb.notify import ChangeEvent, NotifyHub, local_event
 from .smb.replay import ReplayCache
 from .smb.state import Open, Session, TreeConnect
+from .status import STATUS_TOPIC, NodeStatus, runtime_dir
 from .takeover import AddressTakeover, listen_own, release_own
 
 log = logging.getLogger("smbgw.node")
@@ -37,6 +43,8 @@ log = logging.getLogger("smbgw.node")
 _SOCKET_RESERVE = 1024
 
 NOTIFY_TOPIC = "notify"
+# The probe (LockBus.publish_probe) by which the nodes compare a share's root.
+SHARE_PROBE = "share:{}"
 
 Listener = tuple[str, int]  # (host, port) a node listens on
 
@@ -47,7 +55,7 @@ class Node:
         self.bus = bus
         self.node_id = config.node_id
         self.server_guid = uuid.uuid5(uuid.NAMESPACE_URL, f"smbgw:{config.node_id}").bytes_le
-        self.share_fs = {s.name.lower(): ShareFS(s.path) for s in config.shares}
+        self.share_fs = {s.name.lower(): self._share_fs(s) for s in config.shares}
         self.allows_guest = any(s.guest_ok for s in config.shares)
         self.connections: set[SmbConnection] = set()
         self._per_address: dict[str, int] = {}  # open connections by client address
@@ -68,6 +76,32 @@ class Node:
         self.replays = ReplayCache()
         self._unvouched = False  # told the log, and fenced, once per lapse
         self._fencing: set[asyncio.Task[None]] = set()
+        self.break_clock = BreakClock()  # breaks sent and acknowledged (metrics)
+        self.fencings = 0  # times _fenced dropped every client (metrics)
+        self.metrics: NodeMetrics | None = None  # with --metrics-listen, once started
+        self.last_fenced: float | None = None  # wall time of the last fencing (status)
+        self.status: NodeStatus | None = None  # `smbgw status`'s answers, once it serves
+        # Requests the bus could not decide, told once per outage (busstate.py).
+        self.bus_outage = BusOutage(config.node_id, bus)
+        # On a shared bus, once serving: no new clients while the bus cannot vouch.
+        self.bus_watch: BusWatch | None = None
+        self.draining = False  # stop_listening() ran: it listens on nothing for good
+
+    def _share_fs(self, share: ShareConfig) -> ShareFS:
+        # With other nodes on the bus, st_dev will not do as the volume id:
+        # hosts mounting one NFS, CephFS or GlusterFS volume give it different
+        # numbers, so they would name one file differently and no break or
+        # lock would cross them. Better not to serve at all.
+        try:
+            return ShareFS(
+                share.path, volume_id=share.volume_id, st_dev_fallback=not self.bus.shared
+            )
+        except VolumeIdUnavailable:
+            raise ConfigError(
+                f"share {share.name}: cannot read or store its volume id (xattr "
+                f"user.smbgw.volume_id on {share.path}: no user xattrs, or read-only); set "
+                "volume_id in its [[shares]] entry, the same on every node (docs/operations.md)"
+            ) from None
 
     def next_id(self) -> int:
         return next(self._ids)
@@ -106,13 +140,34 @@ class Node:
 
     async def start(self) -> asyncio.base_events.Server:
         self._raise_descriptor_limit()
+        if self.config.metrics_listen is not None:
+            # First: a port in use stops the node before it joins the bus.
+            self.metrics = NodeMetrics(self, self._redis_liveness())
+            await self.metrics.start(*self.config.metrics_listen)
+        redis_liveness = self._redis_liveness()
+        self.status = NodeStatus(
+            self, redis_liveness.store if redis_liveness is not None else None, redis_liveness
+        )
+        # Early too: a --runtime-dir that cannot be used stops the node before it joins the bus.
+        self.status.check_socket(*runtime_dir(self.config.runtime_dir))
         # Registered before the bus starts, so it listens before we serve.
         self.bus.register_node(self.node_id, self._deliver_break)
         self.bus.on_broadcast(NOTIFY_TOPIC, self._remote_change)
         self.bus.on_broadcast(SESSION_TOPIC, self._remote_previous_session)
         self.bus.on_broadcast(DRAIN_TOPIC, self._drain_requested)
+        self.bus.on_broadcast(STATUS_TOPIC, self._status_requested)
         self.bus.fence_handler = self._fenced
+        self.bus.lost_handler = self._lost
         await self.bus.start()
+        try:
+            await self.bus.joined(self.node_id)
+        except NodeIdInUse as e:
+            raise ConfigError(
+                f"node id {self.node_id} is in use by a live node at {e.address}: give this "
+                "node another --node-id (if that node was killed, its id is free again "
+                "node_ttl seconds later)"
+            ) from None
+        await self._compare_shares()
         own = (self.config.listen_host, self.config.listen_port)
         if not self.config.takeover:
             await self.listen(*own)
@@ -128,7 +183,26 @@ class Node:
         redis = self._redis_liveness()
         if redis is not None:  # only a Redis bus carries `smbgw drain`'s request
             self._drain = NodeDrain(self, redis, self.config.takeover)
+        if self.bus.shared:
+            self.bus_watch = BusWatch(self)
+            self.bus_watch.start()
+        # Last: it answers for a node that serves (its admin socket, and on a
+        # Redis bus the requests of `smbgw status --bus`).
+        await self.status.start()
         return self._servers[own]
+
+    async def _compare_shares(self) -> None:
+        """Refuse to serve a share whose root the other live nodes name
+        differently (volume id or inode): every file's identity would differ
+        too. The first node to enter a share's probe sets it, until it stops."""
+        for share in self.config.shares:
+            mine = self.share_fs[share.name.lower()].root_key()
+            seen = await self.bus.publish_probe(
+                self.node_id, SHARE_PROBE.format(share.name.lower()), mine
+            )
+            for other, theirs in sorted(seen.items()):
+                if theirs != mine:
+                    raise ConfigError(_differs(share.name, mine, other, theirs))
 
     def _redis_liveness(self) -> Liveness | None:
         from oplock_bus.redis_bus import RedisBus
@@ -140,6 +214,10 @@ class Node:
         if liveness is None:
             raise ConfigError("--takeover needs a Redis bus (--bus redis://...)")
         return liveness
+
+    def _status_requested(self, payload: dict[str, Any]) -> None:
+        if self.status is not None:
+            self.status.requested(payload)
 
     def _drain_requested(self, payload: dict[str, Any]) -> None:
         # Before it serves, a request waits: the command repeats it.
@@ -183,6 +261,7 @@ class Node:
         another node can bind the address; the connections stay for now.
         With a takeover command our own address leaves this host too
         (``remove``), for the taker to add it on its own."""
+        self.draining = True  # the bus watch must not listen again
         addresses = self.listening()
         if self._takeover is not None:
             await self._takeover.stop("this node drains", drop_clients=False)
@@ -194,6 +273,17 @@ class Node:
         if command and f"{host}:{port}" in addresses:  # not again when a drain resumes
             await release_own(command, self.node_id, host, port)
         return addresses
+
+    async def _lost(self, node_id: str, opens: list[tuple[str, str]]) -> None:
+        """After a bus recovery these opens conflicted with what another node
+        held, and were given up: their clients must not go on using them."""
+        for _file, open_id in opens:
+            op = self.opens.get(open_id)
+            conn = op.connection if op is not None else None
+            if conn in self.connections:
+                log.error("dropping the client of %s: its open was lost in the bus recovery",
+                          op.smb_name if op is not None else open_id)  # fmt: skip
+                await conn.teardown()  # type: ignore[union-attr]
 
     async def drop_clients(self) -> int:
         """Close every client connection as if its transport had dropped:
@@ -213,6 +303,8 @@ class Node:
     async def _broadcast_change(self, event: ChangeEvent) -> None:
         try:
             await self.bus.broadcast(NOTIFY_TOPIC, event.to_dict())
+        except BusUnavailable as e:  # expected while Redis is away: one line per outage
+            self.bus_outage.failed(e, f"sending change {event} to the other nodes")
         except Exception as e:  # noqa: BLE001 - a watch elsewhere misses one change
             log.warning("change %s not sent to the other nodes: %s", event, e)
 
@@ -228,10 +320,16 @@ class Node:
         """The bus can no longer vouch for us: the other nodes are about to
         release our grants, so no client may keep caching under them."""
         log.error("node %s lost the bus: dropping every client connection", node_id)
+        self.fencings += 1
+        self.last_fenced = time.time()
         # Durable handles parked by that teardown cannot be trusted either.
         await self.drop_clients()
 
     async def stop(self) -> None:
+        if self.bus_watch is not None:  # first: it must not listen again meanwhile
+            await self.bus_watch.stop()
+        if self.status is not None:  # while the bus runs: its entries go with it
+            await self.status.stop()
         if self._drain is not None:
             await self._drain.stop()
         if self._takeover is not None:
@@ -245,6 +343,8 @@ class Node:
         for server in servers:
             await server.wait_closed()
         await self.bus.stop()
+        if self.metrics is not None:  # last: a scrape shows the node until it is gone
+            await self.metrics.stop()
 
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: Listener
@@ -303,3 +403,19 @@ class Node:
         )  # fmt: skip
         if event is not None:
             self.notify_hub.report(event)
+
+
+def _differs(share: str, mine: str, other: str, theirs: str) -> str:
+    """One line on how this node's view of a share differs from ``other``'s."""
+    my_volume, _, my_inode = mine.partition(":")
+    their_volume, _, their_inode = theirs.partition(":")
+    if my_volume != their_volume:
+        return (
+            f"share {share}: volume id {my_volume} here, {their_volume} on node {other}: "
+            "set the same volume_id for the share on every node (docs/operations.md)"
+        )
+    return (
+        f"share {share}: its root is inode {my_inode} here, {their_inode} on node {other}: "
+        "not the same directory, or a filesystem without stable inode numbers "
+        "(docs/operations.md)"
+    )

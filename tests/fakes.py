@@ -38,6 +38,8 @@ from gateway.protocol.constants import (
 from gateway.protocol.header import Header
 from gateway.protocol.wire import WireCodec
 from gateway.smb import breaks, opens
+from gateway.smb.breakclock import BreakClock
+from gateway.smb.busoutage import BusOutage
 from gateway.smb.context import Reply, RequestContext
 from gateway.smb.durable import DurableTable
 from gateway.smb.handlers.close import handle_close
@@ -94,6 +96,8 @@ class FakeNode:
         self.durable: DurableTable = DurableTable(self._close)
         self.replays = ReplayCache()
         self.notify_hub: NotifyHub = NotifyHub()
+        self.break_clock: BreakClock = BreakClock()
+        self.bus_outage: BusOutage = BusOutage(self.node_id, self.bus)
         self.changes: list[tuple[str, str, bool]] = []  # (action, host path, is_dir)
         self.renames: list[tuple[str, str, bool]] = []  # (old path, new path, is_dir)
         self._ids = itertools.count(1)

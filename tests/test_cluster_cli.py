@@ -138,3 +138,50 @@ def test_a_port_taken_on_a_node_address_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert f"cannot listen on 127.0.0.2:{port}" in proc.stderr
     assert not _node_pids(port)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (every thread's children, from /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs: a zombie (dead, waiting for a reaper that,
+    in a container, may never come) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_children_die_with_a_cluster_killed_by_sigkill(tmp_path: Path) -> None:
+    """SIGKILL runs no cleanup in `cluster up`: its nodes and its redis-server
+    go all the same (PR_SET_PDEATHSIG, gateway/children.py)."""
+    proc, port, banner = _up(tmp_path, 2)
+    children = _children(proc.pid)
+    nodes = [p for p in children if "gateway.cli serve" in _cmdline(p)]
+    redis = [p for p in children if "redis-server" in _cmdline(p)]
+    assert len(nodes) == 2 and len(redis) == 1, [_cmdline(p) for p in children]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [f"{p}: {_cmdline(p)}" for p in children if _running(p)]
+    for pid in [p for p in children if _running(p)]:  # do not leave them to the next test
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"outlived the cluster: {left}"
+    redis_port = int(banner.split("bus: redis://127.0.0.1:")[1].split("/")[0])
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", redis_port)) != 0, "Redis outlived the cluster"

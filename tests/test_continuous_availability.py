@@ -228,7 +228,7 @@ def test_a_bad_value_is_one_line_naming_share_and_key(value: object) -> None:
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith("gw.toml: share a: continuous_availability = ")
-    assert "not true or false" in message
+    assert "expected true or false" in message
 
 
 def test_a_bad_value_stops_serve_with_one_line(tmp_path: Path) -> None:
@@ -236,7 +236,7 @@ def test_a_bad_value_stops_serve_with_one_line(tmp_path: Path) -> None:
     conf.write_text(
         f'[[shares]]\nname = "a"\npath = "{tmp_path}"\ncontinuous_availability = "no"\n'
     )
-    assert_one_line_error(serve("--config", str(conf)), "continuous_availability = 'no'")
+    assert_one_line_error(serve("--config", str(conf)), 'continuous_availability = "no"')
 
 
 def test_serve_ca_makes_every_share_ca(tmp_path: Path) -> None:

@@ -127,6 +127,16 @@ def _status(c: LocalCluster) -> dict[str, Any]:
     return asyncio.run(collect(c.bus_url))
 
 
+def _answering(c: LocalCluster, host: str) -> str | None:
+    """``_visit``, or None while nobody listens there."""
+    try:
+        return _visit(c, host)
+    except ValueError as e:  # smbprotocol's "Failed to connect"
+        if "Connection refused" not in str(e):
+            raise
+        return None
+
+
 def _served(c: LocalCluster, address: str) -> list[str]:
     rows = {a["address"]: a for a in _status(c)["addresses"]}
     return list(rows[address]["served_by"]) if address in rows else []
@@ -228,7 +238,8 @@ def test_a_dead_nodes_address_is_served_until_it_comes_back(
 def test_a_frozen_owner_keeps_its_address(cluster: tuple[LocalCluster, Path]) -> None:
     """On one host a stopped process still holds its listening socket: the
     taker finds the address in use, says so once, and the resumed (fenced,
-    re-registered) owner goes on serving it."""
+    re-registered) owner goes on serving it, once it stopped listening for as
+    long as the bus could not vouch for it (gateway/busstate.py)."""
     c, calls = cluster
     port = c.spec.port
     address = f"127.0.0.1:{port}"
@@ -247,7 +258,7 @@ def test_a_frozen_owner_keeps_its_address(cluster: tuple[LocalCluster, Path]) ->
     tried = [line for line in _log(c, taker).splitlines() if f"cannot take over {address}" in line]
     assert len(tried) == before + 1 and "address in use" in tried[-1], tried
     _until("node1 registered again", lambda: _served(c, address) == ["node1"], 10)
-    assert _until("node1 answering", lambda: _visit(c, "127.0.0.1") == "node1", 5)
+    assert _until("node1 answering", lambda: _answering(c, "127.0.0.1") == "node1", 5)
     assert "registration under epoch" in _log(c, 0)  # it lapsed: node 1 was fenced
 
     # The command added the address once for all those attempts, and removed
@@ -334,7 +345,7 @@ def test_takeover_from_toml(tmp_path: Path) -> None:
     base += f'path = "{tmp_path}"\n'
     for settings, words in (
         ('takeover = true\nlisten = "0.0.0.0:4450"\n', "wildcard"),
-        ('takeover = "yes"\nlisten = "127.0.0.1:4450"\n', "takeover = 'yes' is not valid"),
+        ('takeover = "yes"\nlisten = "127.0.0.1:4450"\n', '"yes": expected true or false'),
         ('takeover = true\nlisten = "127.0.0.1:4450"\ntakeover_command = "/no/such"\n',
          "/no/such is not an executable"),
     ):  # fmt: skip

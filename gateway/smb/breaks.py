@@ -42,6 +42,7 @@ async def deliver(node: NodeServices, notice: BreakNotice) -> None:
         target.connection.send_notification(
             Command.OPLOCK_BREAK, lease_break(notice), target.tree.session
         )
+        node.break_clock.sent_lease(guid, key, notice.ack_required)
         return
     if notice.open_id is None:
         return
@@ -54,6 +55,7 @@ async def deliver(node: NodeServices, notice: BreakNotice) -> None:
     holder.connection.send_notification(
         Command.OPLOCK_BREAK, oplock_break(holder, notice.new_level), holder.tree.session
     )
+    node.break_clock.sent_oplock(notice.open_id, notice.ack_required)
 
 
 def _lease_holder(node: NodeServices, client_guid: bytes, lease_key: bytes) -> Open | None:

@@ -15,6 +15,8 @@ import logging
 import time
 from typing import Any
 
+from oplock_bus.api import BusUnavailable
+
 from ..protocol import crypto, wire
 from ..protocol.constants import Command, Dialect, HeaderFlags, NtStatusError, Status
 from ..protocol.credits import SequenceError
@@ -550,6 +552,11 @@ async def _guarded(handler: Handler, ctx: RequestContext) -> Reply:
         raise
     except Disconnect:
         raise
+    except BusUnavailable as e:
+        # Not a bug: Redis out of reach. The client gets the bus's status and
+        # may retry; the log says so once per outage, not once per request.
+        ctx.node.bus_outage.failed(e, Command(ctx.header.command).name)
+        return Reply(e.status)
     except Exception:
         log.exception("handler for %s failed", Command(ctx.header.command).name)
         return Reply(Status.INTERNAL_ERROR)

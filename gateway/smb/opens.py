@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 
-from oplock_bus.api import Operation
+from oplock_bus.api import BusUnavailable, Operation
 
 from . import durable, streams, writetime
 from .notify import end_watch
@@ -69,6 +69,8 @@ async def close(node: NodeServices, op: Open) -> None:
                 # smb2_close; smbtorture smb2.lease.unlink).
                 await node.bus.break_for(op.file_key, op.bus_open_id, Operation.DELETE)
             await node.bus.close(op.file_key, op.bus_open_id)
+        except BusUnavailable as e:  # Redis away: the handle closes here all the same
+            node.bus_outage.failed(e, f"closing {op.bus_open_id} on the bus")
         except Exception:  # noqa: BLE001
             log.exception("bus close of %s failed", op.bus_open_id)
     op.close_fd()

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
     from ..config import Config
     from ..fs.vfs import ShareFS
+    from .breakclock import BreakClock
+    from .busoutage import BusOutage
     from .durable import DurableTable
     from .notify import NotifyHub
     from .replay import ReplayCache
@@ -35,6 +37,9 @@ class NodeServices(Protocol):
     durable: DurableTable  # opens whose connection dropped, kept for a reconnect
     replays: ReplayCache  # DH2Q creates a replayed CREATE may get back
     notify_hub: NotifyHub
+    break_clock: BreakClock  # breaks sent and acknowledged, for the node's metrics
+    # BusUnavailable is expected while Redis is away: told once per outage.
+    bus_outage: BusOutage
 
     def next_id(self) -> int:
         """A new number, unique on this node (FileIds, probe open ids)."""

@@ -155,6 +155,8 @@ async def _close_companions(node: NodeServices, st: Stream) -> None:
     for key, open_id in companions:
         try:
             await node.bus.close(key, open_id)
+        except bus_api.BusUnavailable as e:  # Redis away: told once per outage
+            node.bus_outage.failed(e, f"closing {open_id} on the bus")
         except Exception:  # noqa: BLE001 - the handle closes whatever the bus says
             log.exception("bus close of %s failed", open_id)
 

@@ -54,6 +54,8 @@ async def _oplock_ack(ctx: RequestContext) -> Reply:
     op = ctx.open_at(8)
     if level not in (OplockLevel.NONE, OplockLevel.II):
         raise NtStatusError(Status.INVALID_PARAMETER)
+    # Timed on receipt: what the bus takes to record the ack is not the client's latency.
+    ctx.node.break_clock.acked_oplock(op.bus_open_id)
     result = await ctx.node.bus.ack_oplock(op.file_key, op.bus_open_id, level)
     if result.status != Status.SUCCESS:
         raise NtStatusError(result.status)
@@ -66,6 +68,7 @@ async def _lease_ack(ctx: RequestContext) -> Reply:
     _s, _r, _flags, key, state, _dur = _LEASE_ACK.unpack_from(ctx.body)
     if ctx.session is None:
         raise NtStatusError(Status.USER_SESSION_DELETED)
+    ctx.node.break_clock.acked_lease(ctx.conn.client_guid, key)
     result = await ctx.node.bus.ack_lease(LeaseKey(ctx.conn.client_guid, key), state)
     if result.status != Status.SUCCESS:
         raise NtStatusError(result.status)
