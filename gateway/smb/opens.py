@@ -61,6 +61,13 @@ async def close(node: NodeServices, op: Open) -> None:
         writetime.drop(op)
     if delete and await streams.defer_delete(node, op):
         delete = False  # the file's open streams keep it, delete-pending (MS-FSA)
+    # A file deleted on close goes before the bus lets go of its open: an
+    # opener waiting on another node (a reconnect, smbtorture's
+    # durable-open.delete_on_close1) must find the name gone, not the old file.
+    # A stream's handle keeps the old order: the last stream out checks on
+    # the bus that no other stream is open.
+    early = delete and op.stream is None
+    released = False
     if op.file_key and op.bus_open_id:
         # The handle must close whatever the bus says, so bus errors are logged.
         try:
@@ -68,11 +75,20 @@ async def close(node: NodeServices, op: Open) -> None:
                 # Others' handle caching goes before the name does (Samba
                 # smb2_close; smbtorture smb2.lease.unlink).
                 await node.bus.break_for(op.file_key, op.bus_open_id, Operation.DELETE)
+            if early:
+                released = True
+                await _release_locally(node, op, delete)
             await node.bus.close(op.file_key, op.bus_open_id)
         except BusUnavailable as e:  # Redis away: the handle closes here all the same
             node.bus_outage.failed(e, f"closing {op.bus_open_id} on the bus")
         except Exception:  # noqa: BLE001
             log.exception("bus close of %s failed", op.bus_open_id)
+    if not released:
+        await _release_locally(node, op, delete)
+
+
+async def _release_locally(node: NodeServices, op: Open, delete: bool) -> None:
+    """The descriptor, then what delete-on-close removes from the volume."""
     op.close_fd()
     if await streams.closed(node, op, delete):
         return
