@@ -15,8 +15,6 @@ import asyncio
 import json
 from dataclasses import dataclass
 
-from gateway.config import ConfigError
-
 from .demo_common import (
     DAMAGE,
     OK,
@@ -29,9 +27,9 @@ from .demo_common import (
     figures_table,
     quiet_client_warnings,
     terminate_as_interrupt,
+    workload_result,
 )
 from .jet import JetConfig, JetReport, run_jet
-from .smb2client import SmbError
 
 
 @dataclass
@@ -71,20 +69,7 @@ async def run_workload(
         # be reported as the workload's.
         task = asyncio.ensure_future(run_jet(cluster.endpoints, cfg, progress=bar))
         done, _ = await asyncio.wait({task}, timeout=opts.timeout)
-        if not done:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            raise ConfigError(
-                f"the workload did not finish in {opts.timeout:g} s; node logs:\n"
-                + cluster.node_log_tail()
-            )
-        try:
-            return task.result()
-        except (OSError, SmbError) as e:  # TimeoutError is an OSError
-            raise ConfigError(
-                f"the workload failed: {str(e) or type(e).__name__}; node logs:\n"
-                + cluster.node_log_tail()
-            ) from None
+        return await workload_result(task, bool(done), cluster, opts.timeout)
 
 
 def describe(opts: AccessOptions) -> str:

@@ -7,7 +7,9 @@ and calls `run`; nothing heavy is imported until a demo actually runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
+from typing import TypeVar
 
 from gateway.cluster import MAX_NODES
 
@@ -55,6 +57,26 @@ served by another node, take their handles back (DH2C), send again what was
 unanswered and go on. Prints the figures: committed, lost (must be 0),
 corrupt pages, the longest pause of a client, reconnects per client."""
 
+REDIS_LOSS_EXIT = """exit status:
+  0    no committed update lost, every page checksum verifies, no connection dropped
+  1    damage: committed updates lost, pages with a bad checksum, connections
+       dropped, or a request that failed once Redis was lost
+  2    bad options, or Redis, the cluster or the workload could not run
+  130  interrupted (Ctrl-C); every node and redis-server it started is stopped"""
+
+REDIS_LOSS_HELP = """\
+Start a Redis of its own and a 2-node cluster on it, run the coordinated
+Access workload with the clients spread over both nodes, and make Redis lose
+everything part way (the seed picks when): with --how restart the
+redis-server is killed with SIGKILL and started again, empty, on the same
+port; with --how sentinel a master, a replica and three Sentinels run, the
+master is killed and the replica restarted empty before Sentinel promotes
+it. The nodes put back what they hold and go on. Prints the figures:
+committed, lost (must be 0), corrupt pages, client connections dropped
+(must be 0) and the longest pause a client saw around the loss."""
+
+T = TypeVar("T")
+
 # Below this a node busy on a small machine may miss its own heartbeat.
 MIN_NODE_TTL = 0.5
 
@@ -90,9 +112,33 @@ def _node_ttl(text: str) -> float:
     return value
 
 
+def _workload_args(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """The Access workload's options, the same in every demo that runs it."""
+    p.add_argument(
+        "--clients", type=_bounded("clients", 1, 64), default=4,
+        help="clients, spread round-robin over the nodes (default 4)",
+    )  # fmt: skip
+    p.add_argument(
+        "--updates", type=_bounded("updates", 1), default=1000,
+        help="record updates in total, split over the clients (default 1000)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+
+
+def _output_args(p: argparse.ArgumentParser, port: Callable[[str], int]) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object, no progress")
+    p.add_argument("--port", type=port, help="port every node listens on (default: a free one)")
+    p.add_argument(
+        "--timeout", type=_positive_seconds, default=300.0,
+        help="give up on the workload after this many seconds (default 300)",
+    )  # fmt: skip
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("demo", help="show the Access corruption and its prevention")
-    dsub = p.add_subparsers(dest="demo_command", required=True, metavar="{access,break,failover}")
+    dsub = p.add_subparsers(
+        dest="demo_command", required=True, metavar="{access,break,failover,redis-loss}"
+    )
     port = _bounded("a port", 1, 65535)
 
     a = dsub.add_parser(
@@ -106,15 +152,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--nodes", type=_bounded("nodes", 1, MAX_NODES), default=2,
         help="gateway nodes (default 2)",
     )  # fmt: skip
-    a.add_argument(
-        "--clients", type=_bounded("clients", 1, 64), default=4,
-        help="clients, spread round-robin over the nodes (default 4)",
-    )  # fmt: skip
-    a.add_argument(
-        "--updates", type=_bounded("updates", 1), default=1000,
-        help="record updates in total, split over the clients (default 1000)",
-    )  # fmt: skip
-    a.add_argument("--seed", type=int, default=0, help="which pages the clients pick (default 0)")
+    _workload_args(a, "which pages the clients pick (default 0)")
     a.add_argument(
         "--uncoordinated", action="store_true",
         help="no shared bus: every node decides alone (shows the damage)",
@@ -123,12 +161,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--oplock", action="store_true",
         help="clients ask for a Batch oplock instead of an RWH lease",
     )  # fmt: skip
-    a.add_argument("--json", action="store_true", help="print one JSON object, no progress")
-    a.add_argument("--port", type=port, help="port every node listens on (default: a free one)")
-    a.add_argument(
-        "--timeout", type=_positive_seconds, default=300.0,
-        help="give up on the workload after this many seconds (default 300)",
-    )  # fmt: skip
+    _output_args(a, port)
 
     b = dsub.add_parser(
         "break",
@@ -145,6 +178,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )  # fmt: skip
     b.add_argument("--port", type=port, help="port both nodes listen on (default: a free one)")
     _add_failover(dsub, port)
+    _add_redis_loss(dsub, port)
 
 
 def _add_failover(
@@ -161,27 +195,38 @@ def _add_failover(
     f.add_argument(
         "--nodes", type=_bounded("nodes", 2, 3), default=2, help="gateway nodes, 2 or 3 (default 2)"
     )
-    f.add_argument(
-        "--clients", type=_bounded("clients", 1, 64), default=4,
-        help="clients, spread round-robin over the nodes (default 4)",
-    )  # fmt: skip
-    f.add_argument(
-        "--updates", type=_bounded("updates", 1), default=1000,
-        help="record updates in total, split over the clients (default 1000)",
-    )  # fmt: skip
-    f.add_argument(
-        "--seed", type=int, default=0, help="pages, the node killed and when (default 0)"
-    )
+    _workload_args(f, "pages, the node killed and when (default 0)")
     f.add_argument(
         "--node-ttl", type=_node_ttl, default=2.0,
         help="seconds before the cluster declares a silent node dead (default 2)",
     )  # fmt: skip
-    f.add_argument("--json", action="store_true", help="print one JSON object, no progress")
-    f.add_argument("--port", type=port, help="port every node listens on (default: a free one)")
-    f.add_argument(
-        "--timeout", type=_positive_seconds, default=300.0,
-        help="give up on the workload after this many seconds (default 300)",
+    _output_args(f, port)
+
+
+def _add_redis_loss(
+    dsub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    port: Callable[[str], int],
+) -> None:
+    r = dsub.add_parser(
+        "redis-loss",
+        help="the Access workload while Redis loses its state",
+        description=REDIS_LOSS_HELP,
+        epilog=REDIS_LOSS_EXIT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r.add_argument(
+        "--how", choices=("restart", "sentinel"), default="restart",
+        help="restart: kill Redis and start it empty; sentinel: fail over to a "
+        "wiped replica (default restart)",
     )  # fmt: skip
+    _workload_args(r, "pages, and when Redis goes (default 0)")
+    _output_args(r, port)
+
+
+def _options(cls: type[T], args: argparse.Namespace) -> T:
+    """A demo's options (a dataclass) from the parsed arguments of the same names."""
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -192,32 +237,17 @@ def run(args: argparse.Namespace) -> int:
         if args.demo_command == "access":
             from .demo_access import AccessOptions, run_access
 
-            opts = AccessOptions(
-                nodes=args.nodes,
-                clients=args.clients,
-                updates=args.updates,
-                seed=args.seed,
-                uncoordinated=args.uncoordinated,
-                mode="oplock" if args.oplock else "lease",
-                port=args.port,
-                timeout=args.timeout,
-            )
+            opts = _options(AccessOptions, args)
+            opts.mode = "oplock" if args.oplock else "lease"
             return run_access(opts, args.json)
         if args.demo_command == "failover":
             from .demo_failover import FailoverOptions, run_failover
 
-            return run_failover(
-                FailoverOptions(
-                    nodes=args.nodes,
-                    clients=args.clients,
-                    updates=args.updates,
-                    seed=args.seed,
-                    node_ttl=args.node_ttl,
-                    port=args.port,
-                    timeout=args.timeout,
-                ),
-                args.json,
-            )
+            return run_failover(_options(FailoverOptions, args), args.json)
+        if args.demo_command == "redis-loss":
+            from .demo_redis_loss import RedisLossOptions, run_redis_loss
+
+            return run_redis_loss(_options(RedisLossOptions, args), args.json)
         from .demo_break import run_break_demo
 
         return run_break_demo(

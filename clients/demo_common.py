@@ -1,4 +1,5 @@
-"""What both ``smbgw demo`` commands share: a throwaway cluster, progress, tables.
+"""What the ``smbgw demo`` commands share: a throwaway cluster, a fault part
+way through the workload, progress, tables.
 
 The demos are meant to be run by someone who has never configured the
 gateway, so `demo_cluster` makes everything a cluster needs (a share
@@ -10,7 +11,9 @@ exactly one JSON object with ``--json``).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import random
 import shutil
 import signal
 import socket
@@ -35,6 +38,11 @@ from rich.table import Table
 
 from gateway.cluster import ClusterSpec, LocalCluster, node_address
 from gateway.config import ConfigError
+from gateway.users import hash_line
+
+from .jet import JetReport
+from .jet import Progress as JetProgress
+from .smb2client import SmbError
 
 USER, PASSWORD, SHARE = "test", "test", "share"
 
@@ -92,17 +100,19 @@ def demo_cluster(
     continuous_availability: bool = False,
     takeover: bool = False,
     node_args: Sequence[str] = (),
+    bus: str | None = None,
 ) -> Iterator[DemoCluster]:
     """Start ``nodes`` gateway nodes over one fresh share; stop them and clean up on exit.
 
     ``continuous_availability``, ``takeover`` and ``node_args`` go to every
-    node (`smbgw serve --ca --takeover ...`), for the failover demo."""
+    node (`smbgw serve --ca --takeover ...`), for the failover demo. ``bus``:
+    a Redis the caller started (and may break), instead of a private one."""
     workdir = Path(tempfile.mkdtemp(prefix="smbgw-demo-"))
     try:
         share_dir = workdir / SHARE
         share_dir.mkdir()
         users = workdir / "users"
-        users.write_text(f"{USER}:{PASSWORD}\n")
+        users.write_text(hash_line(USER, PASSWORD) + "\n")  # as `smbgw passwd` stores it
         users.chmod(0o600)
         if port is None:
             port = free_cluster_port(nodes)
@@ -117,6 +127,7 @@ def demo_cluster(
             port=port,
             shares=[f"{SHARE}={share_dir}"],
             users=str(users),
+            bus=bus,
             uncoordinated=uncoordinated,
             continuous_availability=continuous_availability,
             takeover=takeover,
@@ -138,16 +149,18 @@ def demo_cluster(
 
 @contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM like Ctrl-C, so ``finally`` blocks stop the nodes either way."""
+    """Treat SIGTERM like Ctrl-C, so ``finally`` blocks stop the nodes either way;
+    SIGHUP too (a closed terminal), since the nodes only reload on it."""
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {s: signal.signal(s, on_term) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextmanager
@@ -201,3 +214,72 @@ def figures_table(title: str, rows: Sequence[tuple[str, str]]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+# -- a fault part way through the workload (demo failover, demo redis-loss) ---------------
+
+
+def fault_point(rng: random.Random, updates: int) -> int:
+    """Committed updates before the fault: between a quarter and half of them,
+    so there is work done before it and work to do after."""
+    return rng.randint(max(1, updates // 4), max(1, updates // 2))
+
+
+class Trigger:
+    """Calls ``fire()`` once ``after`` updates are committed and every client
+    has the database open (before that, a client would have nothing at stake).
+
+    Its ``on_open`` and ``on_commit`` are the workload's callbacks; they run on
+    the clients' event loop, so ``fire`` must not block it."""
+
+    def __init__(self, after: int, clients: int, fire: Callable[[], None]) -> None:
+        self.after = after
+        self.clients = clients
+        self.fire = fire
+        self.opened = 0
+        self.committed = 0
+        self.fired_after: int | None = None  # committed updates when it fired
+
+    def on_open(self, _client: int) -> None:
+        self.opened += 1
+        self._maybe_fire()
+
+    def on_commit(self, done: int) -> None:
+        self.committed = done
+        self._maybe_fire()
+
+    def _maybe_fire(self) -> None:
+        if self.fired_after is None and self.opened >= self.clients:
+            if self.committed >= self.after:
+                self.fired_after = self.committed
+                self.fire()
+
+
+def both(first: Callable[[int], None], bar: JetProgress) -> JetProgress:
+    """A progress callback feeding ``first`` the committed count and moving ``bar``."""
+
+    def progress(done: int, total: int) -> None:
+        first(done)
+        bar(done, total)
+
+    return progress
+
+
+async def workload_result(
+    task: asyncio.Future[JetReport], finished: bool, cluster: DemoCluster, timeout: float
+) -> JetReport:
+    """The workload's report, or a `ConfigError` saying why there is none
+    (with the nodes' last log lines)."""
+    if not finished:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ConfigError(
+            f"the workload did not finish in {timeout:g} s; node logs:\n" + cluster.node_log_tail()
+        )
+    try:
+        return task.result()
+    except (OSError, SmbError) as e:  # TimeoutError and a ReconnectFailed are OSErrors
+        raise ConfigError(
+            f"the workload failed: {str(e) or type(e).__name__}; node logs:\n"
+            + cluster.node_log_tail()
+        ) from None

@@ -26,8 +26,6 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
-from gateway.config import ConfigError
-
 from .demo_common import (
     DAMAGE,
     OK,
@@ -35,14 +33,17 @@ from .demo_common import (
     SHARE,
     USER,
     DemoCluster,
+    Trigger,
     Ui,
+    both,
     demo_cluster,
+    fault_point,
     figures_table,
     quiet_client_warnings,
     terminate_as_interrupt,
+    workload_result,
 )
 from .jet import JetConfig, JetReport, run_jet
-from .smb2client import SmbError
 
 
 @dataclass
@@ -66,39 +67,20 @@ class KillPlan:
         rng = random.Random(opts.seed)
         # Only a node with clients: client i is on node i mod nodes.
         victim = rng.randrange(min(opts.nodes, opts.clients))
-        after = rng.randint(max(1, opts.updates // 4), max(1, opts.updates // 2))
-        return cls(victim, after)
+        return cls(victim, fault_point(rng, opts.updates))
 
 
-class Killer:
+def killer(cluster: DemoCluster, plan: KillPlan, clients: int) -> Trigger:
     """SIGKILLs the victim once ``plan.after`` updates are committed and every
     client has the database open (before that, a client could lose a
     connection with no persistent handle on it yet)."""
 
-    def __init__(self, cluster: DemoCluster, plan: KillPlan, clients: int) -> None:
-        self.cluster = cluster
-        self.plan = plan
-        self.clients = clients
-        self.opened = 0
-        self.committed = 0
-        self.killed_after: int | None = None  # committed updates when it was killed
+    def kill() -> None:
+        # On the clients' event loop: the kill is one system call, and the
+        # clients on that node find their connections gone.
+        os.kill(cluster.cluster.nodes[plan.victim].proc.pid, signal.SIGKILL)
 
-    def on_open(self, _client: int) -> None:
-        self.opened += 1
-        self._maybe_kill()
-
-    def on_commit(self, done: int) -> None:
-        self.committed = done
-        self._maybe_kill()
-
-    def _maybe_kill(self) -> None:
-        if self.killed_after is not None or self.opened < self.clients:
-            return
-        if self.committed >= self.plan.after:
-            # Called from the clients' event loop: the kill is one system call,
-            # and the clients on that node find their connections gone.
-            os.kill(self.cluster.cluster.nodes[self.plan.victim].proc.pid, signal.SIGKILL)
-            self.killed_after = self.committed
+    return Trigger(plan.after, clients, kill)
 
 
 @dataclass
@@ -152,49 +134,20 @@ async def run_failover_workload(
     """One run on a running cluster (``demo_cluster`` with CA and takeover)."""
     ui = ui or Ui(False)
     plan = KillPlan.from_seed(opts)
-    killer = Killer(cluster, plan, opts.clients)
+    kill = killer(cluster, plan, opts.clients)
     with ui.progress("updates", opts.updates) as bar:
         task = asyncio.ensure_future(
             run_jet(
                 cluster.endpoints,
                 jet_config(opts),
-                progress=_both(killer.on_commit, bar),
-                on_open=killer.on_open,
+                progress=both(kill.on_commit, bar),
+                on_open=kill.on_open,
             )
         )
         done, _ = await asyncio.wait({task}, timeout=opts.timeout)
-        report = await _result(task, bool(done), cluster, opts.timeout)
+        report = await workload_result(task, bool(done), cluster, opts.timeout)
     victim = cluster.cluster.nodes[plan.victim].node_id
-    return FailoverReport(report, victim, killer.killed_after, opts.node_ttl)
-
-
-Progress = Callable[[int, int], None]
-
-
-def _both(first: Callable[[int], None], bar: Progress) -> Progress:
-    def progress(done: int, total: int) -> None:
-        first(done)
-        bar(done, total)
-
-    return progress
-
-
-async def _result(
-    task: asyncio.Future[JetReport], finished: bool, cluster: DemoCluster, timeout: float
-) -> JetReport:
-    if not finished:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ConfigError(
-            f"the workload did not finish in {timeout:g} s; node logs:\n" + cluster.node_log_tail()
-        )
-    try:
-        return task.result()
-    except (OSError, SmbError) as e:  # a ReconnectFailed is a ConnectionError
-        raise ConfigError(
-            f"the workload failed: {str(e) or type(e).__name__}; node logs:\n"
-            + cluster.node_log_tail()
-        ) from None
+    return FailoverReport(report, victim, kill.fired_after, opts.node_ttl)
 
 
 def describe(opts: FailoverOptions) -> str:

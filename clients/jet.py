@@ -50,6 +50,8 @@ _CHECKED_FROM = 8
 Endpoint = tuple[str, int]
 Progress = Callable[[int, int], None]  # (committed so far, updates planned)
 Opened = Callable[[int], None]  # client i has the database open
+Committed = Callable[[int], None]  # client i's update is committed (its unlock returned)
+Lost = Callable[[int], None]  # the server dropped client i's connection (we did not close it)
 
 
 def encode_page(page: int, counter: int, writer: int, size: int) -> bytes:
@@ -210,7 +212,7 @@ async def _worker(
     updates: int,
     counter: _Counter,
     start: asyncio.Barrier,
-    on_open: Opened | None,
+    hooks: _Hooks,
 ) -> ClientResult:
     result = ClientResult(endpoint)
     rng = random.Random(cfg.seed * 1_000_003 + index)
@@ -219,6 +221,8 @@ async def _worker(
     except BaseException:
         await start.abort()
         raise
+    if hooks.on_lost is not None:
+        _report_loss(client, index, hooks.on_lost)
     reconnector = Reconnector(client, deadline=cfg.reconnect_deadline) if cfg.persistent else None
     try:
         tree = await client.tree_connect(cfg.share)
@@ -234,11 +238,13 @@ async def _worker(
         result.open_seconds = time.monotonic() - opened
         result.stats = f.stats
         result.granted = f.caching
-        if on_open is not None:
-            on_open(index)
+        if hooks.on_open is not None:
+            hooks.on_open(index)
         for _ in range(updates):
             await _update(f, rng.randrange(cfg.pages), index, cfg.page_size, result)
             counter.commit()
+            if hooks.on_commit is not None:
+                hooks.on_commit(index)
             await asyncio.sleep(cfg.think)
         await f.close()
     except BaseException:
@@ -253,6 +259,26 @@ async def _worker(
             result.paused_seconds = stats.longest_pause
         await client.close()
     return result
+
+
+@dataclass(frozen=True)
+class _Hooks:
+    on_open: Opened | None = None
+    on_commit: Committed | None = None
+    on_lost: Lost | None = None
+
+
+def _report_loss(client: SMB2Client, index: int, on_lost: Lost) -> None:
+    """Call ``on_lost(index)`` when the server drops the connection the client
+    opened, before what the client itself does then (a `Reconnector`)."""
+    transport, then = client.transport, client.transport.on_lost
+
+    def lost(reason: BaseException) -> None:
+        on_lost(index)
+        if then is not None:
+            then(reason)
+
+    transport.on_lost = lost
 
 
 async def _update(f: CachingFile, page: int, index: int, size: int, result: ClientResult) -> None:
@@ -271,11 +297,16 @@ async def run_jet(
     *,
     progress: Progress | None = None,
     on_open: Opened | None = None,
+    on_commit: Committed | None = None,
+    on_lost: Lost | None = None,
 ) -> JetReport:
     """Create the database, run the clients (client i on endpoint i mod n), verify.
 
     ``progress(done, total)`` is called at each commit, ``on_open(i)`` when
-    client i has opened the database."""
+    client i has opened the database, ``on_commit(i)`` when one of client
+    i's updates is committed, ``on_lost(i)`` when the server drops client
+    i's first connection (a persistent client's reconnects are counted in
+    its `ClientResult`)."""
     cfg = config or JetConfig()
     if not endpoints:
         raise ValueError("at least one (host, port) endpoint")
@@ -286,10 +317,11 @@ async def run_jet(
     counter = _Counter(cfg.updates, progress)
     barrier = asyncio.Barrier(cfg.clients)
     start = time.monotonic()
+    hooks = _Hooks(on_open, on_commit, on_lost)
 
     def worker(i: int) -> Coroutine[Any, Any, ClientResult]:
         updates = share + (i < extra)
-        return _worker(i, endpoints[i % len(endpoints)], cfg, updates, counter, barrier, on_open)
+        return _worker(i, endpoints[i % len(endpoints)], cfg, updates, counter, barrier, hooks)
 
     results = await asyncio.gather(*(worker(i) for i in range(cfg.clients)))
     seconds = time.monotonic() - start

@@ -17,6 +17,7 @@ import yaml
 
 from gateway.cli import build_parser
 from gateway.config import Config, apply_toml, load_users
+from oplock_bus.redis_url import parse_url
 
 from .conftest import REPO
 
@@ -52,6 +53,42 @@ def test_three_nodes_and_redis() -> None:
     assert any("redis" in str(svc.get("image", "")) for svc in SERVICES.values())
 
 
+def _script(service: dict[str, Any]) -> str:
+    """The service's shell script, white space folded, as the container runs it."""
+    return " ".join(" ".join(service["command"]).replace("$$", "$").split())
+
+
+def test_three_sentinels_watch_a_master_and_its_replica() -> None:
+    """Issue 13, item 4: the nodes find the master through three Sentinels
+    (quorum 2), which can promote the one replica; their down-after time lets
+    a switch finish before the nodes would fence (0.6 of node_ttl)."""
+    sentinels = sorted(n for n, svc in SERVICES.items() if "--sentinel" in _script(svc))
+    assert len(sentinels) == 3, sentinels
+    replicas = [n for n, svc in SERVICES.items() if "--replicaof redis 6379" in _script(svc)]
+    assert replicas == ["redis-replica"], replicas
+    for name in sentinels:
+        script = _script(SERVICES[name])
+        assert "sentinel monitor smbgw redis 6379 2" in script
+        assert "sentinel auth-user smbgw sentinel" in script
+        found = re.search(r"down-after-milliseconds smbgw (\d+)", script)
+        assert found, script
+        # A switch takes the down-after time and about 1.3 s more (vote,
+        # promotion; 2.3 s in all with 1000 ms here).
+        assert int(found.group(1)) + 1500 < 0.6 * Config().node_ttl * 1000, found.group(0)
+    # Replication and the Sentinels log on as users of their own.
+    for name in ("redis", "redis-replica"):
+        script = _script(SERVICES[name])
+        assert "user replica on" in script and "user sentinel on" in script
+        assert "masteruser replica" in script
+    args = build_parser().parse_args(SERVICES[NODES[0]]["command"])
+    cfg = Config()
+    toml_host = REPO / _mounts(SERVICES[NODES[0]])[args.config]
+    apply_toml(cfg, tomllib.loads(toml_host.read_text()), str(toml_host))
+    target = parse_url(cfg.bus_url or "", password="from the secret")
+    assert target.kind == "sentinel" and target.service == "smbgw"
+    assert sorted(host for host, _ in target.hosts) == sentinels
+
+
 @pytest.mark.parametrize("name", NODES)
 def test_node_command_is_accepted_by_the_cli(name: str) -> None:
     service = SERVICES[name]
@@ -65,9 +102,10 @@ def test_node_command_is_accepted_by_the_cli(name: str) -> None:
     toml_host = REPO / mounts[args.config]
     cfg = Config()
     apply_toml(cfg, tomllib.loads(toml_host.read_text()), str(toml_host))
-    assert cfg.bus_url and cfg.bus_url.startswith("redis://")
-    redis_host = re.match(r"redis://(?:[^@/]*@)?([^:/]+)", cfg.bus_url)
-    assert redis_host and redis_host.group(1) in SERVICES, cfg.bus_url
+    assert cfg.bus_url
+    # Every host the URL names (Sentinels, or a plain Redis) is a service.
+    target = parse_url(cfg.bus_url, password="from the secret")
+    assert target.hosts and all(host in SERVICES for host, _ in target.hosts), cfg.bus_url
     # Every share lives on the one named volume all nodes mount.
     for share in cfg.shares:
         assert mounts.get(share.path) in COMPOSE["volumes"], share.path
@@ -118,6 +156,10 @@ def test_redis_is_behind_the_nodes_with_the_documented_acl() -> None:
     for net in redis_nets:
         assert COMPOSE["networks"][net].get("internal") is True
         assert all(net in SERVICES[name]["networks"] for name in NODES)
+    # The replica and the Sentinels too: only the nodes reach them.
+    for svc in SERVICES.values():
+        if "redis" in str(svc.get("image", "")):
+            assert set(svc["networks"]) == redis_nets, svc
     script = " ".join(redis["command"])
     assert "user default off" in script
     documented = next(

@@ -74,7 +74,7 @@ def test_help_names_the_options_and_the_exit_status() -> None:
 @pytest.mark.parametrize(
     ("args", "words"),
     [
-        (["demo"], "required: {access,break,failover}"),
+        (["demo"], "required: {access,break,failover,redis-loss}"),
         (["demo", "access", "--nodes", "0"], "--nodes: nodes must be between 1 and 16, not 0"),
         (["demo", "access", "--nodes", "two"], "'two' is not a whole number"),
         (["demo", "access", "--clients", "0"], "clients must be between 1 and 64, not 0"),
@@ -183,7 +183,7 @@ def _sigint_default() -> None:
 
 @needs_redis
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_interrupt_stops_everything(tmp_path: Path, how: signal.Signals) -> None:
     env = dict(os.environ, TMPDIR=str(tmp_path))
     proc = subprocess.Popen(
@@ -201,8 +201,10 @@ def test_interrupt_stops_everything(tmp_path: Path, how: signal.Signals) -> None
         while time.monotonic() < deadline and not list(tmp_path.glob(pattern)):
             time.sleep(0.1)
         time.sleep(1.5)  # into the workload
-        if how == signal.SIGINT:
-            os.killpg(proc.pid, how)  # what Ctrl-C does: the whole foreground group
+        if how in (signal.SIGINT, signal.SIGHUP):
+            # What Ctrl-C (or a closed terminal) does: the whole foreground
+            # group; the nodes only reload on SIGHUP, the demo must stop them.
+            os.killpg(proc.pid, how)
         else:
             proc.send_signal(how)  # only the demo: it must stop its children itself
         _out, err = proc.communicate(timeout=30)
