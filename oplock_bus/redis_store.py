@@ -88,6 +88,21 @@ def bus_errors() -> Iterator[None]:
         raise asyncio.CancelledError()
 
 
+class LostReply(BusUnavailable):
+    """A CAS was sent and its answer lost with the connection: it may or may
+    not have been written. ``value`` is what it wrote (its token says whether
+    the record holds it), ``result`` the caller's result had it landed."""
+
+    def __init__(
+        self, rkey: str, value: str, results: dict[int, Any], result: Any = None
+    ) -> None:
+        super().__init__(f"the answer to a write of {rkey} was lost with the connection")
+        self.rkey = rkey
+        self.value = value
+        self.results = results  # by caller (its future's id), for the batch
+        self.result = result
+
+
 def _decode(raw: bytes | None) -> tuple[str | None, Doc | None]:
     if raw is None:
         return None, None
@@ -291,9 +306,21 @@ class RedisStore(Store):
     # -- documents ---------------------------------------------------------------------
 
     async def load(self, key: str) -> tuple[str | None, Doc | None]:
-        with bus_errors():
-            raw = await self._get(self.ns + key)
-        return _decode(raw)
+        while True:
+            try:
+                with bus_errors():
+                    raw = await self._get(self.ns + key)
+                return _decode(raw)
+            except GenerationChanged:
+                if self.on_stale is None or REASSERTING.get():
+                    raise
+                await self.on_stale()  # what it would read is being rebuilt
+            except BusUnavailable as e:
+                # A read may be asked again, answered or not: wait for Redis
+                # while this node may act.
+                if self.on_unreachable is None or REASSERTING.get():
+                    raise
+                await self.on_unreachable(e)
 
     async def compare_and_set(self, key: str, token: str | None, doc: Doc | None) -> bool:
         value = "" if doc is None else self._encode(doc)
@@ -303,7 +330,7 @@ class RedisStore(Store):
         if res == -2:
             raise GenerationChanged("the bus is recovering its state")
         if res == 1:
-            self._remember(rkey, value.encode() if value else None)
+            self._remember(rkey, value.encode() if value else None, ours=True)
         else:
             self._remember(rkey, res if isinstance(res, bytes) else None)
         return res == 1
@@ -336,6 +363,16 @@ class RedisStore(Store):
                 if self.on_stale is None or REASSERTING.get():
                     raise
                 await self.on_stale()
+            except LostReply as e:
+                # Sent, and the connection went before the answer (a restart,
+                # a failover). Once Redis answers again: if the record carries
+                # this write's token it landed, and its result stands; if not,
+                # nothing of it is there (lost with the old server, or already
+                # replaced by a recovery), and it runs again.
+                if self.on_unreachable is None or REASSERTING.get():
+                    raise
+                if await self._landed(e):
+                    return e.result  # type: ignore[no-any-return]
             except BusUnavailable as e:
                 # No Redis to send it to (restarting, or Sentinel between
                 # masters): nothing was written, so wait while this node may
@@ -343,6 +380,22 @@ class RedisStore(Store):
                 if not isinstance(e.__cause__, NotSent) or self.on_unreachable is None:
                     raise
                 await self.on_unreachable(e)
+
+    async def _landed(self, lost: LostReply) -> bool:
+        assert self.on_unreachable is not None
+        while True:
+            try:
+                with bus_errors():
+                    got: Any = await self._call("GET", lost.rkey)
+            except BusUnavailable as e:
+                await self.on_unreachable(e)  # raises once the node may not wait
+                continue
+            raw = got if isinstance(got, bytes) else None
+            token = lost.value.split(" ", 1)[0].encode() + b" "
+            landed = raw is None if lost.value == "" else raw is not None and raw.startswith(token)
+            if landed:
+                self._remember(lost.rkey, raw, ours=True)
+            return landed
 
     async def _transact(
         self,
@@ -361,7 +414,12 @@ class RedisStore(Store):
             committer = asyncio.ensure_future(self._commit_queue(rkey))
             self._committers.add(committer)
             committer.add_done_callback(self._committers.discard)
-        result: T = await pending.future
+        try:
+            result: T = await pending.future
+        except LostReply as e:
+            # The batch's error, shared by its callers: each gets its own result.
+            mine = e.results.get(id(future))
+            raise LostReply(e.rkey, e.value, {}, mine) from e.__cause__
         return result
 
     async def _commit_queue(self, rkey: str) -> None:
@@ -442,11 +500,17 @@ class RedisStore(Store):
                 # From the third try on, a failure claims the next turn (see
                 # the CAS script): another node whose every commit starts on
                 # the value it just wrote would otherwise win every time.
-                res = await self._cas(
-                    rkey, token, value, attempt >= 3, wake, messages, batch[0].reassert
-                )
+                try:
+                    res = await self._cas(
+                        rkey, token, value, attempt >= 3, wake, messages, batch[0].reassert
+                    )
+                except _UNAVAILABLE as e:
+                    if isinstance(e, NotSent):
+                        raise
+                    answers = {id(p.future): r for p, r in results}
+                    raise LostReply(rkey, value, answers) from e
                 if res == 1:
-                    self._remember(rkey, value.encode() if value else None)
+                    self._remember(rkey, value.encode() if value else None, ours=True)
                     _resolve(results)
                     return
                 if res == -2:
@@ -504,21 +568,47 @@ class RedisStore(Store):
         return self.ns + key in self._cache
 
     async def prefetch(self, key: str) -> None:
-        with bus_errors():
-            await self._get(self.ns + key)
+        await self.load(key)
 
     async def _get(self, rkey: str) -> bytes | None:
-        got: Any = await self._call("GET", rkey)
+        try:
+            return await self._get_once(rkey)
+        except _UNAVAILABLE as e:
+            # A read changes nothing: whether or not it left, it may be asked
+            # again, as one that never left (see transact).
+            if isinstance(e, NotSent):
+                raise
+            raise NotSent(f"a read's answer was lost: {e}") from e
+
+    async def _get_once(self, rkey: str) -> bytes | None:
+        got: Any
+        if self.gen_key and self.generation:
+            # Read with the generation, down the same connection in order: a
+            # Redis that lost its state answers nothing a decision may rest
+            # on (a lock check, a grant) until the nodes rebuilt it.
+            gen, got = await asyncio.gather(
+                self._call("GET", self.gen_key), self._call("GET", rkey)
+            )
+            want = self.generation + (" r" if REASSERTING.get() else "")
+            if not isinstance(gen, bytes) or gen.decode() != want:
+                raise GenerationChanged("the bus is recovering its state")
+        else:
+            got = await self._call("GET", rkey)
         raw = got if isinstance(got, bytes) else None
         self._remember(rkey, raw)
         return raw
 
-    def _remember(self, rkey: str, raw: bytes | None) -> None:
+    def _remember(self, rkey: str, raw: bytes | None, *, ours: bool = False) -> None:
+        # What this process holds (for a recovery) changes only when it writes
+        # itself or sees a record naming one of its nodes: only its own close
+        # removes its last open from a record (others remove one only from a
+        # node that lapsed), and a read from a Redis that lost its state must
+        # not make it forget.
         if raw is not None and rkey.startswith(self._file_prefix) and any(
             m in raw for m in self._markers
         ):
             self.held[rkey] = raw
-        else:
+        elif ours:
             self.held.pop(rkey, None)
         cache = self._cache
         cache[rkey] = raw

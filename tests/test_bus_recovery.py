@@ -106,6 +106,9 @@ def test_a_redis_restart_keeps_the_holder_and_refuses_the_other_writer(
 
     redis.kill()
     redis.start()  # the same port, nothing in it
+    # At once, before its node noticed: what it reads of the empty Redis must
+    # not make the node forget what it holds.
+    a.lock(0x10000001)
 
     b = Client(h2, port)
     started = time.monotonic()
