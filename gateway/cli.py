@@ -122,6 +122,13 @@ async def serve(cfg: Config, rebuild: Callable[[], Config] | None = None) -> int
     from .busstate import wait_for_bus
     from .node import Node
 
+    # Before anything can take time: a SIGTERM while the node starts (a
+    # service manager, a test) stops it cleanly once started, rather than
+    # killing it by the default action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     bus = node_bus(cfg)
     node = Node(cfg, bus)  # its shares' mistakes first: they need no waiting for
     # Redis and the nodes often start together: wait for it a while (one
@@ -153,10 +160,6 @@ async def serve(cfg: Config, rebuild: Callable[[], Config] | None = None) -> int
         "node %s listening on %s (shares: %s; bus: %s)",
         cfg.node_id, addrs, shares, redact(cfg.bus_url) if cfg.bus_url else "in-process",
     )  # fmt: skip
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     from .reload import install as install_reload  # SIGHUP reloads users and shares
 
     install_reload(node, rebuild or (lambda: cfg))
