@@ -63,17 +63,19 @@ class LeaseIndex:
 
     async def release(self, lid: str, file: FileKey) -> None:
         """An open that bound the lease has finished (granted or not)."""
-        present = await self._holds(file, lid)
 
-        def done(doc: Doc | None) -> tuple[Doc | None, None]:
+        def done(doc: Doc | None) -> tuple[Doc | None, bool]:
             if doc is None or doc["file"] != file:
-                return doc, None
+                return doc, False
             pending = max(0, doc["pending"] - 1)
-            if pending == 0 and not present:
-                return None, None
-            return {"file": file, "pending": pending}, None
+            return {"file": file, "pending": pending}, pending == 0
 
-        await self.store.transact(lease_doc_key(lid), done)
+        # The file is looked at after the count went down, not before: its
+        # last open may close in between (``dropped``, which keeps the entry
+        # while an open is in flight), and the entry must not outlive both.
+        if await self.store.transact(lease_doc_key(lid), done):
+            if not await self._holds(file, lid):
+                await self.dropped(lid, file)
 
     async def dropped(self, lid: str, file: FileKey) -> None:
         """The lease's last open closed."""
