@@ -55,8 +55,15 @@ class Holder:
 
     def lock(self, offset: int) -> None:
         self.chan.lock(
-            self.handle, [(offset, 1, pike.smb2.SMB2_LOCKFLAG_EXCLUSIVE_LOCK
-                           | pike.smb2.SMB2_LOCKFLAG_FAIL_IMMEDIATELY)]
+            self.handle,
+            [
+                (
+                    offset,
+                    1,
+                    pike.smb2.SMB2_LOCKFLAG_EXCLUSIVE_LOCK
+                    | pike.smb2.SMB2_LOCKFLAG_FAIL_IMMEDIATELY,
+                )
+            ],
         ).result()
 
     def close(self) -> None:
@@ -65,9 +72,10 @@ class Holder:
         self.conn.close()
 
 
-@pytest.fixture
-def redis_and_cluster(tmp_path: Path) -> Iterator[tuple[RedisProc, LocalCluster]]:
-    redis = start_redis(tmp_path / "redis")
+def _start_cluster(
+    tmp_path: Path, bus: str, node_args: list[str], ca: bool = False
+) -> tuple[LocalCluster, Path]:
+    """Two nodes on ``bus`` sharing one fresh share; the caller stops them."""
     share = tmp_path / "share"
     share.mkdir()
     spec = ClusterSpec(
@@ -75,12 +83,24 @@ def redis_and_cluster(tmp_path: Path) -> Iterator[tuple[RedisProc, LocalCluster]
         port=free_port(),
         shares=[f"share={share}"],
         users=str(write_users(tmp_path / "users")),
-        bus=f"redis://127.0.0.1:{redis.port}/0",
-        node_args=["--break-timeout", "2", "--node-ttl", str(NODE_TTL)],
+        bus=bus,
+        node_args=node_args,
+        continuous_availability=ca,
         log_dir=tmp_path / "logs",
     )
     cluster = LocalCluster(spec)
     cluster.start()
+    return cluster, share
+
+
+@pytest.fixture
+def redis_and_cluster(tmp_path: Path) -> Iterator[tuple[RedisProc, LocalCluster]]:
+    redis = start_redis(tmp_path / "redis")
+    cluster, share = _start_cluster(
+        tmp_path,
+        f"redis://127.0.0.1:{redis.port}/0",
+        ["--break-timeout", "2", "--node-ttl", str(NODE_TTL)],
+    )
     try:
         yield redis, cluster
     finally:
@@ -142,19 +162,9 @@ def SentinelSet(workdir: Path) -> LocalSentinel:  # noqa: N802 - read as the set
 
 def test_a_sentinel_failover_to_a_wiped_replica_keeps_the_holder(tmp_path: Path) -> None:
     sentinels = SentinelSet(tmp_path / "redis")
-    share = tmp_path / "share"
-    share.mkdir()
-    spec = ClusterSpec(
-        nodes=2,
-        port=free_port(),
-        shares=[f"share={share}"],
-        users=str(write_users(tmp_path / "users")),
-        bus=sentinels.url,
-        node_args=["--break-timeout", "2"],  # node_ttl: the default 5 s
-        log_dir=tmp_path / "logs",
-    )
-    cluster = LocalCluster(spec)
-    cluster.start()
+    cluster, share = _start_cluster(
+        tmp_path, sentinels.url, ["--break-timeout", "2"]
+    )  # node_ttl: the default 5 s
     try:
         (h1, port), (h2, _) = cluster.endpoints
         name = f"held-{uuid.uuid4().hex}.mdb"
@@ -198,23 +208,10 @@ def test_a_disconnected_persistent_handle_survives_a_redis_restart_with_aof(
 ) -> None:
     """A handle whose node died lives only in Redis: with the AOF fsynced on
     every write (docs/operations.md), a Redis restart keeps it reclaimable."""
-    redis = start_redis(
-        tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always"
+    redis = start_redis(tmp_path / "redis", "--appendonly", "yes", "--appendfsync", "always")
+    cluster, share = _start_cluster(
+        tmp_path, f"redis://127.0.0.1:{redis.port}/0", ["--node-ttl", "1"], ca=True
     )
-    share = tmp_path / "share"
-    share.mkdir()
-    spec = ClusterSpec(
-        nodes=2,
-        port=free_port(),
-        shares=[f"share={share}"],
-        users=str(write_users(tmp_path / "users")),
-        bus=f"redis://127.0.0.1:{redis.port}/0",
-        node_args=["--node-ttl", "1"],
-        continuous_availability=True,
-        log_dir=tmp_path / "logs",
-    )
-    cluster = LocalCluster(spec)
-    cluster.start()
     try:
         (h1, port), (h2, _) = cluster.endpoints
         guid, lease_key, create_guid = uuid.uuid4(), os.urandom(16), uuid.uuid4()
@@ -246,19 +243,9 @@ def test_a_node_frozen_through_the_recovery_never_writes_again(tmp_path: Path) -
     the next opener. Resumed, node 1 must not act on its old grant: its
     client's write fails and the other writer's data stays."""
     redis = start_redis(tmp_path / "redis")
-    share = tmp_path / "share"
-    share.mkdir()
-    spec = ClusterSpec(
-        nodes=2,
-        port=free_port(),
-        shares=[f"share={share}"],
-        users=str(write_users(tmp_path / "users")),
-        bus=f"redis://127.0.0.1:{redis.port}/0",
-        node_args=["--break-timeout", "2", "--node-ttl", "2"],
-        log_dir=tmp_path / "logs",
+    cluster, share = _start_cluster(
+        tmp_path, f"redis://127.0.0.1:{redis.port}/0", ["--break-timeout", "2", "--node-ttl", "2"]
     )
-    cluster = LocalCluster(spec)
-    cluster.start()
     node1 = cluster.nodes[0].proc
     try:
         (h1, port), (h2, _) = cluster.endpoints
