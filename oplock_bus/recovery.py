@@ -120,7 +120,6 @@ class Recovery:
         # Read by metrics and status.
         self.recoveries = 0
         self.recovery_seconds: list[float] = []
-        self.last_reasserted = 0
         store.on_stale = self.wait
         store.on_unreachable = self.wait_reachable
         store.on_broadcast(RECOVERY_TOPIC, self._announced)
@@ -161,9 +160,10 @@ class Recovery:
         if not self.enabled or self.running:
             return
         with bus_errors():
-            info: dict[str, Any] = await self.store.client.info("server")
-            replication: dict[str, Any] = await self.store.client.info("replication")
-        self.store.replicas = int(replication.get("connected_slaves", 0))
+            # The default sections hold both (one round trip; a list of
+            # sections needs Redis 7).
+            info: dict[str, Any] = await self.store.client.info()
+        self.store.replicas = int(info.get("connected_slaves", 0))
         run_id = str(info.get("run_id", ""))
         if self.run_id is None:
             self.run_id = run_id
@@ -220,12 +220,9 @@ class Recovery:
                     gen = self.store.generation = joined
                     token = REASSERTING.set(True)
                     try:
-                        count = 0
-                        for node_id in list(self.nodes()):
-                            count += await self._reassert(node_id)
+                        count = await self._reassert(list(self.nodes()))
                     finally:
                         REASSERTING.reset(token)
-                    self.last_reasserted = count
                     if await self._finish(gen):
                         break
                 except BusUnavailable as e:
@@ -240,7 +237,7 @@ class Recovery:
             self.recovery_seconds.append(took)
             log.warning(
                 "bus recovered under generation %s in %.2fs: re-asserted %d opens",
-                gen, took, self.last_reasserted,
+                gen, took, count,
             )  # fmt: skip
         finally:
             self.settled.set()
@@ -277,7 +274,25 @@ class Recovery:
         if isinstance(gen, str) and gen != self.generation:
             self.noticed(gen + " r", "another node began a recovery")
 
-    async def _reassert(self, node_id: NodeId) -> int:
+    async def _reassert(self, nodes: list[NodeId]) -> int:
+        """Write back what ``nodes`` (this process's) hold; how many opens."""
+        count = 0
+        older: dict[NodeId, int] = {}  # each node's epoch before this recovery
+        for node_id in nodes:
+            n, older[node_id] = await self._reassert_node(node_id)
+            count += n
+        # What the record still has of their older epochs is not theirs any
+        # more (a stale replica's leftovers): close it. One scan for all.
+        for key in await self.store.keys("file:"):
+            _, doc = await self.store.load(key)
+            for open_id, o in (doc or {}).get("opens", {}).items():
+                old_epoch = older.get(o.get("node_id"))
+                if old_epoch is not None and o.get("epoch", 0) <= old_epoch:
+                    await self.coordinator.close(doc["file"], open_id)  # type: ignore[index]
+        return count
+
+    async def _reassert_node(self, node_id: NodeId) -> tuple[int, int]:
+        """(opens written back, the node's epoch before)."""
         # Only what it holds under its current registration (and those a
         # recovery carried over): an open of an epoch that lapsed was given
         # up then, even if a record seen here still shows it.
@@ -298,13 +313,6 @@ class Recovery:
             lost += [(mine.file, i) for i in out.lost]
             for lid in mine.leases:
                 await self._bind(lid, mine.file)
-        # What the record still has of this node's older epochs is not ours
-        # any more (a stale replica's leftovers): close it.
-        for key in await self.store.keys("file:"):
-            _, doc = await self.store.load(key)
-            for open_id, o in (doc or {}).get("opens", {}).items():
-                if o.get("node_id") == node_id and o.get("epoch", 0) <= old_epoch:
-                    await self.coordinator.close(doc["file"], open_id)  # type: ignore[index]
         if lost:
             log.error(
                 "node %s gave up %d opens that conflicted after the bus recovery: %s",
@@ -312,7 +320,7 @@ class Recovery:
             )  # fmt: skip
             if self.on_lost is not None:
                 await self.on_lost(node_id, lost)
-        return count
+        return count, old_epoch
 
     async def _bind(self, lid: str, file: FileKey) -> None:
         def bind(doc: Any) -> tuple[Any, None]:
