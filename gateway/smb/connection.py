@@ -23,6 +23,7 @@ from ..protocol.credits import SequenceError
 from ..protocol.framing import FrameDecoder, FramingError
 from ..protocol.header import Header, error_body
 from ..protocol.wire import KeyedSession
+from . import eager
 from .channels import drop_connection, foreign_session, key_for, observe_reply
 from .compound import ChainState, is_error
 from .context import Disconnect, Reply, RequestContext
@@ -360,9 +361,12 @@ class SmbConnection(ConnectionState):
         loop = asyncio.get_running_loop()
         went_async: asyncio.Future[int] = loop.create_future()
         ctx._went_async = went_async
-        task = loop.create_task(_guarded(handler, ctx))
-        waiters: set[asyncio.Future[Any]] = {task, went_async}
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        result, task = eager.start(_guarded(handler, ctx))
+        if task is None:
+            return result
+        if not went_async.done():
+            waiters: set[asyncio.Future[Any]] = {task, went_async}
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if task.done():
             went_async.cancel()
             return task.result()
