@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.ciphers import Cipher
 from impacket import ntlm
 
+from .fs.caseindex import upcase as _upper
 from .protocol.constants import NtStatusError, Status
 from .users import Credential, nt_hash_of
 
@@ -296,11 +297,6 @@ def _hmac_md5(key: bytes, data: bytes) -> bytes:
 def _rc4(key: bytes, data: bytes) -> bytes:
     enc = Cipher(ARC4(key), mode=None).encryptor()
     return enc.update(data) + enc.finalize()
-
-
-def _upper(s: str) -> str:
-    """Windows-style upper-casing: character by character, never changing the length."""
-    return "".join(u if len(u := c.upper()) == 1 else c for c in s)
 
 
 def _ntowfv2(nt_hash: bytes, user: str, domain: str) -> bytes:

@@ -13,7 +13,7 @@ Storage. xattrs were not used for the data: ext4 caps a value at one block
 (~4 KiB, 64 KiB elsewhere), far below what applications put in streams. Each
 stream is a regular file of a hidden per-share sidecar tree::
 
-    <share root>/.smbgw:streams/<id[:2]>/<id>/<encoded lower-case stream name>
+    <share root>/.smbgw:streams/<id[:2]>/<id>/<encoded folded stream name>
 
 ``<id>`` is 16 random bytes (hex) kept in the base file's ``user.smbgw.streams``
 xattr, created with XATTR_CREATE so two nodes adding the first stream at once
@@ -21,7 +21,8 @@ agree. The id lives on the inode, so it survives renames and hard links of the
 base (streams belong to the file, as on NTFS); a new file that reuses a freed
 inode number has no xattr, so it never inherits a dead file's streams. The
 stream file keeps the name as the client spelled it in ``user.smbgw.stream_name``
-(the file name itself is lower-case, percent-encoded, or a hash when long).
+(the file name itself is folded by ``caseindex.fold``, which is lower-case for
+ASCII, percent-encoded, or a hash when long).
 ``.smbgw:streams`` contains ``:``, which no SMB path component may: listings
 leave it out (``vfs.listable``) and no name can reach it. Every node reads the
 same tree, so a stream written through one node reads back through another.
@@ -44,6 +45,7 @@ from urllib.parse import unquote
 from ..protocol import infoclass
 from ..protocol.constants import CreateOptions, FileAttributes, NtStatusError, Status
 from ..protocol.fileinfo import FileInfo
+from .caseindex import fold
 from .descriptors import store_new
 from .vfs import FsError, ShareFS, split_name
 
@@ -69,8 +71,9 @@ def stream_key(base_key: str, stream_ino: int) -> str:
 
 
 def encode_name(name: str) -> str:
-    """The sidecar file name of a stream: case folded, safe on any POSIX volume."""
-    folded = name.lower()
+    """The sidecar file name of a stream: case folded as NTFS folds file names
+    (``caseindex.fold``), safe on any POSIX volume."""
+    folded = fold(name)
     out = "".join(
         c if c in _SAFE else "".join(f"%{b:02x}" for b in c.encode("utf-8")) for c in folded
     )
@@ -200,7 +203,7 @@ def _entries(fs: ShareFS, sid: str) -> list[tuple[str, str]]:
         return []
     except OSError as e:
         raise FsError.from_oserror(e) from None
-    out.sort(key=lambda e: e[0].lower())
+    out.sort(key=lambda e: fold(e[0]))
     return out
 
 

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING
 from ..protocol.constants import FileAttributes, NtStatusError, Status
 from ..protocol.fileinfo import FileInfo, VolumeSize, from_filetime, settable, to_filetime
 from . import dosmeta
-from .caseindex import CaseIndex
+from .caseindex import CaseIndex, fold
 from .dosmeta import DosRecord
 
 if TYPE_CHECKING:
@@ -281,7 +281,7 @@ class _WildcardMatcher:
             elif c == "?":
                 qm |= bit
             else:
-                lc = c.lower()
+                lc = fold(c)
                 lit[lc] = lit.get(lc, 0) | bit
         # Positions from which the rest of the pattern can match nothing: accepting.
         accept = 1 << len(pattern)
@@ -314,7 +314,7 @@ class _WildcardMatcher:
         dot = self._dots.get(sym)
         if dot is None:
             skip = stay = self._loop
-            take = self._lit.get(sym.lower(), 0) | self._one
+            take = self._lit.get(fold(sym), 0) | self._one
         else:
             skip, take, stay = dot
         # Close under the skips: adding (mask & skip) to skip carries each alive
@@ -368,7 +368,7 @@ class _WildcardMatcher:
                     if not mask:
                         break
                     continue
-                take = self._lit.get(sym.lower(), 0) | self._one
+                take = self._lit.get(fold(sym), 0) | self._one
                 if len(takes) < _NFA_MAX_TAKES:
                     takes[sym] = take
             mask |= (skip + (mask & skip)) ^ skip
@@ -404,13 +404,16 @@ class _WildcardMatcher:
 def compile_pattern(pattern: str) -> Callable[[str], bool]:
     """A matcher for one QUERY_DIRECTORY pattern (case-insensitive, as Samba's mask_match).
 
-    ``..`` is matched as ``.`` and the pattern ``.`` matches nothing (Samba).
+    Case is ignored as NTFS ignores it (``caseindex.fold``, one character at a
+    time, as the automaton reads the name). ``..`` is matched as ``.`` and the
+    pattern ``.`` matches nothing (Samba).
     """
     if pattern == ".":
         return lambda name: False
     if not _WILD.intersection(pattern):
-        folded = pattern.lower()
-        return lambda name: ("." if name == ".." else name).lower() == folded
+        folded, size = fold(pattern), len(pattern)
+        # fold keeps the length: names of another length need no folding.
+        return lambda name: len(name) == size and fold("." if name == ".." else name) == folded
     pattern = re.sub(r"\*\*+", "*", pattern)
     if pattern == "*":
         return lambda name: True

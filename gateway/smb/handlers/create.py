@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from oplock_bus import api as bus_api
 
 from ...fs import acl, eas, streamstore
+from ...fs.caseindex import fold
 from ...fs.descriptors import store_new
 from ...fs.streamstore import Stream
 from ...fs.vfs import ShareFS, status_from_oserror
@@ -799,7 +800,7 @@ async def _find_disconnected(ctx: RequestContext, key: str) -> bus_api.Disconnec
 
 
 def _name_key(name: str) -> str:
-    return name.replace("/", "\\").strip("\\").lower()
+    return fold(name.replace("/", "\\").strip("\\"))
 
 
 def _create_reply(
