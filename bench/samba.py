@@ -98,12 +98,15 @@ def smb_conf(
     *,
     vfs_objects: str,
     ctdbd_socket: Path | None = None,
+    share_params: Sequence[str] = (),
 ) -> Path:
-    """Write and check ``state/smb.conf``, the settings of Samba's own test setup."""
+    """Write and check ``state/smb.conf``, the settings of Samba's own test setup;
+    ``share_params`` are more ``key = value`` lines for the share."""
     for d in _STATE_DIRS:
         (state / d).mkdir(parents=True, exist_ok=True)
     (state / "private").chmod(0o700)
     cluster = f"clustering = yes\n    ctdbd socket = {ctdbd_socket}" if ctdbd_socket else ""
+    extra = "".join(f"    {line}\n" for line in share_params)
     conf = state / "smb.conf"
     conf.write_text(f"""[global]
     {cluster}
@@ -148,7 +151,7 @@ def smb_conf(
     read only = no
     guest ok = no
     vfs objects = {vfs_objects}
-""")
+{extra}""")
     _run(["testparm", "-s", str(conf)])
     return conf
 
@@ -200,6 +203,18 @@ def stop(work: Path) -> None:
     """Stop whatever was started in ``work``: every smbd first, then every ctdbd."""
     for f in sorted(work.rglob("*.pgid"), key=lambda p: (p.name == "ctdbd.pgid", str(p))):
         _stop_group(f)
+    _stop_rpc_helpers(work)
+
+
+def _stop_rpc_helpers(work: Path) -> None:
+    """smbd 4.17 starts samba-dcerpcd (and its rpcd_* workers) for the first pipe
+    opened, in a session of its own: stopping smbd's process group leaves them.
+    They are found by the configuration file they were given, under ``work``."""
+    mark = f"--configfile={work.resolve()}/".encode()
+    for proc in Path("/proc").glob("[0-9]*"):
+        with suppress(OSError, ValueError):
+            if any(arg.startswith(mark) for arg in (proc / "cmdline").read_bytes().split(b"\0")):
+                os.kill(int(proc.name), signal.SIGTERM)
 
 
 def _wait_listening(address: str, port: int, proc: subprocess.Popen[bytes], log: Path,
@@ -267,6 +282,7 @@ class Smbd(_Server):
     port: int = 445
     interfaces: tuple[str, ...] = ("127.0.0.1",)
     vfs_objects: str | None = None  # None: default_vfs_objects()
+    share_params: tuple[str, ...] = ()  # more "key = value" lines (e.g. shadow:snapdir)
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list, init=False, repr=False)
 
     @property
@@ -276,7 +292,8 @@ class Smbd(_Server):
     def start(self) -> Smbd:
         self._prepare()
         vfs = default_vfs_objects() if self.vfs_objects is None else self.vfs_objects
-        conf = smb_conf(self.work, self.share, self.port, self.interfaces, vfs_objects=vfs)
+        conf = smb_conf(self.work, self.share, self.port, self.interfaces, vfs_objects=vfs,
+                        share_params=self.share_params)  # fmt: skip
         _set_password(conf)
         log = self.work / "log" / "smbd.out"
         proc = self._spawn(["smbd", "--foreground", "--no-process-group", "-s", str(conf)],
@@ -443,6 +460,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("dir", type=Path)
     p.add_argument("--port", type=int, default=445)
     p.add_argument("--interface", action="append", help="address to listen on (repeatable)")
+    p.add_argument("--vfs-objects", help="the share's vfs objects (default: acl_xattr ...)")
+    p.add_argument("--share-param", action="append", default=[], metavar="'KEY = VALUE'",
+                   help="one more share parameter (repeatable), e.g. 'shadow:snapdir = .snaps'")
     p = sub.add_parser("ctdb", help="start a clustered Samba, share at DIR/share")
     p.add_argument("dir", type=Path)
     p.add_argument("--nodes", type=int, default=2)
@@ -470,7 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     server: _Server
     if args.cmd == "smbd":
         interfaces = tuple(args.interface or ["127.0.0.1"])
-        server = Smbd(args.dir.resolve(), args.port, interfaces).start()
+        server = Smbd(args.dir.resolve(), args.port, interfaces, args.vfs_objects,
+                      tuple(args.share_param)).start()  # fmt: skip
     else:
         server = CtdbCluster(args.dir.resolve(), args.nodes, args.port).start()
     for host, port in server.endpoints:

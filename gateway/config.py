@@ -40,6 +40,16 @@ class ShareConfig:
     # it overrides the one kept in the root's xattr (or st_dev); every node
     # serving the share must then give the same.
     volume_id: int | None = None
+    # Previous versions (gateway/fs/snapshots.py): a folder, relative to the
+    # share root or absolute, of @GMT-YYYY.MM.DD-HH.MM.SS snapshots of the tree.
+    snapshots: str | None = None
+    # Client-side caching offered for the share's files (srvsvc's SHI1005
+    # flags, MS-SRVS 2.2.4.29): one of CSC_MODES.
+    csc: str = "manual"
+
+
+# The share's "csc" setting: what Windows' Offline Files may cache.
+CSC_MODES = ("manual", "documents", "programs", "none")
 
 
 @dataclass
@@ -55,6 +65,7 @@ class Config:
     # read from this file, else from $SMBGW_BUS_PASSWORD (see bus_password()).
     bus_password_file: str | None = None
     server_name: str = "SMBGW"
+    server_comment: str = ""  # what srvsvc shows as the server's comment (net view)
     signing_required: bool = False
     encrypt_required: bool = False
     # Offer SMB2_GLOBAL_CAP_MULTI_CHANNEL (3.x): a client may bind a session to
@@ -218,6 +229,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("bus", "bus_url", _strict_str),
     ("bus_password_file", "bus_password_file", _strict_str),
     ("server_name", "server_name", _strict_str),
+    ("comment", "server_comment", _strict_str),
     ("signing_required", "signing_required", _strict_bool),
     ("encrypt_required", "encrypt_required", _strict_bool),
     ("multichannel", "multichannel", _strict_bool),
@@ -245,7 +257,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
 ]
 _TOML_KEYS = {"listen", "metrics_listen", "shares"} | {key for key, _, _ in _SCALARS}
 _SHARE_BOOLS = ("guest_ok", "read_only", "encrypt", "continuous_availability")
-_SHARE_KEYS = {"name", "path", "comment", "volume_id", *_SHARE_BOOLS}
+_SHARE_KEYS = {"name", "path", "comment", "volume_id", "snapshots", "csc", *_SHARE_BOOLS}
 
 
 def apply_toml(cfg: Config, data: dict[str, Any], source: str) -> None:
@@ -301,7 +313,21 @@ def _share_from_toml(entry: dict[str, Any], source: str) -> ShareConfig:
         encrypt=flag("encrypt"),
         continuous_availability=flag("continuous_availability"),
         volume_id=_share_setting(entry, "volume_id", _volume_id, None, name, source),
+        snapshots=_share_setting(entry, "snapshots", _snapshot_folder, None, name, source),
+        csc=_share_setting(entry, "csc", _csc_mode, "manual", name, source),
     )
+
+
+def _csc_mode(value: Any) -> str:
+    if not isinstance(value, str) or value.strip().lower() not in CSC_MODES:
+        raise TypeError("one of " + ", ".join(f'"{m}"' for m in CSC_MODES))
+    return value.strip().lower()
+
+
+def _snapshot_folder(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError('a folder of @GMT-... snapshots, e.g. ".snapshots" or "/snap/share"')
+    return value
 
 
 _HEX_VOLUME_ID = re.compile(r"^(0[xX])?[0-9A-Fa-f]{1,16}$")
@@ -358,6 +384,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"share {s.name}: directory {s.path} does not exist")
         if not os.access(s.path, os.R_OK | os.X_OK):
             raise ConfigError(f"share {s.name}: directory {s.path} is not readable")
+        if s.snapshots is not None:
+            # A missing folder is fine: the first snapshot may make it.
+            folder = os.path.join(s.path, s.snapshots)
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                raise ConfigError(f"share {s.name}: snapshots = {folder}: not a directory")
     if cfg.users_file:
         cfg.users = load_users(cfg.users_file)
         clashes = check_rid_collisions(cfg.users)

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from ..fs.streamstore import Stream
     from ..fs.vfs import ShareFS
     from ..protocol.fileinfo import FileInfo
-    from ..rpc.srvsvc import SrvsvcPipe
+    from ..rpc.dcerpc import DcerpcPipe
     from .notify import Watch
 
 
@@ -202,7 +202,7 @@ class Open:
     file_key: str = ""
     bus_open_id: str = ""
     fd: int = -1
-    pipe: SrvsvcPipe | None = None
+    pipe: DcerpcPipe | None = None
     oplock_level: int = 0
     lease_key: bytes | None = None
     lease_version: int = 0
@@ -239,6 +239,8 @@ class Open:
     lease_epoch: int = 0
     # A named stream's handle: fd is the stream's, host_path its file's.
     stream: Stream | None = None
+    # A previous version's handle (gateway.fs.snapshots): its @GMT token; read only.
+    snapshot: str | None = None
     # FSCTL_SRV_REQUEST_RESUME_KEY (gateway.smb.handlers.copychunk); empty until asked for.
     resume_key: bytes = b""
     # Requests still using the handle after going async; CLOSE waits for them.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 
 from oplock_bus import api as bus_api
 
-from ...fs import acl, eas, streamstore
+from ...fs import acl, eas, snapshots, streamstore
 from ...fs.caseindex import fold
 from ...fs.descriptors import store_new
 from ...fs.streamstore import Stream
@@ -33,7 +33,7 @@ from ...protocol.constants import (
 from ...protocol.contexts import build_create_contexts, parse_create_contexts
 from ...protocol.fileinfo import FileInfo
 from ...protocol.wire import check_size
-from ...rpc.srvsvc import SrvsvcPipe
+from ...rpc import PIPE_NAMES, Caller, open_pipe, server_view
 from .. import durable, opens, security, streams
 from ..context import Reply, RequestContext
 from ..limits import log_limit
@@ -48,7 +48,6 @@ _RESP = struct.Struct("<HBBIQQQQQQIIQQII")
 LEASE_FLAG_BREAK_IN_PROGRESS = 0x02
 LEASE_FLAG_PARENT_LEASE_KEY_SET = 0x04
 _VALID_OPTIONS = 0x00FFFFFF
-_PIPE_NAMES = {"srvsvc"}
 
 
 @dataclass
@@ -233,12 +232,14 @@ def _check_open_limits(ctx: RequestContext) -> None:
 
 def _open_pipe(ctx: RequestContext, req: CreateRequest) -> Reply:
     name = req.name.lstrip("\\").lower()
-    if name not in _PIPE_NAMES:
+    session = ctx.session
+    if name not in PIPE_NAMES or session is None:
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND)
     node = ctx.node
     tree = ctx.require_tree()
-    shares = [(s.name, 0, s.comment) for s in node.config.shares]
-    pipe = SrvsvcPipe(shares, node.config.server_name)
+    caller = Caller(session.username, session.is_guest or session.is_anonymous)
+    pipe = open_pipe(name, server_view(node.config), caller)
+    assert pipe is not None
     op = Open(
         persistent_id=node.next_id(),
         volatile_id=node.next_id(),
@@ -302,6 +303,7 @@ class _Target:
     stream: Stream | None
     access: int  # what the open is granted
     new_sd: bytes | None  # the descriptor of what the CREATE makes
+    snapshot: snapshots.Version | None = None  # a previous version (TWrp): read only
 
 
 class _CreatedMeanwhile(Exception):
@@ -321,11 +323,19 @@ async def _open_file(
     tree = ctx.require_tree()
     fs = tree.fs
     assert fs is not None
+    req, snapshot = _timewarp(ctx, req, fs)
+    if snapshot is not None:
+        fs, ask = snapshot.fs, None  # a previous version is opened read only, never durable
     ext_a = req.contexts.get(b"ExtA")
     new_eas = eas.parse_full(ext_a) if ext_a is not None else None  # kept if it creates
     may_retry_unlinked = True
     while True:
         target = _resolve(ctx, req, fs)
+        if snapshot is not None:
+            # Asked for or not, nothing that writes is granted: the WRITE
+            # command says MEDIA_WRITE_PROTECTED (smbtorture smb2.twrp.write).
+            target.snapshot = snapshot
+            target.access &= ~_WRITES
         try:
             created = _create(req, target, fs)
         except _CreatedMeanwhile:
@@ -377,6 +387,52 @@ async def _open_file(
     contexts += durable.grant(ask, op, result.lease_state, _continuously_available(ctx))
     oplock = result.oplock if result.oplock != OplockLevel.LEASE or lease_req else 0
     return _create_reply(op, info, action, oplock, contexts), op
+
+
+_WRITES = (
+    AccessMask.FILE_WRITE_DATA | AccessMask.FILE_APPEND_DATA | AccessMask.FILE_WRITE_EA
+    | AccessMask.FILE_WRITE_ATTRIBUTES | AccessMask.DELETE | AccessMask.WRITE_DAC
+    | AccessMask.WRITE_OWNER | AccessMask.FILE_DELETE_CHILD
+)  # fmt: skip
+
+
+def _timewarp(
+    ctx: RequestContext, req: CreateRequest, fs: ShareFS
+) -> tuple[CreateRequest, snapshots.Version | None]:
+    """The request without its @GMT component, and the snapshot's tree it names
+    (TWrp context, MS-SMB2 2.2.13.2.7, or ``@GMT-...`` in the path); None: the live tree.
+
+    Checked before the name is looked up, with the statuses smbd's
+    vfs_shadow_copy2 gives on a read-only snapshot: a name not in the snapshot
+    (or no snapshot at that time) is not found, whatever the disposition; an
+    open that would overwrite or delete is MEDIA_WRITE_PROTECTED. One that asks
+    for write access is let in without it, as smbd lets it in.
+    """
+    name, token = snapshots.split_token(req.name)
+    raw = req.contexts.get(b"TWrp")
+    if raw is not None:
+        if len(raw) < 8:
+            raise NtStatusError(Status.INVALID_PARAMETER, "short TWrp context")
+        token = snapshots.token_of(struct.unpack_from("<Q", raw)[0])
+    elif token is None:
+        return req, None
+    folder = ctx.require_tree().share.snapshots
+    snapshot = None
+    if token is not None and folder is not None:
+        snapshot = snapshots.of_share(fs, folder).version(token)
+    deep = len([p for p in name.split("\\") if p]) > 1
+    if snapshot is None:
+        raise NtStatusError(
+            Status.OBJECT_PATH_NOT_FOUND if deep else Status.OBJECT_NAME_NOT_FOUND,
+            "no snapshot at that time",
+        )
+    if ":" not in name and snapshot.fs.lookup(name)[1] is None:
+        raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "not in that snapshot")
+    if req.options & CreateOptions.DELETE_ON_CLOSE or req.disposition not in (
+        CreateDisposition.OPEN, CreateDisposition.OPEN_IF,
+    ):  # fmt: skip
+        raise NtStatusError(Status.MEDIA_WRITE_PROTECTED, "snapshots are read only")
+    return replace(req, name=name), snapshot
 
 
 def _resolve(ctx: RequestContext, req: CreateRequest, fs: ShareFS) -> _Target:
@@ -488,7 +544,8 @@ async def _bus_open(
     """
     node = ctx.node
     tree = ctx.require_tree()
-    fs = tree.fs
+    # A snapshot's files carry its own volume id: the bus never takes them for the live ones.
+    fs = target.snapshot.fs if target.snapshot is not None else tree.fs
     assert fs is not None
     stream = target.stream
     op: Open | None = None
@@ -508,6 +565,7 @@ async def _bus_open(
             fd=fd,
             connection=ctx.conn,
             client_guid=ctx.conn.client_guid,
+            snapshot=None if target.snapshot is None else target.snapshot.token,
         )
         op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
         if stream is not None:

@@ -15,6 +15,7 @@ import struct
 import time
 from collections.abc import Callable, Iterator
 
+from ...fs import snapshots
 from ...fs.vfs import ShareFS, compile_pattern
 from ...protocol import infoclass
 from ...protocol.constants import AccessMask, NtStatusError, QueryDirectoryFlags, Status
@@ -54,6 +55,10 @@ async def handle_query_directory(ctx: RequestContext) -> Reply:
     first = op.dir_entries is None or bool(restart)
     if first:
         listing = op.tree.fs.listdir(op.host_path)
+        folder = op.tree.share.snapshots
+        if folder is not None:  # the previous versions are no part of the tree
+            hidden = snapshots.of_share(op.tree.fs, folder).hidden_names(op.host_path)
+            listing = [entry for entry in listing if entry[0] not in hidden]
         match = compile_pattern(pattern)
         if len(listing) > _MATCH_INLINE:
             op.dir_entries = await asyncio.to_thread(_matching, listing, match)

@@ -6,6 +6,7 @@ import asyncio
 import socket
 import struct
 
+from ...fs import snapshots
 from ...protocol.constants import IOCTL_IS_FSCTL, Dialect, Fsctl, NtStatusError, Status
 from ...protocol.wire import check_size
 from ..context import Disconnect, Reply, RequestContext
@@ -207,10 +208,9 @@ async def _file_fsctl(ctx: RequestContext, code: int, data: bytes, max_out: int)
         )
     op = ctx.open_at(8)
     if code == Fsctl.SRV_ENUMERATE_SNAPSHOTS:
-        if max_out < 16:
-            raise NtStatusError(Status.INVALID_PARAMETER)
-        # No previous versions: zero snapshots, an empty multi-string.
-        return struct.pack("<IIIH", 0, 0, 2, 0)
+        folder, fs = op.tree.share.snapshots, op.tree.fs
+        found = [] if folder is None or fs is None else snapshots.of_share(fs, folder).tokens()
+        return snapshots.snapshot_array(found, max_out)
     if code == Fsctl.GET_REPARSE_POINT:
         raise NtStatusError(Status.NOT_A_REPARSE_POINT)
     if code == Fsctl.GET_COMPRESSION:

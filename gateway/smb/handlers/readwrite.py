@@ -86,6 +86,8 @@ async def handle_write(ctx: RequestContext) -> Reply:
     if op.pipe is not None:
         op.pipe.write(bytes(data))
         return Reply(Status.SUCCESS, _WRITE_RESP.pack(17, 0, length, 0, 0, 0))
+    if op.snapshot is not None:  # granted no write access, but answered as smbd does
+        raise NtStatusError(Status.MEDIA_WRITE_PROTECTED, "a previous version")
     if not op.access & _WRITE_ACCESS:
         raise NtStatusError(Status.ACCESS_DENIED)
     if op.tree.share.read_only:
