@@ -72,8 +72,28 @@ class RawClient:
                 self.last_body = frame[64:]
                 return reply
 
-    def login(self, user: str, password: str, share: str, host: str) -> None:
-        self.request(Command.NEGOTIATE, NEGOTIATE_21)
+    def smb1_negotiate(
+        self, dialects: list[str], *, pid: int = 0xFEFF, mid: int = 0
+    ) -> bytes | None:
+        """Send an SMB1 multi-protocol NEGOTIATE (MS-CIFS 2.2.4.52.1) offering
+        ``dialects``; the reply frame, or None if the server hung up. It takes
+        SMB2 MessageId 0, so the next SMB2 request is MessageId 1."""
+        data = b"".join(b"\x02" + d.encode("ascii") + b"\x00" for d in dialects)
+        header = struct.pack(
+            "<4sBIBHH8sHHHHH", b"\xffSMB", 0x72, 0, 0x18, 0xC853, 0, bytes(8), 0, 0xFFFF,
+            pid, 0, mid,
+        )  # fmt: skip
+        self.send_raw(header + struct.pack("<BH", 0, len(data)) + data)
+        self.mid = 1
+        return self.recv()
+
+    def login(
+        self, user: str, password: str, share: str, host: str, *, negotiate: bool = True
+    ) -> None:
+        """Log on and connect to ``share``; ``negotiate=False`` when the
+        connection is already negotiated (say, through ``smb1_negotiate``)."""
+        if negotiate:
+            self.request(Command.NEGOTIATE, NEGOTIATE_21)
         ctx = spnego.client(user, password, protocol="ntlm")
         token = ctx.step()
         while True:

@@ -20,7 +20,7 @@ from oplock_bus.api import BusUnavailable
 from ..protocol import crypto, wire
 from ..protocol.constants import Command, Dialect, HeaderFlags, NtStatusError, Status
 from ..protocol.credits import SequenceError
-from ..protocol.framing import FrameDecoder, FramingError
+from ..protocol.framing import FrameDecoder, FramingError, frame_header
 from ..protocol.header import Header, error_body
 from ..protocol.wire import KeyedSession
 from . import eager
@@ -29,7 +29,7 @@ from .compound import ChainState, is_error
 from .context import Disconnect, Reply, RequestContext
 from .dispatch import TABLE, Entry, Handler
 from .handlers.ioctl import sessionless_hook
-from .handlers.negotiate import smb1_negotiate_response
+from .handlers.negotiate import smb1_negotiate, smb1_no_dialect
 from .limits import log_limit
 from .services import NodeServices
 from .state import ConnectionState, Session, SessionState, TreeConnect
@@ -529,17 +529,16 @@ class SmbConnection(ConnectionState):
         if self.negotiated:
             raise Disconnect("SMB1 negotiate after negotiation")
         dialects = wire.parse_smb1_negotiate(frame)
-        if "SMB 2.???" in dialects:
-            dialect = 0x02FF
-        elif "SMB 2.002" in dialects:
-            dialect = 0x0202
-        else:
-            raise Disconnect("client offers no SMB2 dialect")
-        body = smb1_negotiate_response(self.node, dialect)
         try:
             self.codec.credits.consume(0, 1)  # an SMB1 NEGOTIATE counts as MessageId 0
         except SequenceError as e:
             raise Disconnect(str(e)) from None
+        body = smb1_negotiate(self.node, self, dialects)
+        if body is None:
+            refusal = smb1_no_dialect(frame)
+            self.writer.write(frame_header(len(refusal)) + refusal)
+            await self.drain()
+            raise Disconnect(f"client offers no SMB2 dialect, only {dialects[:6]}")
         hdr = Header(command=Command.NEGOTIATE, message_id=0, flags=HeaderFlags.SERVER_TO_REDIR)
         hdr.credits = self.codec.credits.grant(1)
         self.send_messages([(hdr, body, None)], None)

@@ -82,8 +82,10 @@ async def handle_ioctl(ctx: RequestContext) -> Reply:
         return _reply(code, pid, vid, out, status)
     elif code == Fsctl.LMR_REQUEST_RESILIENCY:
         out = _request_resiliency(ctx, data)
-    elif code in (Fsctl.DFS_GET_REFERRALS, Fsctl.DFS_GET_REFERRALS_EX):
-        raise NtStatusError(Status.NOT_FOUND)
+    elif code == Fsctl.DFS_GET_REFERRALS:
+        # No DFS here (3.3.5.15.2), on IPC$ as on a share, as smbd with "host
+        # msdfs = no". The _EX form is an unknown FSCTL to smbd, and to us.
+        raise NtStatusError(Status.FS_DRIVER_REQUIRED, "no DFS")
     elif code == Fsctl.PIPE_TRANSCEIVE:
         op = ctx.open_at(8)
         if op.pipe is None:

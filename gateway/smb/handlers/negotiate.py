@@ -1,15 +1,18 @@
-"""NEGOTIATE (MS-SMB2 2.2.3/2.2.4, 3.3.5.3/3.3.5.4): dialect, contexts, security blob."""
+"""NEGOTIATE (MS-SMB2 2.2.3/2.2.4, 3.3.5.3/3.3.5.4): dialect, contexts, security blob,
+and the SMB1 multi-protocol NEGOTIATE that starts SMB2 (3.3.5.3.1-3.3.5.3.2)."""
 
 from __future__ import annotations
 
 import os
 import struct
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from ...auth import spnego_init_token
 from ...protocol import crypto
 from ...protocol.constants import (
+    SMB1_PROTOCOL_ID,
     SUPPORTED_DIALECTS,
     Capabilities,
     Cipher,
@@ -192,7 +195,7 @@ async def handle_negotiate(ctx: RequestContext) -> Reply:
     conn = ctx.conn
     body = ctx.body
     if conn.negotiated:
-            raise Disconnect("second NEGOTIATE on a connection")
+        raise Disconnect("second NEGOTIATE on a connection")
     check_size(body, 36, 36)
     _s, n_dialects, sec_mode, _r, caps, guid, ctx_off, ctx_count, _r2 = _REQ.unpack_from(body)
     if n_dialects == 0 or 36 + 2 * n_dialects > len(body):
@@ -220,7 +223,51 @@ async def handle_negotiate(ctx: RequestContext) -> Reply:
     return Reply(Status.SUCCESS, out)
 
 
-def smb1_negotiate_response(node: NodeServices, dialect: int) -> bytes:
-    """The SMB2 reply to an SMB1 multi-protocol NEGOTIATE (MS-SMB2 3.3.5.3.1)."""
-    caps = Capabilities.LEASING | Capabilities.LARGE_MTU if dialect == 0x02FF else 0
-    return build_response(node, dialect, _security_mode(node), int(caps), b"")
+# The SMB1 header (MS-CIFS 2.2.3.1): protocol, command, status, flags, flags2,
+# PID high, security features, reserved, TID, PID low, UID, MID.
+_SMB1_HEADER = struct.Struct("<4sBIBHH8sHHHHH")
+_SMB1_FLAGS_REPLY = 0x88  # SMB_FLAGS_REPLY | SMB_FLAGS_CASE_INSENSITIVE
+_SMB1_FLAGS2 = 0xC001  # UNICODE | NT_STATUS | LONG_NAMES
+_SMB1_NO_DIALECT = 0xFFFF
+
+
+def smb1_negotiate(
+    node: NodeServices, conn: ConnectionState, dialects: Sequence[str]
+) -> bytes | None:
+    """Answer an SMB1 multi-protocol NEGOTIATE (MS-SMB2 3.3.5.3.1, 3.3.5.3.2).
+
+    Returns the body of the SMB2 NEGOTIATE response, or None when the client
+    offers no SMB2 dialect (the caller refuses it, ``smb1_no_dialect``).
+    "SMB 2.???" wins: the answer 0x02FF says "send an SMB2 NEGOTIATE", and the
+    connection stays unnegotiated until that comes. "SMB 2.002" alone ends
+    negotiation here, on 2.0.2, as 3.3.5.3.2 says: the client (pysmb, Vista)
+    goes straight on to SESSION_SETUP, and a later NEGOTIATE is refused.
+    """
+    mode = _security_mode(node)
+    if "SMB 2.???" in dialects:
+        # No DFS bit: the node has no DFS (see the ioctl handler's referrals).
+        caps = Capabilities.LEASING | Capabilities.LARGE_MTU
+        return build_response(node, Dialect.WILDCARD, mode, int(caps), b"")
+    if "SMB 2.002" in dialects:
+        conn.codec.dialect = Dialect.SMB2_0_2
+        conn.server_security_mode = mode
+        conn.server_capabilities = 0
+        conn.negotiated = True
+        return build_response(node, Dialect.SMB2_0_2, mode, 0, b"")
+    return None
+
+
+def smb1_no_dialect(request: bytes) -> bytes:
+    """The SMB1 NEGOTIATE response choosing no dialect (DialectIndex 0xFFFF, MS-CIFS
+    2.2.4.52.2) to a request offering only SMB1 dialects. smbd, with SMB2 as its
+    minimum protocol, answers so and then hangs up; the node does the same, so
+    the client reports "no protocol supported" rather than a reset connection.
+    """
+    (_p, _c, _s, _f, _f2, pid_high, _sec, _r, tid, pid, uid, mid) = _SMB1_HEADER.unpack_from(
+        request
+    )
+    header = _SMB1_HEADER.pack(
+        SMB1_PROTOCOL_ID, 0x72, 0, _SMB1_FLAGS_REPLY, _SMB1_FLAGS2, pid_high, bytes(8), 0,
+        tid, pid, uid, mid,
+    )  # fmt: skip
+    return header + struct.pack("<BHH", 1, _SMB1_NO_DIALECT, 0)
