@@ -19,6 +19,7 @@ from oplock_bus.api import BusUnavailable
 
 from .config import (
     BUS_PASSWORD_ENV,
+    DEFAULT_WORKERS,
     Config,
     ConfigError,
     ShareConfig,
@@ -92,6 +93,11 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg.log_max_bytes = args.log_max_bytes
     if args.log_backups is not None:
         cfg.log_backups = args.log_backups
+    if args.workers is not None:
+        cfg.workers = args.workers
+    if args.worker_of is not None:
+        cfg.worker_of = args.worker_of
+        cfg.worker_index = args.worker_index
     validate(cfg)
     return cfg
 
@@ -288,6 +294,13 @@ def _add_node_options(p: argparse.ArgumentParser) -> None:
         "--log-backups", type=int, metavar="N", help="rotated log files to keep (default 5)"
     )
     p.add_argument(
+        "--workers", type=int, metavar="N",
+        help=f"serve with N processes, each a node on the bus (default {DEFAULT_WORKERS})",
+    )  # fmt: skip
+    # Given by a node's parent to its workers (gateway/workers.py), not by people.
+    p.add_argument("--worker-of", metavar="NODE-ID", help=argparse.SUPPRESS)
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument(
         "--torture-hooks",
         action="store_true",
         help="answer Samba's test-only FSCTL_SMBTORTURE controls (for smbtorture only)",
@@ -314,6 +327,10 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
         "--takeover", action="store_true", help="a live node serves a dead node's address"
     )
     up.add_argument("--log-level", help="the nodes' log level (default INFO)")
+    up.add_argument(
+        "--workers", type=int, default=DEFAULT_WORKERS,
+        help=f"processes per node, each a node on the bus (default {DEFAULT_WORKERS})",
+    )  # fmt: skip
 
 
 def _cluster(args: argparse.Namespace) -> int:
@@ -343,6 +360,7 @@ def cluster_spec(args: argparse.Namespace) -> ClusterSpec:
         uncoordinated=args.uncoordinated,
         continuous_availability=args.ca,
         takeover=args.takeover,
+        workers=args.workers,
         node_args=node_args,
     )
 
@@ -458,8 +476,14 @@ def _main(argv: list[str] | None) -> int:
         if args.command == "serve":
             cfg = build_config(args)
             from .logsetup import setup_logging
+            from .workers import WorkerPool, setup_worker_logging
 
-            setup_logging(cfg)  # stderr (the journal), or --log-file rotated by size
+            if cfg.worker_of is not None:
+                setup_worker_logging(cfg)  # to the parent, which owns the log
+            else:
+                setup_logging(cfg)  # stderr (the journal), or --log-file rotated by size
+            if cfg.workers > 1 and cfg.worker_of is None:
+                return WorkerPool(cfg, sys.argv[1:] if argv is None else argv).run()
             return _run(serve(cfg, lambda: build_config(args)))
         if args.command == "cluster":
             return _cluster(args)

@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -23,11 +24,11 @@ from typing import IO
 from oplock_bus.redis_url import redact, split_password
 
 from .children import die_with_parent
-from .config import BUS_PASSWORD_ENV, ConfigError, parse_share
+from .config import BUS_PASSWORD_ENV, DEFAULT_WORKERS, MAX_WORKERS, ConfigError, parse_share
 from .localredis import LocalRedis, RedisError
 
 MAX_NODES = 16
-_LISTENING = " listening on "  # in the line a node logs once it serves
+LISTENING = " listening on "  # in the line a node logs once it serves
 
 
 def node_address(index: int) -> str:
@@ -45,6 +46,7 @@ class ClusterSpec:
     uncoordinated: bool = False  # every node on its own in-process bus (the naive setup)
     continuous_availability: bool = False  # every share CA (`smbgw serve --ca`)
     takeover: bool = False  # a live node serves a dead node's address (`serve --takeover`)
+    workers: int = DEFAULT_WORKERS  # processes per node (`serve --workers`)
     node_args: list[str] = field(default_factory=list)  # passed to every `smbgw serve`
     log_dir: Path | None = None  # None: node output goes to our stderr, prefixed
 
@@ -65,6 +67,10 @@ class ClusterSpec:
             raise ConfigError("--uncoordinated runs without a shared bus; drop --bus")
         if self.uncoordinated and self.takeover:
             raise ConfigError("--takeover needs the shared bus; drop --uncoordinated")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(f"--workers {self.workers}: between 1 and {MAX_WORKERS}")
+        if self.workers > 1 and self.takeover:
+            raise ConfigError("--takeover with --workers above 1 is not supported yet")
 
 
 @dataclass
@@ -95,24 +101,18 @@ class LocalCluster:
 
     def start(self, timeout: float = 20.0, progress: Callable[[str], None] | None = None) -> None:
         say = progress or (lambda _m: None)
-        try:
+        with stopped_on_failure(self.stop):
             if not self.spec.uncoordinated and self.bus_url is None:
                 self.redis = LocalRedis().start()
                 self.bus_url = self.redis.url
                 say(f"redis-server on {self.redis.host}:{self.redis.port}")
             for i in range(self.spec.nodes):
-                _check_free(node_address(i), self.spec.port)
+                check_free(node_address(i), self.spec.port)
             for i in range(self.spec.nodes):
                 self.nodes.append(self._start_node(i))
             for node in self.nodes:
                 self._wait_listening(node, timeout)
                 say(f"node {node.node_id} on {node.host}:{node.port}")
-        except RedisError as e:
-            self.stop()
-            raise ConfigError(str(e)) from None
-        except BaseException:
-            self.stop()
-            raise
 
     def _start_node(self, index: int) -> NodeProcess:
         host = node_address(index)
@@ -128,6 +128,7 @@ class LocalCluster:
             cmd.append("--ca")
         if self.spec.takeover:
             cmd.append("--takeover")
+        cmd += ["--workers", str(self.spec.workers)]
         env = None
         if self.bus_url and not self.spec.uncoordinated:
             # A password in the URL goes to the node in its environment, so
@@ -218,7 +219,21 @@ class LocalCluster:
         self.stop()
 
 
-def _check_free(host: str, port: int) -> None:
+@contextmanager
+def stopped_on_failure(stop: Callable[[], None]) -> Iterator[None]:
+    """Run ``stop`` if the block fails: what it started must not outlive it;
+    a redis-server that would not start is the operator's one line."""
+    try:
+        yield
+    except RedisError as e:
+        stop()
+        raise ConfigError(str(e)) from None
+    except BaseException:
+        stop()
+        raise
+
+
+def check_free(host: str, port: int) -> None:
     # Otherwise another program listening there would pass for the node.
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -229,7 +244,7 @@ def _check_free(host: str, port: int) -> None:
 
 
 def _listening_lines(path: Path) -> int:
-    return path.read_text(errors="replace").count(_LISTENING)
+    return path.read_text(errors="replace").count(LISTENING)
 
 
 def _prefix(stream: IO[bytes], name: str) -> None:

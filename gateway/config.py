@@ -24,6 +24,12 @@ class ConfigError(Exception):
     """Bad configuration; the message is one line meant for the operator."""
 
 
+# Processes per node (`smbgw serve --workers N`, gateway/workers.py). One for
+# now; the CPU count once the whole suite has been seen green with workers on.
+DEFAULT_WORKERS = 1
+MAX_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class ShareConfig:
     name: str
@@ -113,6 +119,13 @@ class Config:
     log_file: str | None = None
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
+    # Processes serving this node's address (SO_REUSEPORT), each its own node
+    # on the bus (gateway/workers.py).
+    workers: int = DEFAULT_WORKERS
+    # Set by the parent in each worker it starts, never by the operator: the
+    # node's own id (its ServerGuid, shared by its workers); None: not a worker.
+    worker_of: str | None = None
+    worker_index: int = 0  # and its slot, 1 to workers (gateway/connpass.py)
 
     def share(self, name: str) -> ShareConfig | None:
         for s in self.shares:
@@ -254,6 +267,7 @@ _SCALARS: list[tuple[str, str, Callable[[Any], Any]]] = [
     ("log_file", "log_file", _strict_str),
     ("log_max_bytes", "log_max_bytes", _strict_int),
     ("log_backups", "log_backups", _strict_int),
+    ("workers", "workers", _strict_int),
 ]
 _TOML_KEYS = {"listen", "metrics_listen", "shares"} | {key for key, _, _ in _SCALARS}
 _SHARE_BOOLS = ("guest_ok", "read_only", "encrypt", "continuous_availability")
@@ -425,6 +439,7 @@ def validate(cfg: Config) -> None:
     if not cfg.node_id:
         cfg.node_id = default_node_id(socket.gethostname(), cfg.listen_host, cfg.listen_port)
     check_node_id(cfg.node_id)
+    validate_workers(cfg)
 
 
 # A node id names Redis keys and channels ("{nodes}:hb:<id>", "node:<id>") and
@@ -475,6 +490,39 @@ def validate_log_file(cfg: Config) -> None:
             raise ConfigError(f"log file {cfg.log_file}: directory {folder} does not exist")
         if os.path.isdir(cfg.log_file):
             raise ConfigError(f"log file {cfg.log_file} is a directory")
+
+
+def worker_node_id(node_id: str, index: int, life: int = 0) -> str:
+    """Worker ``index``'s (1-based) id on the bus; a worker started again after
+    a crash takes a new one (``life``), since the dead one's stays in use until
+    its heartbeat lapses."""
+    return f"{node_id}-w{index}" + (f".{life}" if life else "")
+
+
+def validate_workers(cfg: Config) -> None:
+    if not 1 <= cfg.workers <= MAX_WORKERS:
+        raise ConfigError(f"workers must be between 1 and {MAX_WORKERS}, not {cfg.workers}")
+    if cfg.workers == 1 or cfg.worker_of is not None:  # a worker: its parent checked
+        return
+    if cfg.takeover:
+        raise ConfigError(
+            "--takeover with --workers above 1 is not supported yet: run one worker per "
+            "takeover node"
+        )
+    longest = worker_node_id(cfg.node_id, cfg.workers, 999)
+    if not NODE_ID.match(longest):
+        raise ConfigError(
+            f"node id {cfg.node_id!r} is too long for {cfg.workers} workers: each worker "
+            f"is a bus node named like {longest!r} (at most 64 characters); give a shorter "
+            "--node-id"
+        )
+    if cfg.metrics_listen is not None and cfg.metrics_listen[1]:
+        host, port = cfg.metrics_listen
+        if port + cfg.workers - 1 > 65535:
+            raise ConfigError(
+                f"--metrics-listen {host}:{port}: worker i serves its metrics on port "
+                f"{port}+i-1, and {port + cfg.workers - 1} is not a TCP port"
+            )
 
 
 def validate_takeover(cfg: Config) -> None:

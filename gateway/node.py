@@ -22,6 +22,7 @@ from oplock_bus.liveness import Liveness
 
 from .busstate import BusWatch
 from .config import Config, ConfigError, ShareConfig
+from .connpass import ConnectionPasser
 from .drain import DRAIN_TOPIC, NodeDrain
 from .fs.vfs import ShareFS, VolumeIdUnavailable
 from .metrics import NodeMetrics
@@ -54,7 +55,9 @@ class Node:
         self.config = config
         self.bus = bus
         self.node_id = config.node_id
-        self.server_guid = uuid.uuid5(uuid.NAMESPACE_URL, f"smbgw:{config.node_id}").bytes_le
+        # A node's workers (gateway/workers.py) are one server to its clients.
+        server = config.worker_of or config.node_id
+        self.server_guid = uuid.uuid5(uuid.NAMESPACE_URL, f"smbgw:{server}").bytes_le
         self.share_fs = {s.name.lower(): self._share_fs(s) for s in config.shares}
         self.allows_guest = any(s.guest_ok for s in config.shares)
         self.connections: set[SmbConnection] = set()
@@ -86,6 +89,13 @@ class Node:
         # On a shared bus, once serving: no new clients while the bus cannot vouch.
         self.bus_watch: BusWatch | None = None
         self.draining = False  # stop_listening() ran: it listens on nothing for good
+        # A worker of several: each client's connections go to one of them.
+        self.passer: ConnectionPasser | None = None
+        if config.worker_of is not None and config.workers > 1:
+            self.passer = ConnectionPasser(
+                config.worker_of, config.worker_index, config.workers,
+                self._adopted, config.logon_timeout,
+            )  # fmt: skip
 
     def _share_fs(self, share: ShareConfig) -> ShareFS:
         # With other nodes on the bus, st_dev will not do as the volume id:
@@ -168,6 +178,8 @@ class Node:
                 "node_ttl seconds later)"
             ) from None
         await self._compare_shares()
+        if self.passer is not None:  # before it accepts: another worker may pass at once
+            await self.passer.start()
         own = (self.config.listen_host, self.config.listen_port)
         if not self.config.takeover:
             await self.listen(*own)
@@ -232,6 +244,8 @@ class Node:
             host,
             port,
             reuse_address=True,
+            # The node's workers share its address; the kernel spreads clients.
+            reuse_port=self.config.worker_of is not None,
             limit=1024 * 1024,
         )
 
@@ -262,6 +276,8 @@ class Node:
         With a takeover command our own address leaves this host too
         (``remove``), for the taker to add it on its own."""
         self.draining = True  # the bus watch must not listen again
+        if self.passer is not None:  # the other workers keep new clients of ours
+            await self.passer.stop()
         addresses = self.listening()
         if self._takeover is not None:
             await self._takeover.stop("this node drains", drop_clients=False)
@@ -337,6 +353,8 @@ class Node:
         servers = list(self._servers.values())
         for server in servers:
             server.close()
+        if self.passer is not None:
+            await self.passer.stop()
         for conn in list(self.connections):
             await conn.teardown()
         await self.durable.close_all()
@@ -347,6 +365,20 @@ class Node:
             await self.metrics.stop()
 
     async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: Listener
+    ) -> None:
+        if self.passer is not None:
+            routed = await self.passer.route(reader, writer)
+            if routed is None:  # gone to the worker that serves its client
+                return
+            reader, writer = routed
+        await self._serve(reader, writer, listener)
+
+    async def _adopted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """A connection another worker accepted and passed here (connpass.py)."""
+        await self._serve(reader, writer, (self.config.listen_host, self.config.listen_port))
+
+    async def _serve(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener: Listener
     ) -> None:
         sock = writer.get_extra_info("socket")
