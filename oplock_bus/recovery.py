@@ -38,8 +38,14 @@ survive a restart only if Redis persists them (AOF with ``appendfsync
 always``), and a failover only if the replica had them (see
 docs/operations.md, "Redis").
 
-Redis Cluster has no generation check (a script touches one slot, the key
-lives in another): there a lost master still fences the nodes.
+On Redis Cluster a script touches one hash slot, so each slot in use keeps
+a copy of the generation (:mod:`oplock_bus.redis_slots`), which the CAS
+checks: a master that lost its data lost its slots' copies, and a write
+there is refused as above (a node that meets that while ``{nodes}:gen``
+still holds its generation begins a recovery). A recovery marks the copies
+running after ``BEGIN_RECOVERY`` and opens them before ``FINISH_RECOVERY``
+opens ``{nodes}:gen``. A failover to a replica that has the copies starts
+nothing (no run id check there: the copies are what tells a loss).
 """
 
 from __future__ import annotations
@@ -157,7 +163,7 @@ class Recovery:
     async def check_master(self) -> None:
         """Notice a master that is not the one we wrote to (a restart or a
         failover) even where it still holds our generation."""
-        if not self.enabled or self.running:
+        if not self.enabled or self.running or self.store.slot_gens:
             return
         with bus_errors():
             # The default sections hold both (one round trip; a list of
@@ -181,6 +187,10 @@ class Recovery:
             gen, running = split(seen)
             if gen != self.generation or running:
                 self.noticed(seen, "a write was refused for its generation")
+            elif self.store.slot_gens:
+                # {nodes}:gen is intact, the copy in the record's slot is not:
+                # that slot's master lost its data.
+                self.noticed(None, "a cluster slot lost its copy of the generation")
             if not self.running:
                 if gen == self.generation and running:
                     await self._wait_finished(gen)
@@ -264,9 +274,13 @@ class Recovery:
                 )
         if seen == b"late":
             return None
-        gen = split(seen)[0]
+        gen, running = split(seen)
         with contextlib.suppress(BusUnavailable):
             await self.store.broadcast(RECOVERY_TOPIC, {"generation": gen})
+        if running:
+            # Re-assertions pass in every slot in use, ordinary writes wait; a slot
+            # already opened by a node that finished is left open.
+            await self.store.mark_slots(gen + " r", never=gen)
         return gen
 
     def _announced(self, payload: dict[str, Any]) -> None:
@@ -333,16 +347,28 @@ class Recovery:
     async def _finish(self, gen: str) -> bool:
         """Say this node is done; wait until all are. False: another
         recovery began meanwhile (join that one)."""
-        with bus_errors():
-            for node_id in self.nodes():
-                await scripts.finish_recovery(self.store.client, self._keys, [gen, node_id])
+        for node_id in self.nodes():
+            await self._finish_call(gen, node_id)
         return await self._wait_finished(gen)
+
+    async def _finish_call(self, gen: str, node_id: NodeId) -> Any:
+        """FINISH_RECOVERY; on Redis Cluster the slots' copies open first,
+        so that once ``{nodes}:gen`` is open, every slot in use is."""
+        slots = self.store.slot_gens
+        with bus_errors():
+            seen = await scripts.finish_recovery(
+                self.store.client, self._keys, [gen, node_id, "1" if slots else "0"]
+            )
+        if slots and seen == f"{gen} ready".encode():
+            await self.store.mark_slots(gen, held=gen + " r")
+            with bus_errors():
+                seen = await scripts.finish_recovery(self.store.client, self._keys, [gen, "", "0"])
+        return seen
 
     async def _wait_finished(self, gen: str) -> bool:
         deadline = time.monotonic() + self.ttl * 2
         while time.monotonic() < deadline:
-            with bus_errors():
-                seen = await scripts.finish_recovery(self.store.client, self._keys, [gen, ""])
+            seen = await self._finish_call(gen, "")
             now_gen, running = split(seen)
             if now_gen == gen and not running:
                 return True

@@ -1,7 +1,9 @@
 """The Lua scripts of the Redis bus, run by SHA with a fallback to EVAL.
 
-Every script touches keys of one hash slot only (one file's key, or the
-``{nodes}`` keys), so each runs unchanged on Redis Cluster.
+Every script touches keys of one hash slot only (one file's key and its
+slot's generation key, see :mod:`oplock_bus.redis_slots`, or the
+``{nodes}`` keys), so each runs unchanged on Redis Cluster; ``SLOT_GENS``
+alone touches many slots, those of the one master it is sent to.
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ from redis.exceptions import NoScriptError
 # write clears it.
 #
 # Generation (bus recovery, oplock_bus/recovery.py): given a third key, the
-# bus generation, the write happens only if it is ARGV[5], the caller's, and
-# no recovery runs; with ARGV[6] = '1' (a node re-asserting what it holds)
-# only while the recovery of ARGV[5] runs. Otherwise -2: nothing is granted
+# bus generation (on Redis Cluster its copy in the record's slot), the write
+# happens only if it is ARGV[5], the caller's, and no recovery runs; with
+# ARGV[6] = '1' (a node re-asserting what it holds) only while the recovery
+# of ARGV[5] runs. Otherwise -2, or -3 if the key is missing (on a cluster
+# a slot not used yet has no copy, redis_slots.claim): nothing is granted
 # on a Redis that lost its state (or changed master) before the nodes have
 # rebuilt it.
 #
@@ -40,7 +44,9 @@ CAS = """
 if KEYS[3] then
   local want = ARGV[5]
   if ARGV[6] == '1' then want = want .. ' r' end
-  if redis.call('GET', KEYS[3]) ~= want then return -2 end
+  local g = redis.call('GET', KEYS[3])
+  if not g then return -3 end
+  if g ~= want then return -2 end
 end
 local claim = redis.call('GET', KEYS[2])
 if claim and claim ~= ARGV[3] then
@@ -171,10 +177,12 @@ return g
 """
 
 # KEYS: as BEGIN_RECOVERY. ARGV: the recovery's generation, this node's id
-# ('' when it only looks). Records that the node has re-asserted, and ends
-# the recovery once every expected node has, or the TTL since its start has
-# gone by (the missing ones are dead: what they held was never re-asserted,
-# and is nobody's). Returns the generation key.
+# ('' when it only looks), '1' to stop short of ending it. Records that the
+# node has re-asserted, and ends the recovery once every expected node has,
+# or the TTL since its start has gone by (the missing ones are dead: what
+# they held was never re-asserted, and is nobody's). Returns the generation
+# key; with ARGV[3] = '1', '<generation> ready' instead of ending it (on
+# Redis Cluster the slots' copies open first, redis_slots.py).
 FINISH_RECOVERY = """
 local g = redis.call('GET', KEYS[1])
 if g ~= ARGV[1] .. ' r' then
@@ -189,10 +197,48 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 if #redis.call('SDIFF', KEYS[3], KEYS[4]) > 0 and now < tonumber(since) + tonumber(ttl) / 1000 then
   return g
 end
+if ARGV[3] == '1' then
+  return ARGV[1] .. ' ready'
+end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[5], ARGV[1])
 redis.call('DEL', KEYS[2])
 return ARGV[1]
+"""
+
+# No KEYS: run on one cluster master, ARGV[4..] are the generation keys of
+# the slots in use it serves (redis_slots.py; one call per master, not one
+# per slot). ARGV[1] the value to set; ARGV[2] where: '=<value>' only where
+# it holds that value, '' anywhere; ARGV[3] a value it must not hold (''
+# none). Returns how many hold ARGV[1] afterwards.
+SLOT_GENS = """#!lua flags=allow-cross-slot-keys
+local n = 0
+local only = ARGV[2]
+for i = 4, #ARGV do
+  local cur = redis.call('GET', ARGV[i])
+  local ok = cur ~= ARGV[3]
+  if only ~= '' then
+    ok = ok and cur == string.sub(only, 2)
+  end
+  if ok then
+    redis.call('SET', ARGV[i], ARGV[1])
+    n = n + 1
+  elseif cur == ARGV[1] then
+    n = n + 1
+  end
+end
+return n
+"""
+
+# KEYS: the bus generation, the bitmap of slots in use (redis_slots.py).
+# ARGV: the generation key's value the caller works under, a slot. Marks
+# the slot in use and returns whether it was (0 or 1); -1, marking nothing,
+# if the generation key holds another value.
+CLAIM_SLOT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return -1
+end
+return redis.call('SETBIT', KEYS[2], ARGV[2], 1)
 """
 
 # KEYS: members hash, then one heartbeat key per ARGV node id. Returns the
@@ -269,3 +315,5 @@ forget = Script(FORGET)
 deregister = Script(DEREGISTER)
 begin_recovery = Script(BEGIN_RECOVERY)
 finish_recovery = Script(FINISH_RECOVERY)
+slot_gens = Script(SLOT_GENS)
+claim_slot = Script(CLAIM_SLOT)

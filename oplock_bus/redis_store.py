@@ -12,7 +12,9 @@ default; ``{...}`` is the Redis Cluster hash tag):
   blocking lock was decided) and ``node:<node-id>`` (break notices for
   that node). Payloads of the first two are empty.
 - ``{nodes}:*``: node liveness, see :mod:`oplock_bus.liveness`;
-  ``{nodes}:gen``, the bus generation, see :mod:`oplock_bus.recovery`.
+  ``{nodes}:gen``, the bus generation, see :mod:`oplock_bus.recovery`;
+  on Redis Cluster ``gen:{<tag>}``, its copy in a hash slot in use, and
+  ``{nodes}:slots``, those slots, see :mod:`oplock_bus.redis_slots`.
 
 Connection failures surface as :class:`~oplock_bus.api.BusUnavailable`.
 """
@@ -44,6 +46,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import redis_scripts as scripts
+from . import redis_slots
 from .api import (
     BreakHandler,
     BreakNotice,
@@ -170,10 +173,12 @@ class RedisStore(Store):
         # The bus generation every write is checked against ('' : none yet),
         # and what a write refused for its generation waits on (the
         # recovery: it returns once the node may write again, or raises
-        # BusUnavailable). Redis Cluster has no check: a script touches one
-        # slot, and the generation lives in another.
+        # BusUnavailable). On Redis Cluster (slot_gens) a script touches one
+        # slot, so records are checked against the generation's copy in
+        # their own slot (redis_slots.py).
         self.generation = ""
         self.gen_key = self.key("{nodes}:gen")
+        self.slot_gens = False
         self.on_stale: Callable[[], Awaitable[None]] | None = None
         # Likewise when no connection to Redis could be made: returns to try
         # again, or raises the error once the node may no longer wait.
@@ -202,7 +207,8 @@ class RedisStore(Store):
         if not isinstance(self.connector.client, RedisCluster):
             self._pipe = CommandPipe(self._connect_pipe, timeout=self.target.timeout)
         else:
-            self.gen_key = ""
+            self.slot_gens = True
+            redis_slots.slot_tags()  # computed once, before any request waits on it
         if not subscriber:
             with bus_errors():
                 await self.client.ping()
@@ -235,14 +241,31 @@ class RedisStore(Store):
         dispatched here (one subscriber connection delivers in order)."""
         assert self.hub is not None
         await self.hub.confirm([self._sync_channel])
-        marker = secrets.token_hex(8).encode()
-        fut = self._syncs[marker] = asyncio.get_running_loop().create_future()
+        client = self.client
+        # On Redis Cluster a message published on another node comes over
+        # that node's cluster bus link, behind what it published before: one
+        # marker through each master (the scripts' notices come from them).
+        if isinstance(client, RedisCluster):
+            await client.initialize()
+            senders: list[Any] = client.get_primaries()
+        else:
+            senders = [None]
+        loop = asyncio.get_running_loop()
+        markers = {secrets.token_hex(8).encode(): node for node in senders}
+        futures = [self._syncs.setdefault(m, loop.create_future()) for m in markers]
         try:
             with bus_errors():
-                await self.client.publish(self._sync_channel, marker)
-            await asyncio.wait_for(fut, self.target.timeout)
+                for marker, node in markers.items():
+                    if node is None:
+                        await client.publish(self._sync_channel, marker)
+                    else:
+                        await client.execute_command(
+                            "PUBLISH", self._sync_channel, marker, target_nodes=node
+                        )
+            await asyncio.wait_for(asyncio.gather(*futures), self.target.timeout)
         finally:
-            self._syncs.pop(marker, None)
+            for marker in markers:
+                self._syncs.pop(marker, None)
 
     async def stop(self) -> None:
         self.running = False
@@ -327,7 +350,9 @@ class RedisStore(Store):
         rkey = self.ns + key
         with bus_errors():
             res = await self._cas(rkey, token, value, reassert=REASSERTING.get())
-        if res == -2:
+            if res in (-2, -3) and await self._claimed(rkey):
+                res = await self._cas(rkey, token, value, reassert=REASSERTING.get())
+        if res in (-2, -3):
             raise GenerationChanged("the bus is recovering its state")
         if res == 1:
             self._remember(rkey, value.encode() if value else None, ours=True)
@@ -513,7 +538,9 @@ class RedisStore(Store):
                     self._remember(rkey, value.encode() if value else None, ours=True)
                     _resolve(results)
                     return
-                if res == -2:
+                if res in (-2, -3) and await self._claimed(rkey):
+                    continue  # nothing was written: the same value, once more
+                if res in (-2, -3):
                     raise GenerationChanged("the bus is recovering its state")
                 if res == -1:
                     # Another writer's turn: let it write, then try on its value.
@@ -536,8 +563,8 @@ class RedisStore(Store):
         reassert: bool = False,
     ) -> Any:
         """The CAS script (redis_scripts.CAS): 1 written, -1 another writer's
-        turn, -2 refused for its generation, else the current value (0:
-        absent)."""
+        turn, -2 refused for its generation (-3: the generation key is
+        missing), else the current value (0: absent)."""
         args: list[str | bytes | int] = [
             token or "",
             value,
@@ -550,9 +577,33 @@ class RedisStore(Store):
         ]
         args += [part for pair in messages for part in pair]
         keys = [rkey, rkey + ":claim"]
-        if self.gen_key and self.generation:
-            keys.append(self.gen_key)
+        if self.generation:
+            keys.append(self.guard_key(rkey))
         return await scripts.cas.run(self._call, keys, args)
+
+    def guard_key(self, rkey: str) -> str:
+        """The generation key a write or read of ``rkey`` is checked against."""
+        if self.slot_gens:
+            return redis_slots.gen_key(self.ns, rkey)
+        return self.gen_key
+
+    async def _claimed(self, rkey: str) -> bool:
+        """The CAS or read of ``rkey`` was refused for its generation: on
+        Redis Cluster, True if its slot's copy could be made the caller's
+        (try again), False if it was lost (redis_slots.claim)."""
+        client = self.client
+        if not isinstance(client, RedisCluster):
+            return False  # {nodes}:gen itself is gone
+        want = self.generation + (" r" if REASSERTING.get() else "")
+        return await redis_slots.claim(client, self.ns, rkey, want)
+
+    async def mark_slots(self, value: str, *, held: str = "", never: str = "") -> None:
+        """On Redis Cluster, set the generation copy of every slot in use
+        (redis_slots.mark)."""
+        client = self.client
+        if isinstance(client, RedisCluster):
+            with bus_errors():
+                await redis_slots.mark(client, self.ns, value, held=held, never=never)
 
     async def persist(self) -> None:
         # WAIT covers the writes of the connection it runs on: the pipe, where
@@ -582,15 +633,15 @@ class RedisStore(Store):
 
     async def _get_once(self, rkey: str) -> bytes | None:
         got: Any
-        if self.gen_key and self.generation:
-            # Read with the generation, down the same connection in order: a
-            # Redis that lost its state answers nothing a decision may rest
-            # on (a lock check, a grant) until the nodes rebuilt it.
-            gen, got = await asyncio.gather(
-                self._call("GET", self.gen_key), self._call("GET", rkey)
-            )
+        if self.generation:
+            # Read with the generation, in one command: a Redis that lost its
+            # state answers nothing a decision may rest on (a lock check, a
+            # grant) until the nodes rebuilt it.
             want = self.generation + (" r" if REASSERTING.get() else "")
-            if not isinstance(gen, bytes) or gen.decode() != want:
+            gen, got = await self._call("MGET", self.guard_key(rkey), rkey)
+            if gen != want.encode() and await self._claimed(rkey):
+                gen, got = await self._call("MGET", self.guard_key(rkey), rkey)
+            if gen != want.encode():
                 raise GenerationChanged("the bus is recovering its state")
         else:
             got = await self._call("GET", rkey)

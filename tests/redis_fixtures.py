@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -174,35 +174,47 @@ def _single() -> tuple[str, list[RedisProc]]:
 
 
 def _cluster() -> tuple[str, list[RedisProc]]:
+    return start_cluster(_workdir)
+
+
+def start_cluster(
+    workdir: Callable[[str], Path], *, replicas: int = 0, node_timeout_ms: int = 2000
+) -> tuple[str, list[RedisProc]]:
+    """A 3-master Redis Cluster with ``replicas`` replicas per master (each
+    server in ``workdir(name)``, keeping its nodes.conf across a restart);
+    its URL and the servers (which are masters: ask CLUSTER NODES)."""
     procs = []
-    for _ in range(3):
+    for _ in range(3 * (1 + replicas)):
         port = free_cluster_port()
-        workdir = _workdir(f"cluster-{port}")
+        wd = workdir(f"cluster-{port}")
+        wd.mkdir(parents=True, exist_ok=True)
         procs.append(
             start_redis(
-                workdir,
+                wd,
                 "--cluster-enabled", "yes",
-                "--cluster-config-file", str(workdir / "nodes.conf"),
-                "--cluster-node-timeout", "2000",
+                "--cluster-config-file", str(wd / "nodes.conf"),
+                "--cluster-node-timeout", str(node_timeout_ms),
                 port=port,
             )  # fmt: skip
         )
     hosts = [f"{HOST}:{p.port}" for p in procs]
     out = subprocess.run(
-        [binary("redis-cli"), "--cluster", "create", *hosts, "--cluster-replicas", "0",
-         "--cluster-yes"],
+        [binary("redis-cli"), "--cluster", "create", *hosts, "--cluster-replicas",
+         str(replicas), "--cluster-yes"],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout}{out.stderr}")
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        if all("cluster_state:ok" in p.cli("cluster", "info") for p in procs):
+        if all("cluster_state:ok" in p.cli("cluster", "info") for p in procs) and all(
+            p.cli("cluster", "nodes").count("slave") == 3 * replicas for p in procs
+        ):
             break
         time.sleep(0.1)
     else:
         raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
-    return f"redis+cluster://{','.join(hosts)}", procs
+    return f"redis+cluster://{','.join(hosts[:3])}", procs
 
 
 SENTINEL_SERVICE = "smbgw"
