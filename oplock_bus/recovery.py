@@ -44,8 +44,11 @@ checks: a master that lost its data lost its slots' copies, and a write
 there is refused as above (a node that meets that while ``{nodes}:gen``
 still holds its generation begins a recovery). A recovery marks the copies
 running after ``BEGIN_RECOVERY`` and opens them before ``FINISH_RECOVERY``
-opens ``{nodes}:gen``. A failover to a replica that has the copies starts
-nothing (no run id check there: the copies are what tells a loss).
+opens ``{nodes}:gen``. A failover to a replica that has the copies, which
+may still have missed the master's last writes, is told instead by who
+serves the slots (no run id check there): each heartbeat reads CLUSTER
+NODES, and a former replica now serving slots begins a recovery, as a new
+run id does behind Sentinel.
 """
 
 from __future__ import annotations
@@ -58,8 +61,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
 from . import redis_scripts as scripts
-from . import rules
+from . import redis_slots, rules
 from .api import BusUnavailable, FileKey, NodeId, OpenId
 from .leaseindex import lease_doc_key
 from .model import FileState
@@ -123,6 +129,9 @@ class Recovery:
         self.settled.set()
         self.task: asyncio.Task[None] | None = None
         self.run_id: str | None = None
+        # On Redis Cluster: who served the slots at the last look (or since
+        # the last recovery began, which rebuilt on those masters).
+        self.topology: redis_slots.Topology | None = None
         # Read by metrics and status.
         self.recoveries = 0
         self.recovery_seconds: list[float] = []
@@ -163,7 +172,10 @@ class Recovery:
     async def check_master(self) -> None:
         """Notice a master that is not the one we wrote to (a restart or a
         failover) even where it still holds our generation."""
-        if not self.enabled or self.running or self.store.slot_gens:
+        if not self.enabled or self.running:
+            return
+        if self.store.slot_gens:
+            await self._check_topology()
             return
         with bus_errors():
             # The default sections hold both (one round trip; a list of
@@ -176,6 +188,27 @@ class Recovery:
         elif run_id != self.run_id:
             self.run_id = run_id
             self.noticed(None, f"Redis master changed, run id {run_id[:8]}")
+
+    async def _check_topology(self) -> None:
+        """On Redis Cluster: a replica promoted to serve slots may have
+        missed its master's last writes, where the slot's generation copy
+        (older) is intact. Each master's run id would tell only with a round
+        trip to every master, and its replication offset only while the old
+        master lives: who serves the slots is one round trip, to the server
+        the heartbeat has just reached."""
+        now = await self._read_topology()
+        if now is None:
+            return  # looked at again at the next heartbeat
+        seen = self.topology
+        if seen is not None and not now.newer(seen):
+            return  # a server that has not heard of the last promotion yet
+        self.topology = now
+        promoted = now.promoted(seen) if seen is not None else {}
+        if promoted:
+            new, old = next(iter(promoted.items()))
+            self.noticed(
+                None, f"Redis Cluster replica {new[:8]} took over the slots of master {old[:8]}"
+            )
 
     async def wait(self) -> None:
         """A write was refused for its generation: wait for the recovery
@@ -216,6 +249,7 @@ class Recovery:
         started = time.monotonic()
         self.recoveries += 1
         try:
+            await self._take_topology()
             while True:
                 try:
                     joined = await self._join()
@@ -251,6 +285,27 @@ class Recovery:
             )  # fmt: skip
         finally:
             self.settled.set()
+
+    async def _take_topology(self) -> None:
+        """On Redis Cluster, the masters this recovery rebuilds on are the
+        ones to compare with from now: a promotion it covers is not noticed
+        again, one after this look is."""
+        self.topology = await self._read_topology()
+
+    async def _read_topology(self) -> redis_slots.Topology | None:
+        """Who serves the slots now; None if not on Redis Cluster or no
+        answer in time (the heartbeat waits for it)."""
+        client = self.store.client
+        if not isinstance(client, RedisCluster):
+            return None
+        try:
+            with bus_errors():
+                return await asyncio.wait_for(
+                    redis_slots.read_topology(client, self.store.gen_key), self.ttl / 3
+                )
+        except (BusUnavailable, TimeoutError, RedisError, RedisClusterException) as e:
+            log.debug("Redis Cluster topology not read: %s", e)
+            return None
 
     @property
     def _keys(self) -> list[str]:

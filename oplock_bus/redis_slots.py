@@ -19,6 +19,14 @@ and only the slots in use cost a key. A recovery marks the copies of the
 slots in use ``"<gen> r"`` after ``BEGIN_RECOVERY`` (re-assertions pass,
 ordinary writes wait) and ``"<gen>"`` once every node has re-asserted,
 before ``{nodes}:gen`` itself opens (:mod:`oplock_bus.recovery`).
+
+A failover to a replica that has the copies but missed the master's last
+writes leaves them intact, so it is told by who serves the slots instead
+(:class:`Topology`, one CLUSTER NODES per heartbeat; Redis Cluster
+specification, "Replica election and promotion" and "Configuration
+handling, propagation, and failovers"): a node that was a replica and now
+serves slots as a master was promoted, and a recovery rebuilds what it may
+lack.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from __future__ import annotations
 import asyncio
 import functools
 from binascii import crc_hqx
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
@@ -152,4 +162,53 @@ async def _set_slots(
             await client.nodes_manager.initialize()
 
 
-__all__ = ["SLOTS", "claim", "gen_key", "mark", "slot_tags", "used"]
+@dataclass(frozen=True)
+class Topology:
+    """Who serves the slots, as one server's CLUSTER NODES tells it."""
+
+    masters: frozenset[str]  # node ids of the masters that serve slots
+    replica_of: Mapping[str, str]  # replica node id -> its master's
+    # The highest config epoch among those masters. A promotion always
+    # takes a config epoch above every other (the spec's failover), so a
+    # view with a lower one is older than the last one taken (a server
+    # that has not heard of the promotion yet) and is not taken.
+    epoch: int
+
+    @classmethod
+    def parse(cls, nodes: Mapping[str, Mapping[str, Any]]) -> Topology:
+        """From CLUSTER NODES as redis-py parses it (address -> fields)."""
+        masters: set[str] = set()
+        replica_of: dict[str, str] = {}
+        epoch = 0
+        for node in nodes.values():
+            flags = str(node["flags"]).split(",")
+            if "master" in flags and node["slots"]:
+                masters.add(str(node["node_id"]))
+                epoch = max(epoch, int(node["epoch"]))
+            elif "slave" in flags and node["master_id"] != "-":
+                replica_of[str(node["node_id"])] = str(node["master_id"])
+        return cls(frozenset(masters), replica_of, epoch)
+
+    def newer(self, other: Topology) -> bool:
+        """Whether this view may be taken after ``other`` (not older)."""
+        return self.epoch >= other.epoch
+
+    def promoted(self, before: Topology) -> dict[str, str]:
+        """Masters of this view that ``before`` knew as replicas: promoted
+        node id -> the master it replaced. Slots moved between masters
+        (resharding migrates the keys with them) are no promotion."""
+        return {n: before.replica_of[n] for n in sorted(self.masters) if n in before.replica_of}
+
+
+async def read_topology(client: RedisCluster, rkey: str) -> Topology:
+    """CLUSTER NODES from the master serving ``rkey``'s slot (the one the
+    caller has just reached: a stopped server elsewhere cannot hold it up)."""
+    await client.initialize()
+    node = client.nodes_manager.get_node_from_slot(slot_of(rkey))
+    nodes = await client.execute_command("CLUSTER NODES", target_nodes=node)
+    return Topology.parse(nodes)
+
+
+__all__ = [
+    "SLOTS", "Topology", "claim", "gen_key", "mark", "read_topology", "slot_tags", "used",
+]  # fmt: skip

@@ -4,17 +4,26 @@ A 3-master Redis Cluster with one replica each (real redis-server processes
 on loopback, cluster-node-timeout 1 s) and two real node processes on it. A
 pike client holds a file through node 1 (no sharing, a batch oplock, data
 written, a byte locked); the master of the slot holding the file's record
-is killed with SIGKILL and its replica promoted, either with the data
-replicated (a clean failover: nothing to rebuild) or restarted empty first
-(a failover to a replica that missed the writes: the slot's generation copy
-is gone, oplock_bus/redis_slots.py, and the nodes recover). Either way an
-smbprotocol client's open through node 2 is refused with
+is killed with SIGKILL and its replica promoted:
+
+- with the data replicated (a clean failover): the nodes see a replica
+  serving slots (CLUSTER NODES, oplock_bus/redis_slots.py) and recover,
+  which rebuilds what was there already;
+- restarted empty first (the slot's generation copy is gone): the nodes
+  recover;
+- having missed the holder's open and lock (the replica stopped, its link
+  cut, before the client opened), while it still has the slot's generation
+  copy: only the promotion tells, and the recovery puts the open back.
+
+Each time an smbprotocol client's open through node 2 is refused with
 STATUS_SHARING_VIOLATION, the holder keeps writing on its handle and its
 lock stands, and no client connection is dropped.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,11 +32,14 @@ from pathlib import Path
 import pike.model
 import pike.ntstatus
 import pytest
+import redis
+from redis._parsers.helpers import parse_cluster_nodes
 from smbprotocol.exceptions import SMBResponseException
 
 from gateway.cluster import LocalCluster
+from oplock_bus import redis_slots
 
-from .redis_fixtures import RedisProc, start_cluster
+from .redis_fixtures import HOST, RedisProc, start_cluster
 from .test_bus_recovery import Holder, _logs, _start_cluster
 from .test_cross_node import STATUS_SHARING_VIOLATION, Client
 
@@ -107,6 +119,59 @@ def _replicated(master: RedisProc, replica: RedisProc) -> bool:
     return offset(master, "master_repl_offset") == offset(replica, "slave_repl_offset")
 
 
+def _recovered(cluster: LocalCluster, deadline: float) -> str:
+    """The nodes' logs once both tell a recovery ended after the promotion."""
+    while True:
+        logs = _logs(cluster)
+        if logs.count("bus recovered under generation") >= 2:
+            return logs
+        assert time.monotonic() < deadline, logs[-3000:]
+        time.sleep(0.05)
+
+
+def _hold_off_the_nodes_master(servers: Servers, host: str, port: int) -> tuple[Holder, str, str]:
+    """A holder of a file whose record is not on the master of {nodes}:
+    the loss is then found by that slot alone (with {nodes}:gen gone too it
+    is the Sentinel case of test_bus_recovery.py). The holder, the file's
+    name, its record's key."""
+    nodes_master, _ = servers.master_of(NAMESPACE + "{nodes}:gen")
+    for _ in range(20):
+        name = f"held-{uuid.uuid4().hex}.mdb"
+        a = Holder(host, port, name)
+        a.write(b"before the failover")
+        a.lock(LOCKED)
+        key = servers.record_holding(str(LOCKED))
+        master, _ = servers.master_of(key)
+        if master is not nodes_master:
+            return a, name, key
+        a.close()
+    pytest.fail("every file's record landed on the master of {nodes}")
+
+
+def _check_the_holder_holds(cluster: LocalCluster, a: Holder, name: str) -> Client:
+    """Through node 2 the file is refused, the holder writes and its lock
+    stands; the other writer's client, for the end of the test."""
+    (_, port), (h2, _) = cluster.endpoints
+    b = Client(h2, port)
+    with pytest.raises(SMBResponseException) as err:
+        b.open(name)
+    assert err.value.status == STATUS_SHARING_VIOLATION, hex(err.value.status)
+    a.write(b"after the failover!")
+    assert a.read(19) == b"after the failover!"
+    with pytest.raises(pike.model.ResponseError) as lock_err:
+        a.lock(LOCKED)  # its own lock is still there
+    assert lock_err.value.response.status == pike.ntstatus.STATUS_LOCK_NOT_GRANTED
+    return b
+
+
+def _check_the_end(cluster: LocalCluster, a: Holder, b: Client, name: str, logs: str) -> None:
+    assert "dropping every client connection" not in logs
+    assert "Traceback" not in logs, logs[-3000:]
+    a.close()
+    b.open(name).close()  # once the holder closed, the other writer gets in
+    b.close()
+
+
 @pytest.mark.parametrize("replica_has_data", [True, False], ids=["replicated", "wiped"])
 def test_a_cluster_master_loss_keeps_the_holder(
     servers: Servers, tmp_path: Path, replica_has_data: bool
@@ -116,22 +181,9 @@ def test_a_cluster_master_loss_keeps_the_holder(
         tmp_path, servers.url, ["--break-timeout", "2", "--node-ttl", str(NODE_TTL)]
     )
     try:
-        (h1, port), (h2, _) = cluster.endpoints
-        # A file whose record is not on the master of {nodes}: the loss is
-        # then found by the slot's copy alone (with {nodes}:gen gone too it
-        # is the Sentinel case of test_bus_recovery.py).
-        nodes_master, _ = servers.master_of(NAMESPACE + "{nodes}:gen")
-        for _ in range(20):
-            name = f"held-{uuid.uuid4().hex}.mdb"
-            a = Holder(h1, port, name)
-            a.write(b"before the failover")
-            a.lock(LOCKED)
-            master, replica = servers.master_of(servers.record_holding(str(LOCKED)))
-            if master is not nodes_master:
-                break
-            a.close()
-        else:
-            pytest.fail("every file's record landed on the master of {nodes}")
+        (h1, port), _ = cluster.endpoints
+        a, name, key = _hold_off_the_nodes_master(servers, h1, port)
+        master, replica = servers.master_of(key)
         if replica_has_data:
             deadline = time.monotonic() + 5
             while not _replicated(master, replica):
@@ -148,26 +200,111 @@ def test_a_cluster_master_loss_keeps_the_holder(
         _wait_promoted(replica, time.monotonic() + 15)
         switched = time.monotonic() - killed_at
 
-        b = Client(h2, port)
-        with pytest.raises(SMBResponseException) as err:
-            b.open(name)
-        assert err.value.status == STATUS_SHARING_VIOLATION, hex(err.value.status)
-        a.write(b"after the failover!")
-        assert a.read(19) == b"after the failover!"
-        with pytest.raises(pike.model.ResponseError) as lock_err:
-            a.lock(LOCKED)  # its own lock is still there
-        assert lock_err.value.response.status == pike.ntstatus.STATUS_LOCK_NOT_GRANTED
+        b = _check_the_holder_holds(cluster, a, name)
         logs = _logs(cluster)
         if replica_has_data:
-            assert "the bus lost its state" not in logs, logs[-3000:]
+            # Nothing was lost, but a promotion cannot tell that.
+            assert "Redis Cluster replica" in logs, logs[-3000:]
         else:
-            assert "a cluster slot lost its copy of the generation" in logs, logs[-3000:]
-            assert "bus recovered under generation" in logs, logs[-3000:]
-        assert "dropping every client connection" not in logs
-        assert "Traceback" not in logs, logs[-3000:]
-        a.close()
-        b.open(name).close()  # once the holder closed, the other writer gets in
-        b.close()
+            # Whichever a node meets first: the promotion, or the lost copy.
+            assert (
+                "a cluster slot lost its copy of the generation" in logs
+                or "Redis Cluster replica" in logs
+            ), logs[-3000:]
+        assert "bus recovered under generation" in logs, logs[-3000:]
+        _check_the_end(cluster, a, b, name, logs)
         print(f"replica promoted {switched:.2f} s after the master's death")
     finally:
         cluster.stop()
+
+
+def _get_on_replica(replica: RedisProc, key: str) -> bytes | None:
+    """``key`` as the replica has it (a replica answers reads after READONLY)."""
+    with redis.Redis(HOST, replica.port, single_connection_client=True) as conn:
+        conn.execute_command("READONLY")
+        value: bytes | None = conn.get(key)
+        return value
+
+
+def test_a_promoted_replica_that_missed_the_last_writes_is_rebuilt(
+    servers: Servers, tmp_path: Path
+) -> None:
+    cluster: LocalCluster
+    cluster, _ = _start_cluster(
+        tmp_path, servers.url, ["--break-timeout", "2", "--node-ttl", str(NODE_TTL)]
+    )
+    stopped: RedisProc | None = None
+    try:
+        (h1, port), _ = cluster.endpoints
+        # The file's slot gets its generation copy, which the replica keeps.
+        first, name, key = _hold_off_the_nodes_master(servers, h1, port)
+        first.close()
+        master, replica = servers.master_of(key)
+        deadline = time.monotonic() + 5
+        while not _replicated(master, replica):
+            assert time.monotonic() < deadline, "the replica never caught up"
+            time.sleep(0.02)
+        # The replica stops, its link is cut: what comes next it never gets
+        # (the bytes already in its socket were sent before the cut).
+        assert replica.proc is not None
+        stopped = replica
+        os.kill(replica.proc.pid, signal.SIGSTOP)
+        assert "1" in master.cli("client", "kill", "type", "replica")
+        a = Holder(h1, port, name)
+        a.write(b"before the failover")
+        a.lock(LOCKED)
+        assert str(LOCKED) in master.cli("get", key)
+        master.kill()  # SIGKILL
+        os.kill(replica.proc.pid, signal.SIGCONT)
+        stopped = None
+        missed = _get_on_replica(replica, key)
+        assert str(LOCKED).encode() not in (missed or b""), missed  # the write is lost there
+        killed_at = time.monotonic()
+        replica.cli("cluster", "failover", "takeover")
+        _wait_promoted(replica, time.monotonic() + 15)
+        # The nodes look at who serves the slots with each heartbeat (0.5 s);
+        # a request in between would be decided on what the replica has.
+        logs = _recovered(cluster, time.monotonic() + 10)
+        recovered = time.monotonic() - killed_at
+
+        b = _check_the_holder_holds(cluster, a, name)
+        assert "Redis Cluster replica" in logs, logs[-3000:]
+        assert "a cluster slot lost its copy" not in logs, logs[-3000:]  # the copy was there
+        assert str(LOCKED) in replica.cli("get", key)  # put back by node 1
+        _check_the_end(cluster, a, b, name, _logs(cluster))
+        print(f"recovered {recovered:.2f} s after the takeover began")
+    finally:
+        if stopped is not None and stopped.proc is not None:
+            os.kill(stopped.proc.pid, signal.SIGCONT)
+        cluster.stop()
+
+
+def _view(*lines: str) -> redis_slots.Topology:
+    """A Topology from CLUSTER NODES lines, parsed as redis-py parses them."""
+    return redis_slots.Topology.parse(parse_cluster_nodes("\n".join(lines)))
+
+
+def test_only_a_promotion_counts_and_an_older_view_is_not_taken() -> None:
+    a, b, c = "a" * 40, "b" * 40, "c" * 40
+    before = _view(
+        f"{a} {HOST}:1@2 master - 0 0 1 connected 0-8191",
+        f"{b} {HOST}:3@4 slave {a} 0 0 1 connected",
+        f"{c} {HOST}:5@6 master - 0 0 2 connected 8192-16383",
+    )
+    promoted = _view(
+        f"{a} {HOST}:1@2 master,fail - 0 0 1 disconnected",
+        f"{b} {HOST}:3@4 master - 0 0 3 connected 0-8191",
+        f"{c} {HOST}:5@6 master - 0 0 2 connected 8192-16383",
+    )
+    assert promoted.newer(before)
+    assert promoted.promoted(before) == {b: a}
+    # A server that has not heard of it yet: older, not taken.
+    assert not before.newer(promoted)
+    # Slots moved from one master to another: no promotion.
+    resharded = _view(
+        f"{a} {HOST}:1@2 master - 0 0 1 connected 0-4095",
+        f"{b} {HOST}:3@4 slave {a} 0 0 1 connected",
+        f"{c} {HOST}:5@6 master - 0 0 4 connected 4096-16383",
+    )
+    assert resharded.newer(before)
+    assert resharded.promoted(before) == {}
