@@ -23,23 +23,31 @@ torture_bench() {
   done
 }
 
-# smbclient_rate SERVER PORT SIZE_MIB RUNS
+# smbclient_rate SERVER PORT SIZE_MIB RUNS [PROTECTION]
 # Median MiB/s of RUNS puts, then RUNS gets, of one file of random data; each
-# run is the wall time of one smbclient process (connect and logon included).
+# run is the wall time of one smbclient process (connect and logon included),
+# each put overwriting the file an untimed put wrote first.
+# PROTECTION is smbclient's --client-protection (sign or encrypt): the
+# figures go to R[SERVER,put-sign] and so on; without it, R[SERVER,put].
 smbclient_rate() {
-  local name=$1 port=$2 size=$3 runs=$4 src=$WORK/src-$3M.bin op cmd i t0 t1
+  local name=$1 port=$2 size=$3 runs=$4 prot=${5:-} src=$WORK/src-$3M.bin op cmd i t0 t1
   [ -f "$src" ] || head -c $((size * 1048576)) /dev/urandom >"$src"
   cat "$src" >/dev/null # the put reads from the page cache
-  smbc() { smbclient //127.0.0.1/share -U test%test -p "$port" -c "$1" >/dev/null 2>&1; }
+  local -a opts=()
+  [ -n "$prot" ] && opts=(--client-protection="$prot")
+  smbc() { smbclient //127.0.0.1/share -U test%test -p "$port" "${opts[@]}" -c "$1" >/dev/null 2>&1; }
+  # One untimed put first: the first write of a new file (block allocation)
+  # costs either server about half its speed and made medians of 3 noisy.
+  smbc "put $src big.bin"
   for op in put get; do
     if [ $op = put ]; then cmd="put $src big.bin"; else cmd="get big.bin /dev/null"; fi
-    R[$name,$op]=$(for i in $(seq "$runs"); do
+    R[$name,$op${prot:+-$prot}]=$(for i in $(seq "$runs"); do
       t0=$(date +%s.%N)
       smbc "$cmd" || { echo "$name $op run $i failed" >&2; continue; }
       t1=$(date +%s.%N)
       awk -v a="$t0" -v b="$t1" -v s="$size" 'BEGIN { printf "%.1f\n", s / (b - a) }'
     done | sort -n | awk '{ v[NR] = $1 } END { if (NR) print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }')
-    echo "$name $op: ${R[$name,$op]:-failed} MiB/s" >&2
+    echo "$name $op${prot:+ ($prot)}: ${R[$name,$op${prot:+-$prot}]:-failed} MiB/s" >&2
   done
   smbc "del big.bin"
 }

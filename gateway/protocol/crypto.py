@@ -18,7 +18,7 @@ import hashlib
 import hmac
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
@@ -206,32 +206,51 @@ class Signer:
         """The 16-byte signature of one SMB2 message (header, body, padding)."""
         if len(msg) < HEADER_SIZE:
             raise ValueError("message shorter than an SMB2 header")
-        view = memoryview(msg)
+        return self.signature_of(msg, (), from_server=from_server)
+
+    def signature_of(
+        self, head: Buffer, rest: Sequence[Buffer], *, from_server: bool | None = None
+    ) -> bytes:
+        """The signature of the message ``head`` followed by ``rest``.
+
+        ``head`` holds at least the 64-byte header; a large READ's data stays
+        in its own buffer and is never joined to it (except for AES-GMAC,
+        whose one call needs the whole message).
+        """
+        view = memoryview(head)
         if self._gcm is not None:
-            data = b"".join((view[:_SIG_START], _ZERO_SIGNATURE, view[_SIG_END:]))
-            return self._gcm.encrypt(_gmac_nonce(msg, from_server), b"", data)
+            data = b"".join((view[:_SIG_START], _ZERO_SIGNATURE, view[_SIG_END:], *rest))
+            return self._gcm.encrypt(_gmac_nonce(head, from_server), b"", data)
+        mac: cmac.CMAC | hmac.HMAC
         if self._cmac is not None:
-            c = self._cmac.copy()
-            # CMAC.update takes any buffer (the stub says bytes): no copy of the body.
-            c.update(view[:_SIG_START])  # type: ignore[arg-type]
-            c.update(_ZERO_SIGNATURE)
-            c.update(view[_SIG_END:])  # type: ignore[arg-type]
-            return c.finalize()
-        assert self._hmac is not None
-        h = self._hmac.copy()
-        h.update(view[:_SIG_START])
-        h.update(_ZERO_SIGNATURE)
-        h.update(view[_SIG_END:])
-        return h.digest()[:16]
+            mac = self._cmac.copy()
+        else:
+            assert self._hmac is not None
+            mac = self._hmac.copy()
+        # CMAC.update takes any buffer (the stub says bytes): no copy of the body.
+        mac.update(view[:_SIG_START])  # type: ignore[arg-type]
+        mac.update(_ZERO_SIGNATURE)
+        mac.update(view[_SIG_END:])  # type: ignore[arg-type]
+        for part in rest:
+            mac.update(part)  # type: ignore[arg-type]
+        if self._cmac is not None:
+            return mac.finalize()  # type: ignore[union-attr]
+        return mac.digest()[:16]  # type: ignore[union-attr]
+
+    def sign_head(
+        self, head: bytearray, rest: Sequence[Buffer] = (), *, from_server: bool | None = None
+    ) -> None:
+        """Set SMB2_FLAGS_SIGNED and the Signature in ``head``, signing ``head`` + ``rest``."""
+        if len(head) < HEADER_SIZE:
+            raise ValueError("message shorter than an SMB2 header")
+        flags = _FLAGS.unpack_from(head, 16)[0]
+        _FLAGS.pack_into(head, 16, flags | HeaderFlags.SIGNED)
+        head[_SIG_START:_SIG_END] = self.signature_of(head, rest, from_server=from_server)
 
     def sign(self, msg: Buffer, *, from_server: bool | None = None) -> bytes:
         """The message with SMB2_FLAGS_SIGNED set and its Signature filled in."""
         buf = bytearray(msg)
-        if len(buf) < HEADER_SIZE:
-            raise ValueError("message shorter than an SMB2 header")
-        flags = _FLAGS.unpack_from(buf, 16)[0]
-        _FLAGS.pack_into(buf, 16, flags | HeaderFlags.SIGNED)
-        buf[_SIG_START:_SIG_END] = self.signature(buf, from_server=from_server)
+        self.sign_head(buf, from_server=from_server)
         return bytes(buf)
 
     def verify(self, msg: Buffer, *, from_server: bool | None = None) -> bool:
@@ -262,6 +281,11 @@ def sign_message(
     `algorithm` is a `SigningAlgorithm` (see `signing_algorithm()`).
     """
     return _signer(bytes(key), int(algorithm)).sign(msg, from_server=from_server)
+
+
+def sign_head(head: bytearray, rest: Sequence[Buffer], key: bytes, algorithm: int) -> None:
+    """Sign the message ``head`` + ``rest`` in place: its flag and Signature are in ``head``."""
+    _signer(bytes(key), int(algorithm)).sign_head(head, rest)
 
 
 def verify_message(
@@ -341,6 +365,13 @@ class TransformCipher:
         Nonce field) or the whole 16-byte Nonce field, of which the first 11
         or 12 bytes are the AEAD nonce and all 16 are authenticated.
         """
+        return b"".join(self.seal(plain, session_id, nonce))
+
+    def seal(
+        self, plain: Buffer, session_id: int, nonce: bytes | None = None
+    ) -> tuple[bytes, memoryview]:
+        """``encrypt`` as (TRANSFORM_HEADER, ciphertext): sent as two buffers,
+        an 8 MiB ciphertext is not copied behind its header."""
         n = self.nonce_size
         if nonce is None:
             field = self._next_nonce() + bytes(16 - n)
@@ -350,7 +381,7 @@ class TransformCipher:
             field = bytes(nonce)
         else:
             raise ValueError(f"nonce must be {n} or 16 bytes, got {len(nonce)}")
-        header = _TRANSFORM.pack(
+        aad = _TRANSFORM.pack(
             TRANSFORM_PROTOCOL_ID,
             _ZERO_SIGNATURE,
             field,
@@ -358,11 +389,11 @@ class TransformCipher:
             0,
             _TRANSFORM_FLAGS_ENCRYPTED,
             session_id,
-        )
-        sealed = memoryview(self._aead.encrypt(field[:n], bytes(plain), header[_AAD_START:]))
-        return b"".join(
-            (TRANSFORM_PROTOCOL_ID, sealed[-_TAG:], header[_AAD_START:], sealed[:-_TAG])
-        )
+        )[_AAD_START:]
+        out = bytearray(len(plain) + _TAG)  # ciphertext || tag
+        self._aead.encrypt_into(field[:n], plain, aad, out)
+        sealed = memoryview(out)
+        return TRANSFORM_PROTOCOL_ID + bytes(sealed[-_TAG:]) + aad, sealed[:-_TAG]
 
     def decrypt(self, data: Buffer) -> tuple[int, bytes]:
         """(SessionId, plaintext) of a transform; CryptoError if it does not authenticate."""
@@ -407,6 +438,13 @@ def encrypt_message(
     3.0.2 always use AES-128-CCM). See `TransformCipher.encrypt` for `nonce`.
     """
     return _transform(bytes(key), int(cipher)).encrypt(plain, session_id, nonce)
+
+
+def seal_message(
+    plain: Buffer, session_id: int, key: bytes, cipher: int
+) -> tuple[bytes, memoryview]:
+    """``encrypt_message`` as (TRANSFORM_HEADER, ciphertext), see `TransformCipher.seal`."""
+    return _transform(bytes(key), int(cipher)).seal(plain, session_id)
 
 
 def decrypt_message(data: Buffer, key: KeySource, cipher: int) -> tuple[int, bytes]:

@@ -16,6 +16,7 @@ from .constants import (
     SMB1_PROTOCOL_ID,
     TRANSFORM_HEADER_SIZE,
     TRANSFORM_PROTOCOL_ID,
+    Command,
     Dialect,
     NtStatusError,
     SigningAlgorithm,
@@ -25,7 +26,7 @@ from .credits import CreditWindow
 from .framing import frame_header
 from .header import Header, pad8, split_compound
 
-__all__ = ["SMB1_PROTOCOL_ID", "TRANSFORM_PROTOCOL_ID", "WireCodec", "WireError"]
+__all__ = ["SMB1_PROTOCOL_ID", "TRANSFORM_PROTOCOL_ID", "Body", "WireCodec", "WireError"]
 
 
 class WireError(Exception):
@@ -46,6 +47,15 @@ class KeyedSession(Protocol):
 
 
 _NEXT_COMMAND = struct.Struct("<I")
+# A reply body or part of a frame: bytes, the bytearray a READ's data was
+# read into, or a view of a ciphertext.
+Body = bytes | bytearray | memoryview
+# The replies the observer sees: the 3.1.1 preauth hash covers only these.
+_OBSERVED = frozenset((Command.NEGOTIATE, Command.SESSION_SETUP))
+_ZEROS = bytes(8)
+# Below this a reply frame is joined into one buffer; above, its parts go
+# out as they are (a join would copy a READ's data once more).
+_JOIN_BELOW = 65536
 
 
 def split_messages(frame: bytes) -> list[tuple[Header, bytes, bytes]]:
@@ -107,9 +117,6 @@ class WireCodec:
             raw, session.signing_key, self._algorithm_of(session), from_server=False
         )
 
-    def sign(self, msg: bytes, session: KeyedSession) -> bytes:
-        return crypto.sign_message(msg, session.signing_key, self._algorithm_of(session))
-
     # -- encryption ----------------------------------------------------------
 
     @staticmethod
@@ -131,35 +138,55 @@ class WireCodec:
 
     def encode(
         self,
-        messages: Sequence[tuple[Header, bytes, KeyedSession | None]],
+        messages: Sequence[tuple[Header, Body, KeyedSession | None]],
         encrypt_for: KeyedSession | None,
     ) -> bytes:
+        """The frame of ``encode_parts`` as one bytes."""
+        return b"".join(self.encode_parts(messages, encrypt_for))
+
+    def encode_parts(
+        self,
+        messages: Sequence[tuple[Header, Body, KeyedSession | None]],
+        encrypt_for: KeyedSession | None,
+    ) -> list[Body]:
         """Chain replies (8-byte aligned), sign each, encrypt the chain, frame it.
 
         In a chain every reply is padded to 8 bytes, the last one too
         (MS-SMB2 3.3.4.1.3; smb2.compound.compound-padding checks it).
+        The frame comes back as buffers to send in order (a writev): a large
+        body (a READ's data) is sent from the buffer it was read into, signed
+        where it lies, and copied only to be encrypted.
         """
-        parts: list[bytes] = []
+        parts: list[Body] = []
         last = len(messages) - 1
+        total = 0
         for i, (hdr, body, signer) in enumerate(messages):
             size = HEADER_SIZE + len(body)
             pad = pad8(size) if last else 0
             hdr.next_command = size + pad if i != last else 0
-            msg = hdr.pack() + body + b"\x00" * pad
+            head: bytes | bytearray = hdr.pack()
+            rest = (body, _ZEROS[:pad]) if pad else (body,)
             if signer is not None and encrypt_for is None:
-                msg = self.sign(msg, signer)
-            if self.observer is not None:
-                self.observer(hdr, msg)
-            parts.append(msg)
-        payload = b"".join(parts)
+                head = bytearray(head)
+                crypto.sign_head(head, rest, signer.signing_key, self._algorithm_of(signer))
+            if self.observer is not None and hdr.command in _OBSERVED:
+                self.observer(hdr, b"".join((head, *rest)))
+            parts.append(head)
+            parts.extend(rest)
+            total += size + pad
         if encrypt_for is not None:
-            payload = crypto.encrypt_message(
-                payload,
+            sealed = crypto.seal_message(
+                b"".join(parts),
                 encrypt_for.session_id,
                 encrypt_for.encryption_key,
                 self.cipher or 0x0001,
             )
-        return frame_header(len(payload)) + payload
+            total = sum(len(p) for p in sealed)
+            return [frame_header(total), *sealed]
+        if total <= _JOIN_BELOW:
+            # Small replies go out as one buffer: one write, no iovec.
+            return [b"".join((frame_header(total), *parts))]
+        return [frame_header(total), *parts]
 
 
 def check_size(body: bytes, minimum: int, structure_size: int) -> None:

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from oplock_bus.api import BusUnavailable
 
@@ -31,6 +31,7 @@ from .dispatch import TABLE, Entry, Handler
 from .handlers.ioctl import sessionless_hook
 from .handlers.negotiate import smb1_negotiate, smb1_no_dialect
 from .limits import log_limit
+from .receiver import FrameReceiver
 from .services import NodeServices
 from .state import ConnectionState, Session, SessionState, TreeConnect
 
@@ -49,6 +50,9 @@ MAX_COMPOUND = 128
 # parts, as it does when a request goes async): credits bound each READ, this
 # bounds what a chain of them keeps in memory at once.
 MAX_CHAIN_REPLY = 8 * 1024 * 1024
+
+# The first read takes everything the stream holds.
+_ALL_BUFFERED = 1 << 30
 
 _SERVER_TO_REDIR = int(HeaderFlags.SERVER_TO_REDIR)
 _RELATED = int(HeaderFlags.RELATED_OPERATIONS)
@@ -71,6 +75,7 @@ class SmbConnection(ConnectionState):
         self.codec.credits.max_credits = node.config.max_credits
         self.codec.observer = self._observe_reply
         self.decoder = FrameDecoder(PRE_LOGON_MAX_FRAME)
+        self._receiver: FrameReceiver | None = None
         self._sessionless_since: float | None = time.monotonic()
         self.pending: dict[int, tuple[RequestContext, asyncio.Task[Reply]]] = {}
         self.pending_by_mid: dict[int, int] = {}
@@ -86,19 +91,14 @@ class SmbConnection(ConnectionState):
         try:
             while not self.closed:
                 try:
-                    data = await asyncio.wait_for(
-                        self.reader.read(256 * 1024), self._read_timeout()
-                    )
+                    frame = await asyncio.wait_for(self._next_frame(), self._read_timeout())
                 except TimeoutError:
                     log.info("%s: disconnecting: no session for %.0f s", self.peer,
                              self.node.config.logon_timeout)  # fmt: skip
                     break
-                if not data:
-                    break
-                for frame in self.decoder.feed(data):
-                    if self.closed:
-                        break  # nobody is left to answer: run nothing more
-                    await self._handle_frame(frame)
+                if frame is None or self.closed:
+                    break  # the peer is gone, or nobody is left to answer
+                await self._handle_frame(frame)
         except (FramingError, Disconnect, wire.WireError) as e:
             log.info("%s: disconnecting: %s", self.peer, e)
         except (ConnectionError, asyncio.IncompleteReadError):
@@ -108,6 +108,18 @@ class SmbConnection(ConnectionState):
             log.exception("%s: connection failed", self.peer)
         finally:
             await self.teardown()
+
+    async def _next_frame(self) -> bytes | None:
+        """The next frame, None at the end. The first read takes what the stream
+        holds (another worker may have passed it with bytes read), then a
+        FrameReceiver reads into the frames' own buffers."""
+        if self._receiver is None:
+            data = await self.reader.read(_ALL_BUFFERED)
+            if not data:
+                return None
+            transport = cast(asyncio.Transport, self.writer.transport)
+            self._receiver = FrameReceiver(transport, self.decoder, data, eof=self.reader.at_eof())
+        return await self._receiver.next_frame()
 
     def _read_timeout(self) -> float | None:
         """None while a session is valid here; else what is left of logon_timeout
@@ -156,7 +168,9 @@ class SmbConnection(ConnectionState):
     # -- sending -----------------------------------------------------------
 
     def send_messages(
-        self, messages: list[tuple[Header, bytes, KeyedSession | None]], encrypt_for: Session | None
+        self,
+        messages: list[tuple[Header, wire.Body, KeyedSession | None]],
+        encrypt_for: Session | None,
     ) -> None:
         """Sign each message, chain them, encrypt the chain if needed, frame it."""
         if self.closed:
@@ -170,14 +184,18 @@ class SmbConnection(ConnectionState):
                 asyncio.get_running_loop().call_later(UNACKED_TIMEOUT, self._unacked)
             self.sends_before_unacked -= 1
         try:
-            data = self.codec.encode(messages, encrypt_for)
+            parts = self.codec.encode_parts(messages, encrypt_for)
         except crypto.NonceExhausted as e:
             # SMB cannot rekey a session: the client reconnects and logs on afresh.
             log.warning("%s: disconnecting: %s", self.peer, e)
             self.closed = True
             self.writer.close()  # the read loop ends, and teardown runs
             return
-        self.writer.write(data)
+        if len(parts) == 1:
+            self.writer.write(parts[0])
+        else:
+            # One writev; the transport keeps references to the buffers, no copy.
+            self.writer.writelines(parts)
 
     def _unacked(self) -> None:
         log.info("%s: disconnecting: nothing sent was acknowledged (test hook)", self.peer)
@@ -253,7 +271,7 @@ class SmbConnection(ConnectionState):
         so far and its interim reply are sent, and the rest of the chain runs
         once it completes, while this connection goes on reading.
         """
-        replies: list[tuple[Header, bytes, KeyedSession | None]] = []
+        replies: list[tuple[Header, wire.Body, KeyedSession | None]] = []
         held = 0  # bytes in replies
         state = run.state
         chain = run.chain
@@ -348,14 +366,16 @@ class SmbConnection(ConnectionState):
             await self.teardown()
 
     def _send_chain(
-        self, replies: list[tuple[Header, bytes, KeyedSession | None]], encrypt_for: Session | None
+        self,
+        replies: list[tuple[Header, wire.Body, KeyedSession | None]],
+        encrypt_for: Session | None,
     ) -> None:
         if replies:
             self.send_messages(replies, encrypt_for)
             replies.clear()
 
     async def _run_handler(
-        self, ctx: RequestContext, replies: list[tuple[Header, bytes, KeyedSession | None]]
+        self, ctx: RequestContext, replies: list[tuple[Header, wire.Body, KeyedSession | None]]
     ) -> Reply | None:
         handler = _entry(ctx.header.command).handler
         loop = asyncio.get_running_loop()

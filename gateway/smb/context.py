@@ -31,7 +31,7 @@ class Disconnect(Exception):
 @dataclass(slots=True)
 class Reply:
     status: int = Status.SUCCESS
-    body: bytes = b""
+    body: bytes | bytearray = b""  # a READ answers from the buffer it read into
     # Set when a handler created or used a handle, so related compound
     # requests that follow can name it with the all-ones FileId.
     file_id: tuple[int, int] | None = None

@@ -57,16 +57,22 @@ async def handle_read(ctx: RequestContext) -> Reply:
         op.file_key, op.bus_open_id, offset, length, False
     ):
         raise NtStatusError(Status.FILE_LOCK_CONFLICT)
+    pad = ctx.conn.read_body_padding
+    start = _READ_RESP.size + pad
+    # The data is read once, behind the room its response fields take, and
+    # the reply is sent from this buffer (gateway.protocol.wire.encode_parts).
+    out = bytearray(start + length)
     try:
-        data = os.pread(op.fd, length, offset) if length else b""
+        got = os.preadv(op.fd, [memoryview(out)[start:]], offset) if length else 0
     except OSError as e:
         raise NtStatusError(status_from_oserror(e)) from None
-    if (length and not data) or len(data) < minimum:
+    if (length and not got) or got < minimum:
         raise NtStatusError(Status.END_OF_FILE)
-    op.position = offset + len(data)  # FilePositionInformation follows reads
-    pad = ctx.conn.read_body_padding
-    body = _READ_RESP.pack(17, 0x50 + pad, 0, len(data), 0, 0) + b"\x00" * pad + data
-    return Reply(Status.SUCCESS, body)
+    if got < length:
+        del out[start + got :]
+    op.position = offset + got  # FilePositionInformation follows reads
+    _READ_RESP.pack_into(out, 0, 17, 0x50 + pad, 0, got, 0, 0)
+    return Reply(Status.SUCCESS, out)
 
 
 async def handle_write(ctx: RequestContext) -> Reply:
