@@ -18,7 +18,9 @@ workers is only what crosses nodes (the bus). A worker that cannot be reached
 (restarting after a crash) costs nothing: the accepting worker serves the
 connection itself, and a bind to a session elsewhere is refused as on
 another node (USER_SESSION_DELETED). A first message that is not an SMB2
-NEGOTIATE (SMB1's, or a ClientGuid of zeros) is served where it landed.
+NEGOTIATE (SMB1's, or a ClientGuid of zeros) is served where it landed, but
+for another node's hand-over of a bind (``smb/relay.py``), which goes to the
+worker whose session it names.
 
 The passing sockets are in Linux's abstract namespace (no file to clean up
 after a crash), named by the user, node id and worker slot; the receiver
@@ -35,6 +37,8 @@ import os
 import socket
 import struct
 from collections.abc import Awaitable, Callable
+
+from .smb.relay import handover_slot
 
 log = logging.getLogger("smbgw.connpass")
 
@@ -119,6 +123,8 @@ class ConnectionPasser:
             return None
         guid = client_guid(first[4:]) if len(first) > 4 else None
         target = owner(guid, self.workers) if guid is not None else self.slot
+        if guid is None:  # another node relaying a bind to a worker's session
+            target = handover_slot(first[4:]) or target
         raw = writer.get_extra_info("socket")
         if raw is None:  # not a socket transport: nothing to pass or rebuild on
             writer.close()

@@ -34,6 +34,7 @@ from .smb.connection import SmbConnection
 from .smb.durable import DurableTable
 from .smb.limits import log_limit
 from .smb.notify import ChangeEvent, NotifyHub, local_event
+from .smb.relay import Relays, smb_address
 from .smb.replay import ReplayCache
 from .smb.state import Open, Session, TreeConnect
 from .status import STATUS_TOPIC, NodeStatus, runtime_dir
@@ -95,6 +96,13 @@ class Node:
             self.passer = ConnectionPasser(
                 config.worker_of, config.worker_index, config.workers,
                 self._adopted, config.logon_timeout,
+            )  # fmt: skip
+        # Binds to other nodes' sessions go there (smb/relay.py): only with other nodes.
+        self.relays: Relays | None = None
+        if bus.shared and config.multichannel:
+            self.relays = Relays(
+                config.node_id, bus, smb_address(config.listen_host, config.listen_port),
+                self.sessions, self._writer_of, config.worker_index if self.passer else 0,
             )  # fmt: skip
 
     def _share_fs(self, share: ShareConfig) -> ShareFS:
@@ -178,6 +186,8 @@ class Node:
                 "node_ttl seconds later)"
             ) from None
         await self._compare_shares()
+        if self.relays is not None:  # before it serves: a session id names its node at once
+            await self.relays.start()
         if self.passer is not None:  # before it accepts: another worker may pass at once
             await self.passer.start()
         own = (self.config.listen_host, self.config.listen_port)
@@ -355,6 +365,8 @@ class Node:
             server.close()
         if self.passer is not None:
             await self.passer.stop()
+        if self.relays is not None:
+            await self.relays.stop()
         for conn in list(self.connections):
             await conn.teardown()
         await self.durable.close_all()
@@ -402,6 +414,9 @@ class Node:
             left = self._per_address.pop(address) - 1
             if left:
                 self._per_address[address] = left
+
+    def _writer_of(self, conn: object) -> asyncio.StreamWriter | None:
+        return conn.writer if isinstance(conn, SmbConnection) else None
 
     async def _close(self, op: Open) -> None:
         await opens.close(self, op)

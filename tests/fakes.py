@@ -98,6 +98,7 @@ class FakeNode:
         self.notify_hub: NotifyHub = NotifyHub()
         self.break_clock: BreakClock = BreakClock()
         self.bus_outage: BusOutage = BusOutage(self.node_id, self.bus)
+        self.relays = None  # one node alone relays no bind (gateway/smb/relay.py)
         self.changes: list[tuple[str, str, bool]] = []  # (action, host path, is_dir)
         self.renames: list[tuple[str, str, bool]] = []  # (old path, new path, is_dir)
         self._ids = itertools.count(1)

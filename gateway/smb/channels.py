@@ -25,15 +25,15 @@ is not compared, as Windows does not (3.3.5.5 lets a server refuse a mismatch).
 Opens stay in the table of the connection they were made on and are found from
 any channel of their session; when a channel's connection drops and the session
 lives on through another, its opens move there (breaks go there too). Sessions
-are per node: a bind naming a session of another cluster node is
-USER_SESSION_DELETED, and the client keeps using its other channels.
+are per node: a bind naming a session of another cluster node goes to that
+node (``relay.py``: the session id names it); if that node cannot take it, the
+bind is USER_SESSION_DELETED, and the client keeps using its other channels.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from typing import Any
 
@@ -45,6 +45,7 @@ from ..protocol.wire import KeyedSession
 from . import opens
 from .context import RequestContext
 from .limits import log_limit
+from .relay import new_session_id
 from .services import NodeServices
 from .state import Channel, ConnectionState, Session, SessionState
 
@@ -68,7 +69,7 @@ def create_session(node: NodeServices, conn: ConnectionState) -> Session:
         raise NtStatusError(Status.INSUFFICIENT_RESOURCES, "too many sessions on a connection")
     table = node.sessions
     while True:
-        sid = int.from_bytes(os.urandom(8), "little") & 0x7FFFFFFFFFFFFFFF
+        sid = new_session_id(node.node_id)  # names this node to the others (relay.py)
         if sid and sid not in table:
             break
     algorithm = connection_signing_algorithm(conn)
@@ -127,6 +128,8 @@ async def end_session(
 
 async def drop_connection(node: NodeServices, conn: ConnectionState) -> None:
     """``conn`` is gone: its sessions live on through their other channels, if any."""
+    if node.relays is not None:
+        node.relays.forget(conn)  # the other nodes' sessions it carried (relay.py)
     for session in list(conn.sessions.values()):
         session.channels.pop(conn, None)
         heir = session.heir(conn)

@@ -32,6 +32,7 @@ from .handlers.ioctl import sessionless_hook
 from .handlers.negotiate import smb1_negotiate, smb1_no_dialect
 from .limits import log_limit
 from .receiver import FrameReceiver
+from .relay import MAGIC as RELAY_MAGIC
 from .services import NodeServices
 from .state import ConnectionState, Session, SessionState, TreeConnect
 
@@ -239,6 +240,10 @@ class SmbConnection(ConnectionState):
         if frame[:4] == wire.SMB1_PROTOCOL_ID:
             await self._handle_smb1_negotiate(frame)
             return
+        if frame[:4] == RELAY_MAGIC and self.node.relays is not None:
+            # Another node relays a client's bind to a session of ours (relay.py).
+            self.node.relays.adopt(self, frame, self.writer.write)
+            return
         encrypted_session: Session | None = None
         if frame[:4] == wire.TRANSFORM_PROTOCOL_ID:
             sid = self.codec.transform_session_id(frame)
@@ -260,6 +265,11 @@ class SmbConnection(ConnectionState):
                 self.codec.credits.consume(hdr.message_id, hdr.credit_charge if multi_credit else 1)
             except SequenceError as e:
                 raise Disconnect(str(e)) from None
+        relays = self.node.relays  # a bind to, or a request of, another node's session
+        first, body = chain[0][0], chain[0][1]
+        if relays and not encrypted_session and relays.diverts(self, first, body):
+            if await relays.divert(self, first, frame):
+                return
         run = _ChainRun(chain, encrypted_session)
         await self._process_chain(run, 0)
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from .busoutage import BusOutage
     from .durable import DurableTable
     from .notify import NotifyHub
+    from .relay import Relays
     from .replay import ReplayCache
     from .state import Open, Session, TreeConnect
 
@@ -40,6 +41,7 @@ class NodeServices(Protocol):
     break_clock: BreakClock  # breaks sent and acknowledged, for the node's metrics
     # BusUnavailable is expected while Redis is away: told once per outage.
     bus_outage: BusOutage
+    relays: Relays | None  # binds to other nodes' sessions (relay.py); None without them
 
     def next_id(self) -> int:
         """A new number, unique on this node (FileIds, probe open ids)."""
