@@ -49,6 +49,10 @@ T = TypeVar("T")
 
 # A lost wake-up (e.g. a pub/sub reconnect) must not strand a lock waiter.
 WAITER_POLL_SECONDS = 5.0
+# An oplock ack worked out when its break went to the client (see
+# _prepare_ack) is used only this soon after: its rules ran at that time.
+PREPARED_ACK_SECONDS = 0.05
+PREPARED_ACKS_MAX = 1024
 
 
 def durable_doc_key(key: str) -> str:
@@ -88,6 +92,8 @@ class Coordinator(LockBus):
         # (rules.needs_record), kept so that a later lock or ack can still
         # put them in, and so that closing them costs nothing.
         self._unrecorded: dict[tuple[FileKey, OpenId], OpenRequest] = {}
+        # Oplock acks worked out while their client was deciding (_prepare_ack).
+        self._prepared: dict[tuple[FileKey, OpenId], _PreparedAck] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -100,7 +106,13 @@ class Coordinator(LockBus):
         await self.store.stop()
 
     def register_node(self, node_id: NodeId, handler: BreakHandler) -> None:
-        self.store.register_node(node_id, handler)
+        async def delivered(notice: BreakNotice) -> None:
+            await handler(notice)
+            if notice.ack_required and notice.open_id is not None and notice.lease is None:
+                # After this turn of the loop: the break is on its way first.
+                asyncio.get_running_loop().call_soon(self._prepare_ack, notice)
+
+        self.store.register_node(node_id, delivered)
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -113,24 +125,22 @@ class Coordinator(LockBus):
         rule: Callable[[FileState | None], tuple[FileState | None, T]],
         wake: Callable[[T], list[str]] | None = None,
         notices: Callable[[T], list[BreakNotice]] | None = None,
+        prepared: _PreparedAck | None = None,
     ) -> T:
         """Run ``rule`` atomically. ``wake`` names the channels to publish
         once it committed; a store that ``publishes_on_commit`` does that in
         the same round trip, otherwise the caller calls ``_wake`` itself.
         ``notices``: the outcome's break notices, which a store that
         ``sends_on_commit`` sends to other nodes in that round trip too;
-        the caller then hands the outcome's notices to ``_send``."""
+        the caller then hands the outcome's notices to ``_send``.
+        ``prepared``: what ``rule`` made of a document earlier, used if the
+        document is still that one."""
 
         def fn(doc: Doc | None) -> tuple[Doc | None, T]:
-            old = FileState.from_dict(doc) if doc is not None else None
-            new, result = rule(old)
-            if new is None or new.is_idle():
-                return None, result
-            new_doc = new.to_dict()
-            if doc is not None and _same(doc, new_doc):
-                return doc, result
-            new_doc["version"] = (old.version if old is not None else 0) + 1
-            return new_doc, result
+            if prepared is not None and doc == prepared.doc:
+                outcome: T = prepared.outcome
+                return prepared.new_doc, outcome
+            return _evaluate(doc, rule)
 
         publish = wake if self.store.publishes_on_commit else None
         send = notices if self.store.sends_on_commit else None
@@ -332,17 +342,54 @@ class Coordinator(LockBus):
     async def ack_oplock(self, file: FileKey, open_id: OpenId, level: int) -> AckResult:
         await self._record(file, open_id)
         now = self.clock()
+        prepared = self._prepared.pop((file, open_id), None)
+        if prepared is not None and (
+            prepared.level != level or not 0 <= now - prepared.at <= PREPARED_ACK_SECONDS
+        ):
+            prepared = None
+        out = await self._apply(
+            file,
+            self._ack_rule(open_id, level, now),
+            lambda o: _channels(file, file_too=o.wake),
+            _notices,
+            prepared,
+        )
+        await self._send(out.notices)
+        if out.wake:
+            await self._wake(file, file_too=True)
+        return out.result
 
+    def _ack_rule(
+        self, open_id: OpenId, level: int, now: float
+    ) -> Callable[[FileState | None], tuple[FileState | None, rules.AckOutcome]]:
         def ack(st: FileState | None) -> tuple[FileState | None, rules.AckOutcome]:
             out = rules.ack_oplock(st, open_id, level, now=now)
             new, admitted = self._admit(out.state, now)
             return new, dataclasses.replace(out, wake=True) if admitted else out
 
-        out = await self._apply(file, ack, lambda o: _channels(file, file_too=o.wake), _notices)
-        await self._send(out.notices)
-        if out.wake:
-            await self._wake(file, file_too=True)
-        return out.result
+        return ack
+
+    def _prepare_ack(self, notice: BreakNotice) -> None:
+        """Work out the ack of an oplock break while the client decides.
+
+        A client that acknowledges at once does so within a network round
+        trip, during which this node is idle; the ack then only checks that
+        the record is still the one it was worked out on (its rules would
+        decide the same) and commits, which takes the rules' CPU time off
+        the path of the opener waiting on the other node.
+        """
+        assert notice.open_id is not None
+        doc = self.store.peek(file_doc_key(notice.file))
+        if doc is None:
+            return
+        now = self.clock()
+        rule = self._ack_rule(notice.open_id, notice.new_level, now)
+        new_doc, outcome = _evaluate(doc, rule)
+        if len(self._prepared) >= PREPARED_ACKS_MAX:
+            self._prepared.pop(next(iter(self._prepared)))
+        self._prepared[(notice.file, notice.open_id)] = _PreparedAck(
+            notice.new_level, now, doc, new_doc, outcome
+        )
 
     async def ack_lease(self, key: LeaseKey, state: int) -> AckResult:
         lid = lease_id(key)
@@ -651,6 +698,33 @@ class Coordinator(LockBus):
             if doc is not None:
                 leases[key.removeprefix("lease:{").removesuffix("}")] = doc
         return {"files": files, "leases": leases}
+
+
+def _evaluate(
+    doc: Doc | None, rule: Callable[[FileState | None], tuple[FileState | None, T]]
+) -> tuple[Doc | None, T]:
+    """``rule`` on a stored document: the document to store and the outcome."""
+    old = FileState.from_dict(doc) if doc is not None else None
+    new, result = rule(old)
+    if new is None or new.is_idle():
+        return None, result
+    new_doc = new.to_dict()
+    if doc is not None and _same(doc, new_doc):
+        return doc, result
+    new_doc["version"] = (old.version if old is not None else 0) + 1
+    return new_doc, result
+
+
+@dataclasses.dataclass(frozen=True)
+class _PreparedAck:
+    """An oplock ack worked out ahead (Coordinator._prepare_ack): on ``doc``,
+    at ``at``, it stores ``new_doc`` and comes out as ``outcome``."""
+
+    level: int
+    at: float
+    doc: Doc
+    new_doc: Doc | None
+    outcome: Any
 
 
 def _disconnected_view(st: FileState, entry: OpenEntry) -> DisconnectedOpen:

@@ -5,8 +5,10 @@ is wanted, a SUBSCRIBE on the shared connection; ``ready()`` returns once
 Redis has confirmed it, so a publication after that point cannot be missed.
 File channels stay subscribed for a while after their last local waiter
 leaves (``linger``), so a busy file pays the SUBSCRIBE round trip once, not
-per wait. After a reconnect every channel is subscribed again and every
-local subscription is woken, since messages may have been lost meanwhile.
+per wait. A message that starts with ``=`` is news: the value it carries is
+remembered and nobody is woken. After a reconnect every channel is
+subscribed again and every local subscription is woken, since messages may
+have been lost meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from redis.asyncio.connection import AbstractConnection
 
+from . import redis_scripts
 from .api import BusUnavailable
 from .store import Subscription
 
@@ -30,35 +33,55 @@ log = logging.getLogger("oplock_bus.redis")
 Connect = Callable[[], Awaitable[AbstractConnection]]
 OnMessage = Callable[[str, bytes], None]
 OnValue = Callable[[str, bytes], None]
+NEWS = redis_scripts.NEWS.encode()  # how a message carrying a value as news starts
 
 
 class RedisSubscription(Subscription):
     def __init__(self, hub: PubSubHub, channels: list[str]) -> None:
         self._hub = hub
         self.channels = channels
-        self._event = asyncio.Event()
+        self._notified = False
+        # A bare future and a timer, not asyncio.wait_for on an Event: that
+        # makes a task per wait, and its wake-up costs a turn of the event
+        # loop on the way from a publication to the waiting open.
+        self._waiter: asyncio.Future[None] | None = None
         self._closed = False
         hub._attach(self)
 
     def notify(self) -> None:
-        self._event.set()
+        self._notified = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def ready(self) -> None:
         await self._hub._confirmed(self.channels)
 
     async def wait(self, timeout: float | None) -> bool:
-        if not self._event.is_set():
+        if not self._notified:
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
             try:
-                await asyncio.wait_for(self._event.wait(), timeout)
-            except TimeoutError:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self._notified:
                 return False
-        self._event.clear()
+        self._notified = False
         return True
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._hub._detach(self)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class PubSubHub:
@@ -332,6 +355,11 @@ class PubSubHub:
                 self._ack(channel)
 
     def _deliver(self, channel: str, data: bytes) -> None:
+        if data[:1] == NEWS and channel not in self._permanent:
+            # A value as news (redis_scripts.NEWS): remembered, nobody woken.
+            if self._on_value is not None:
+                self._on_value(channel, data[1:])
+            return
         if data and self._on_value is not None and channel not in self._permanent:
             # A wake-up carrying the new value: known before the waiter runs.
             self._on_value(channel, data)

@@ -38,8 +38,12 @@ from redis.exceptions import NoScriptError
 # Once written: ARGV[7] is a count n, ARGV[8..7+n] are channels to publish
 # to, the key's own channel (a file's channel is named as its key) getting
 # the new value ('-' once deleted) so a subscriber's next CAS needs no read;
-# the rest are (channel, message) pairs, each message sent with the new
-# value appended (break notices, see redis_messages.message_prefix).
+# NEWS in their place sends the key's channel the new value behind '=', news
+# that wakes nobody (redis_pubsub: a node that opens the file next tries its
+# CAS on the current value); the rest are (channel, message) pairs, each
+# message sent with the new value appended (break notices, see
+# redis_messages.message_prefix). The notices go out first and news last: a
+# node that reads several at once sends its client the break first.
 CAS = """
 if KEYS[3] then
   local want = ARGV[5]
@@ -76,6 +80,10 @@ else
   redis.call('SET', KEYS[1], ARGV[2])
 end
 local n = tonumber(ARGV[7])
+for i = 8 + n, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1] .. ARGV[2])
+end
+local news = false
 for i = 8, 7 + n do
   if ARGV[i] == KEYS[1] then
     if ARGV[2] == '' then
@@ -83,12 +91,18 @@ for i = 8, 7 + n do
     else
       redis.call('PUBLISH', ARGV[i], ARGV[2])
     end
+  elseif ARGV[i] == '=' then
+    news = true
   else
     redis.call('PUBLISH', ARGV[i], '')
   end
 end
-for i = 8 + n, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[i + 1] .. ARGV[2])
+if news then
+  if ARGV[2] == '' then
+    redis.call('PUBLISH', KEYS[1], '=-')
+  else
+    redis.call('PUBLISH', KEYS[1], '=' .. ARGV[2])
+  end
 end
 return 1
 """
@@ -281,6 +295,10 @@ if rec and string.find(rec, '"epoch":' .. ARGV[2] .. ',', 1, true) then
 end
 return 1
 """
+
+
+# In a CAS's wake-up list: the key's own channel gets the value as news.
+NEWS = "="
 
 
 class Script:

@@ -160,6 +160,7 @@ class RedisStore(Store):
         self.handlers: dict[NodeId, BreakHandler] = {}
         self.broadcast_handlers: dict[str, list[BroadcastHandler]] = {}
         self._token_prefix = secrets.token_hex(6)
+        self._own_token = f"{self._token_prefix}.".encode()
         self._tokens = itertools.count(1)
         self._pubsub_client: Redis | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -522,6 +523,11 @@ class RedisStore(Store):
                     return
                 value = "" if cur is None else self._encode(cur)
                 wake = list(dict.fromkeys(channels))
+                if rkey not in wake and rkey.startswith(self._file_prefix):
+                    # A node that keeps the file's channel (it opened the file
+                    # lately) learns the value without being woken: its next
+                    # open there commits on it instead of failing once.
+                    wake.append(scripts.NEWS)
                 # From the third try on, a failure claims the next turn (see
                 # the CAS script): another node whose every commit starts on
                 # the value it just wrote would otherwise win every time.
@@ -775,7 +781,9 @@ class RedisStore(Store):
 
     def _on_value(self, channel: str, data: bytes) -> None:
         # A file's channel is named as its document (see the CAS script).
-        if channel.startswith(self.ns + "file:"):
+        # Our own writes are remembered from the CAS's answer; the copy on
+        # the subscriber connection may arrive after a later write of ours.
+        if channel.startswith(self.ns + "file:") and not data.startswith(self._own_token):
             self._remember(channel, None if data == b"-" else data)
 
     def _on_message(self, channel: str, data: bytes) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import functools
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -36,53 +35,40 @@ async def run_bus_call(
 ) -> T:
     """Run ``call``, going async after the grace period.
 
-    If this request is cancelled (CANCEL, disconnect), the call is cancelled
-    too; the bus undoes what it committed meanwhile. ``undo`` covers the one
-    case the bus cannot see: the call had already returned its result.
+    The call runs in the request's own task (a task of its own would cost a
+    turn of the event loop before it starts and another after it ends, on
+    every CREATE that waits on a break); a timer sends the interim reply if
+    it outlasts the grace period. If this request is cancelled (CANCEL,
+    disconnect), the call is cancelled with it, and the bus undoes what it
+    committed meanwhile. ``undo`` gives back a result the node must not
+    keep: one that arrives after the bus stopped vouching for the node.
     """
     token = current_request.set(ctx)
-    task = asyncio.ensure_future(call)
+    timer = asyncio.get_running_loop().call_later(GRACE_SECONDS, ctx.go_async)
     try:
-        done, _ = await asyncio.wait({task}, timeout=GRACE_SECONDS)
-        if not done:
-            ctx.go_async()
-        result = await asyncio.shield(task) if not done else task.result()
-        # The caller touches the volume next: the wait may have outlasted
-        # the node's grants (see NodeServices.vouched).
-        if not ctx.node.vouched():
-            if undo is not None:
-                await undo(result)
-            raise Disconnect("the bus no longer vouches for this node")
-        return result
-    except asyncio.CancelledError:
-        task.cancel()
-        if undo is not None:
-            task.add_done_callback(functools.partial(_undo_result, undo))
-        raise
+        result = await call
     finally:
+        timer.cancel()
         current_request.reset(token)
+    # The caller touches the volume next: the wait may have outlasted
+    # the node's grants (see NodeServices.vouched).
+    if not ctx.node.vouched():
+        if undo is not None:
+            await undo(result)
+        raise Disconnect("the bus no longer vouches for this node")
+    return result
 
 
 async def run_bus_open(ctx: RequestContext, bus: LockBus, req: OpenRequest) -> OpenResult:
-    """``bus.open`` as a CREATE runs it: cancelled with the request, and a
-    grant that arrives just as the request is cancelled is given back."""
+    """``bus.open`` as a CREATE runs it: cancelled with the request (the bus
+    gives back what it granted meanwhile), and a grant the node may no
+    longer keep is given back."""
 
     async def give_back(result: OpenResult) -> None:
         if result.status == STATUS_SUCCESS:
             await bus.close(req.file, req.open_id)
 
     return await run_bus_call(ctx, bus.open(req), give_back)
-
-
-def _undo_result(undo: Callable[[T], Awaitable[None]], task: asyncio.Future[T]) -> None:
-    if task.cancelled() or task.exception() is not None:
-        return
-    cleanup = asyncio.ensure_future(undo(task.result()))
-    _cleanups.add(cleanup)
-    cleanup.add_done_callback(_cleanups.discard)
-
-
-_cleanups: set[asyncio.Future[None]] = set()
 
 
 def request_is_waiting_on_break() -> None:
