@@ -41,10 +41,15 @@ KNOWN = {
     # Its reconnect "without the persistent flag" copies the granted flags, so it
     # sends the very DH2C its own clean-up step must then succeed with.
     "Persistent.test_reconnect_fails",
-    # They ask a 100 ms resiliency timeout, then reconnect well after 100 ms
-    # and expect the handle back; the node closes it at 100 ms, the timeout
-    # MS-SMB2 3.3.5.15.9 sets. The lease the opener gets meanwhile (R, the
-    # disconnected handle keeping RH) is the one they expect.
+}
+
+# Either outcome is right. They ask a 100 ms resiliency timeout, wait 90 ms,
+# let a second client connect, log on, open and close, then reconnect and
+# expect the handle back: the node closes it at 100 ms, the timeout MS-SMB2
+# 3.3.5.15.9 sets, so they pass when the second client's round trips take
+# under 10 ms, and fail when the machine is slower. The lease the opener gets
+# meanwhile (R, the disconnected handle keeping RH) is the one they expect.
+RACING_THE_TIMEOUT = {
     "DurableHandleTest.test_resiliency_reconnect_before_timeout",
     "DurableHandleTest.test_resiliency_upgrade_reconnect_before_timeout",
 }
@@ -76,7 +81,11 @@ def outcomes_of(report: Path) -> dict[str, str]:
 
 
 def check(outcomes: dict[str, str]) -> None:
-    unexpected = {t: o for t, o in outcomes.items() if (o == "passed") == (t in KNOWN)}
+    unexpected = {
+        t: o
+        for t, o in outcomes.items()
+        if t not in RACING_THE_TIMEOUT and (o == "passed") == (t in KNOWN)
+    }
     assert not unexpected, unexpected
     assert len(outcomes) == 26, sorted(outcomes)
 
