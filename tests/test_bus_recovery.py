@@ -114,6 +114,22 @@ def _logs(cluster: LocalCluster) -> str:
     )
 
 
+def holder_still_holds(cluster: LocalCluster, a: Holder, name: str, locked: int) -> Client:
+    """Through node 2 the file is refused, the holder writes on its handle and
+    its lock at ``locked`` stands; the other writer's client, to end with."""
+    (_, port), (h2, _) = cluster.endpoints
+    b = Client(h2, port)
+    with pytest.raises(SMBResponseException) as err:
+        b.open(name)
+    assert err.value.status == STATUS_SHARING_VIOLATION, hex(err.value.status)
+    a.write(b"after the failover!")
+    assert a.read(19) == b"after the failover!"
+    with pytest.raises(pike.model.ResponseError) as lock_err:
+        a.lock(locked)  # its own lock is still there
+    assert lock_err.value.response.status == pike.ntstatus.STATUS_LOCK_NOT_GRANTED
+    return b
+
+
 def test_a_redis_restart_keeps_the_holder_and_refuses_the_other_writer(
     redis_and_cluster: tuple[RedisProc, LocalCluster],
 ) -> None:
@@ -182,15 +198,7 @@ def test_a_sentinel_failover_to_a_wiped_replica_keeps_the_holder(tmp_path: Path)
             time.sleep(0.05)
         switched = time.monotonic() - killed_at
 
-        b = Client(h2, port)
-        with pytest.raises(SMBResponseException) as err:
-            b.open(name)
-        assert err.value.status == STATUS_SHARING_VIOLATION, hex(err.value.status)
-        a.write(b"after the failover!")
-        assert a.read(19) == b"after the failover!"
-        with pytest.raises(pike.model.ResponseError) as lock_err:
-            a.lock(0x10000000)
-        assert lock_err.value.response.status == pike.ntstatus.STATUS_LOCK_NOT_GRANTED
+        b = holder_still_holds(cluster, a, name, 0x10000000)
         logs = _logs(cluster)
         assert "bus recovered under generation" in logs, logs[-3000:]
         assert "dropping every client connection" not in logs

@@ -29,19 +29,16 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import pike.model
-import pike.ntstatus
 import pytest
 import redis
 from redis._parsers.helpers import parse_cluster_nodes
-from smbprotocol.exceptions import SMBResponseException
 
 from gateway.cluster import LocalCluster
 from oplock_bus import redis_slots
 
 from .redis_fixtures import HOST, RedisProc, start_cluster
-from .test_bus_recovery import Holder, _logs, _start_cluster
-from .test_cross_node import STATUS_SHARING_VIOLATION, Client
+from .test_bus_recovery import Holder, _logs, _start_cluster, holder_still_holds
+from .test_cross_node import Client
 
 NAMESPACE = "smbgw:"  # the bus URL's default
 LOCKED = 0x10000000
@@ -148,22 +145,6 @@ def _hold_off_the_nodes_master(servers: Servers, host: str, port: int) -> tuple[
     pytest.fail("every file's record landed on the master of {nodes}")
 
 
-def _check_the_holder_holds(cluster: LocalCluster, a: Holder, name: str) -> Client:
-    """Through node 2 the file is refused, the holder writes and its lock
-    stands; the other writer's client, for the end of the test."""
-    (_, port), (h2, _) = cluster.endpoints
-    b = Client(h2, port)
-    with pytest.raises(SMBResponseException) as err:
-        b.open(name)
-    assert err.value.status == STATUS_SHARING_VIOLATION, hex(err.value.status)
-    a.write(b"after the failover!")
-    assert a.read(19) == b"after the failover!"
-    with pytest.raises(pike.model.ResponseError) as lock_err:
-        a.lock(LOCKED)  # its own lock is still there
-    assert lock_err.value.response.status == pike.ntstatus.STATUS_LOCK_NOT_GRANTED
-    return b
-
-
 def _check_the_end(cluster: LocalCluster, a: Holder, b: Client, name: str, logs: str) -> None:
     assert "dropping every client connection" not in logs
     assert "Traceback" not in logs, logs[-3000:]
@@ -200,7 +181,7 @@ def test_a_cluster_master_loss_keeps_the_holder(
         _wait_promoted(replica, time.monotonic() + 15)
         switched = time.monotonic() - killed_at
 
-        b = _check_the_holder_holds(cluster, a, name)
+        b = holder_still_holds(cluster, a, name, LOCKED)
         logs = _logs(cluster)
         if replica_has_data:
             # Nothing was lost, but a promotion cannot tell that.
@@ -267,7 +248,7 @@ def test_a_promoted_replica_that_missed_the_last_writes_is_rebuilt(
         logs = _recovered(cluster, time.monotonic() + 10)
         recovered = time.monotonic() - killed_at
 
-        b = _check_the_holder_holds(cluster, a, name)
+        b = holder_still_holds(cluster, a, name, LOCKED)
         assert "Redis Cluster replica" in logs, logs[-3000:]
         assert "a cluster slot lost its copy" not in logs, logs[-3000:]  # the copy was there
         assert str(LOCKED) in replica.cli("get", key)  # put back by node 1
