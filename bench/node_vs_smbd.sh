@@ -9,6 +9,7 @@
 # GW_TREE=DIR runs the gateway from another checkout of the project (a git
 # worktree of an older commit, say) with this checkout's .venv: before and
 # after, measured against the same smbd. SKIP_TORTURE=1 runs put/get only.
+# GW_ARGS adds flags to the gateway's command line, e.g. GW_ARGS='--workers 2'.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
@@ -23,7 +24,7 @@ GW_TREE=$(cd "${GW_TREE:-.}" && pwd)
 # From GW_TREE as the working directory, -m imports that tree's gateway.
 (cd "$GW_TREE" && exec "$OLDPWD/.venv/bin/python" -m gateway.cli serve \
   --listen 127.0.0.1:$GW_PORT --share share="$WORK/gw/share" \
-  --users "$WORK/gw/users" --log-level WARNING > "$WORK/gw.log" 2>&1) &
+  --users "$WORK/gw/users" --log-level WARNING ${GW_ARGS:-} > "$WORK/gw.log" 2>&1) &
 GW_PID=$!
 cleanup() {
   kill "$GW_PID" 2>/dev/null || true
