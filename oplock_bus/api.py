@@ -219,6 +219,16 @@ class Leaving:
     # Names the create that made it, so that a replay of that create finds
     # it (``find_replayable``); opaque to the bus.
     replay_key: str = ""
+    # Its LockSequence array as the node knows it (index -> number): replaces
+    # the bus's copy, which LOCKs through that node kept current already.
+    lock_sequences: dict[int, int] | None = None
+
+
+# A LOCK request's LockSequence (MS-SMB2 3.3.5.14): (index 1-64, number 0-15).
+# The bus keeps each durable or resilient open's array with the open, so a
+# LOCK replayed after a reconnect through any node, even after its node died,
+# is recognised and not applied twice; opaque to the rules otherwise.
+LockSequence = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -233,6 +243,7 @@ class DisconnectedOpen:
     lease_state: int = LEASE_NONE
     lease_epoch: int = 0
     lease_version: int = 0
+    lock_sequences: dict[int, int] = field(default_factory=dict)  # index -> number
 
 
 @dataclass(frozen=True)
@@ -330,12 +341,27 @@ class LockBus(abc.ABC):
 
     @abc.abstractmethod
     async def lock(
-        self, file: FileKey, open_id: OpenId, ranges: list[LockRange], *, wait: bool
+        self,
+        file: FileKey,
+        open_id: OpenId,
+        ranges: list[LockRange],
+        *,
+        wait: bool,
+        sequence: LockSequence | None = None,
     ) -> int:
-        """Take all ranges or none; with ``wait`` block until granted (cancellable)."""
+        """Take all ranges or none; with ``wait`` block until granted (cancellable).
+
+        ``sequence``: the request's LockSequence, recorded with the open in
+        the same transaction (valid once granted, forgotten if refused)."""
 
     @abc.abstractmethod
-    async def unlock(self, file: FileKey, open_id: OpenId, ranges: list[LockRange]) -> int: ...
+    async def unlock(
+        self,
+        file: FileKey,
+        open_id: OpenId,
+        ranges: list[LockRange],
+        sequence: LockSequence | None = None,
+    ) -> int: ...
 
     @abc.abstractmethod
     async def check_io(
@@ -368,6 +394,12 @@ class LockBus(abc.ABC):
 
     async def find_replayable(self, replay_key: str) -> DisconnectedOpen | None:
         """The disconnected open its connection left with ``replay_key``."""
+        return None
+
+    async def find_connected(self, file: FileKey, durable_key: str) -> OpenId | None:
+        """The durable open ``durable_key`` of ``file`` while it is still
+        connected: its node has not handed it over yet (its connection's drop
+        not yet seen, or its death not yet declared)."""
         return None
 
     async def reconnect(

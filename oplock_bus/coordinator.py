@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from . import rules
 from .api import (
     OPLOCK_LEASE,
+    STATUS_CANCELLED,
     STATUS_INVALID_PARAMETER,
     STATUS_OBJECT_NAME_NOT_FOUND,
     STATUS_SUCCESS,
@@ -32,13 +33,14 @@ from .api import (
     Leaving,
     LockBus,
     LockRange,
+    LockSequence,
     NodeId,
     OpenId,
     OpenRequest,
     OpenResult,
     Operation,
 )
-from .disconnected import Released
+from .disconnected import Released, connected_holder, with_lock_sequence
 from .leaseindex import LeaseIndex, file_doc_key
 from .model import FileState, OpenEntry, RangeSpec, lease_id, result_from_list
 from .store import UNSUBSCRIBED, Doc, Store, Subscription
@@ -442,7 +444,13 @@ class Coordinator(LockBus):
     # -- byte-range locks -----------------------------------------------------------
 
     async def lock(
-        self, file: FileKey, open_id: OpenId, ranges: list[LockRange], *, wait: bool
+        self,
+        file: FileKey,
+        open_id: OpenId,
+        ranges: list[LockRange],
+        *,
+        wait: bool,
+        sequence: LockSequence | None = None,
     ) -> int:
         await self._record(file, open_id)
         specs = [RangeSpec(r.offset, r.length, r.exclusive) for r in ranges]
@@ -450,7 +458,11 @@ class Coordinator(LockBus):
 
         def take(st: FileState | None) -> tuple[FileState | None, rules.LockOutcome]:
             out = rules.lock(st, open_id, specs, wait=wait, waiter_id=waiter_id)
-            return out.state, out
+            return with_lock_sequence(out.state, open_id, sequence, out.status), out
+
+        def collect(st: FileState | None) -> tuple[FileState | None, rules.LockOutcome]:
+            new, out = _collected(st, waiter_id)
+            return with_lock_sequence(new, open_id, sequence, out.status), out
 
         # Subscribe first (a release may grant us between the two steps),
         # unless subscribing costs a round trip: then only a queued request
@@ -460,7 +472,8 @@ class Coordinator(LockBus):
         sub = self.store.subscribe([channel]) if early else UNSUBSCRIBED
         try:
             out = await self._committed(
-                self._apply(file, take), lambda o: self._undo_lock(file, open_id, ranges, o)
+                self._apply(file, take),
+                lambda o: self._undo_lock(file, open_id, ranges, o, sequence),
             )
             if out.status is not None:
                 return out.status
@@ -468,12 +481,12 @@ class Coordinator(LockBus):
                 if not early:
                     sub = self.store.subscribe([channel])
                     await sub.ready()
-                    done = await self._apply(file, lambda st: _collected(st, waiter_id))
+                    done = await self._apply(file, collect)
                     if done.status is not None:
                         return done.status
                 while True:
                     await sub.wait(WAITER_POLL_SECONDS)
-                    done = await self._apply(file, lambda st: _collected(st, waiter_id))
+                    done = await self._apply(file, collect)
                     if done.status is not None:
                         return done.status
             except asyncio.CancelledError:
@@ -483,10 +496,21 @@ class Coordinator(LockBus):
             sub.close()
 
     async def _undo_lock(
-        self, file: FileKey, open_id: OpenId, ranges: list[LockRange], out: rules.LockOutcome
+        self,
+        file: FileKey,
+        open_id: OpenId,
+        ranges: list[LockRange],
+        out: rules.LockOutcome,
+        sequence: LockSequence | None,
     ) -> None:
         if out.status == STATUS_SUCCESS:
             await self.unlock(file, open_id, ranges)
+            if sequence is not None:
+                # Undone: a replay of this request must run it again.
+                await self._apply(
+                    file,
+                    lambda st: (with_lock_sequence(st, open_id, sequence, STATUS_CANCELLED), None),
+                )
         elif out.status is None:
             await self._withdraw(file, out.waiter_id)
 
@@ -500,13 +524,19 @@ class Coordinator(LockBus):
         )
         await self._wake(file, out.finished_waiters, file_too=False)
 
-    async def unlock(self, file: FileKey, open_id: OpenId, ranges: list[LockRange]) -> int:
+    async def unlock(
+        self,
+        file: FileKey,
+        open_id: OpenId,
+        ranges: list[LockRange],
+        sequence: LockSequence | None = None,
+    ) -> int:
         await self._record(file, open_id)
         specs = [RangeSpec(r.offset, r.length, r.exclusive) for r in ranges]
 
         def release(st: FileState | None) -> tuple[FileState | None, rules.LockOutcome]:
             out = rules.unlock(st, open_id, specs)
-            return out.state, out
+            return with_lock_sequence(out.state, open_id, sequence, out.status), out
 
         out = await self._apply(
             file, release, lambda o: _channels(file, o.finished_waiters, file_too=False)
@@ -608,6 +638,9 @@ class Coordinator(LockBus):
         if st is None or entry is None or not entry.disconnected:
             return None
         return _disconnected_view(st, entry)
+
+    async def find_connected(self, file: FileKey, durable_key: str) -> OpenId | None:
+        return connected_holder(await self._load(file), durable_key)
 
     async def _epoch(self, node_id: NodeId) -> int:
         """The registration epoch an open of ``node_id`` is made under (none here)."""
@@ -738,6 +771,7 @@ def _disconnected_view(st: FileState, entry: OpenEntry) -> DisconnectedOpen:
         lease_state=lease.state if lease is not None else 0,
         lease_epoch=lease.epoch & 0xFFFF if lease is not None else 0,
         lease_version=lease.version if lease is not None else 0,
+        lock_sequences={int(i): n for i, n in entry.lock_sequences.items()},
     )
 
 

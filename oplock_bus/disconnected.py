@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .api import BreakNotice, Leaving, NodeId, OpenId
+from .api import STATUS_SUCCESS, BreakNotice, Leaving, LockSequence, NodeId, OpenId
 from .brl import release_open
 from .caching import H, caching_of
 from .model import FileState, OpenEntry
@@ -114,6 +114,8 @@ def disconnect(
         o.durable_ms = leaving.timeout_ms or o.durable_ms
         o.durable_key = o.durable_key or leaving.durable_key
         o.replay_key = o.replay_key or leaving.replay_key
+        if leaving.lock_sequences is not None:
+            o.lock_sequences = {str(i): n for i, n in leaving.lock_sequences.items()}
         if leaving.handle:
             o.reclaim = {**(o.reclaim or {}), **leaving.handle}
     if not keeps(st, o):
@@ -146,6 +148,39 @@ def reconnect(st: FileState, open_id: OpenId, new_id: OpenId, node_id: NodeId, e
     for held in st.locks:
         if held.open_id == open_id:
             held.open_id = new_id
+
+
+def connected_holder(st: FileState | None, durable_key: str) -> OpenId | None:
+    """The open of ``st`` kept under ``durable_key`` while still connected."""
+    if st is None or not durable_key:
+        return None
+    for o in st.opens.values():
+        if o.durable_key == durable_key and not o.disconnected:
+            return o.open_id
+    return None
+
+
+def with_lock_sequence(
+    st: FileState | None, open_id: OpenId, sequence: LockSequence | None, status: int | None
+) -> FileState | None:
+    """``st`` once a LOCK carrying ``sequence`` on ``open_id`` ended with
+    ``status``: the entry is valid after a success and forgotten after a
+    failure (MS-SMB2 3.3.5.14: invalid while the request runs). Kept with the
+    open so that whichever node takes it over knows a replay when it sees one,
+    its own node dead or not. A copy when it changes, else ``st`` itself."""
+    if st is None or sequence is None or status is None or open_id not in st.opens:
+        return st
+    index, number = str(sequence[0]), sequence[1]
+    held = st.opens[open_id].lock_sequences
+    if held.get(index) == (number if status == STATUS_SUCCESS else None):
+        return st
+    st = st.clone()
+    held = st.opens[open_id].lock_sequences
+    if status == STATUS_SUCCESS:
+        held[index] = number
+    else:
+        held.pop(index, None)
+    return st
 
 
 def hit_by(st: FileState, notices: list[BreakNotice]) -> tuple[list[OpenId], list[BreakNotice]]:

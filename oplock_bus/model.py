@@ -60,6 +60,9 @@ class OpenEntry:
     durable_key: str = ""
     reclaim: dict[str, Any] | None = None
     disconnected: float = 0.0
+    # Its LockSequence array (MS-SMB2 3.3.5.14), index (as text: JSON keys)
+    # -> number, for a durable or resilient open (oplock_bus.disconnected).
+    lock_sequences: dict[str, int] = field(default_factory=dict)
 
     def expires(self) -> float:
         """When a disconnected open is closed if nobody reclaimed it."""
@@ -157,7 +160,12 @@ class FileState:
             "next_seq": self.next_seq,
             "delete_pending": self.delete_pending,
             "opens": {
-                k: {**vars(o), "owner_data": dict(o.owner_data)} for k, o in self.opens.items()
+                k: {
+                    **vars(o),
+                    "owner_data": dict(o.owner_data),
+                    "lock_sequences": dict(o.lock_sequences),
+                }
+                for k, o in self.opens.items()
             },
             "leases": {k: {**vars(x), "opens": list(x.opens)} for k, x in self.leases.items()},
             "locks": [dict(vars(x)) for x in self.locks],

@@ -175,8 +175,9 @@ def reclaim_data(op: Open, ask: DurableAsk) -> dict[str, Any]:
 
 def leaving(op: Open) -> Leaving:
     """What the bus must keep of ``op`` when its connection drops, beyond
-    what it was opened with: its file position, its resiliency, and for a
-    handle made resilient without being durable, all a reconnect checks."""
+    what it was opened with: its file position, its resiliency, its
+    LockSequence array (MS-SMB2 3.3.5.14), and for a handle made resilient
+    without being durable, all a reconnect checks."""
     handle: dict[str, Any] = {
         "position": op.position, "durable": op.durable,
         "persistent_id": op.persistent_id, "create_action": op.create_action,
@@ -191,6 +192,7 @@ def leaving(op: Open) -> Leaving:
         resilient=op.resilient,
         durable_key=durable_key(op.persistent_id),
         replay_key=replay_bus_key(op.replay_key) if op.replay_key else "",
+        lock_sequences=dict(op.lock_sequences),
     )
 
 

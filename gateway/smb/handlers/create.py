@@ -35,6 +35,7 @@ from ...protocol.fileinfo import FileInfo
 from ...protocol.wire import check_size
 from ...rpc import PIPE_NAMES, Caller, open_pipe, server_view
 from .. import durable, opens, security, streams
+from ..channels import HANDOFF_WAIT
 from ..context import Reply, RequestContext
 from ..limits import log_limit
 from ..replay import ReplayCache, ReplayKey, replay_bus_key
@@ -772,7 +773,7 @@ async def _take_over(ctx: RequestContext, req: CreateRequest, reclaim: durable.R
     another node, or whose node died: the bus kept it, disconnected, with
     its share mode, lease and locks; this node reopens the file and becomes
     its owner."""
-    found = await _find_disconnected(ctx, durable.durable_key(reclaim.persistent_id))
+    found = await _find_disconnected(ctx, durable.durable_key(reclaim.persistent_id), req)
     if found is None:
         raise NtStatusError(Status.OBJECT_NAME_NOT_FOUND, "no such durable handle")
     held = _Held.kept(found)
@@ -825,6 +826,7 @@ async def _adopt(
         create_guid=held.create_guid,
         position=kept.get("position", 0),
         create_action=kept.get("create_action", CreateAction.OPENED),
+        lock_sequences=dict(found.lock_sequences),
     )
     op.bus_open_id = f"{node.node_id}/{op.persistent_id}"
     node.opens[op.bus_open_id] = op  # a break decided meanwhile must find it
@@ -845,16 +847,70 @@ async def _adopt(
     return op
 
 
-async def _find_disconnected(ctx: RequestContext, key: str) -> bus_api.DisconnectedOpen | None:
+async def _find_disconnected(
+    ctx: RequestContext, key: str, req: CreateRequest
+) -> bus_api.DisconnectedOpen | None:
     """The disconnected open ``key`` names; while the session this one
-    replaced is still being ended on another node, wait for its handles."""
+    replaced is still being ended on another node, wait for its handles.
+
+    A reconnect may also overtake the hand-over itself: the client saw its
+    connection drop before the node holding the handle did (or before the
+    bus declared that node dead). While the bus still shows the open
+    connected on another connection (found through the file the request
+    names, or its lease), wait for it a bounded time
+    (``HANDOFF_WAIT``), rather than answer NOT_FOUND to a handle about to be
+    reclaimable."""
     session = ctx.session
     assert session is not None
+    bus = ctx.node.bus
+    until = session.handoff_until
+    file_key: str | None = None
     while True:
-        found = await ctx.node.bus.find_disconnected(key)
-        if found is not None or time.monotonic() >= session.handoff_until:
+        found = await bus.find_disconnected(key)
+        if found is not None:
             return found
+        now = time.monotonic()
+        if file_key is None and now >= until:
+            file_key = await _file_key_of(ctx, req)
+            until = now + HANDOFF_WAIT
+        if file_key is not None and (
+            now >= until or not file_key or not await _handed_over_soon(ctx, file_key, key)
+        ):
+            # It may have been handed over between the two looks.
+            return await bus.find_disconnected(key) if file_key else None
         await asyncio.sleep(0.02)
+
+
+async def _file_key_of(ctx: RequestContext, req: CreateRequest) -> str:
+    """The file a reconnect names, or its lease is bound to: only a hint (a
+    reconnect's name is ignored for an oplock handle); "" if none."""
+    fs = ctx.require_tree().fs
+    assert fs is not None
+    try:
+        _path, info = fs.lookup(req.name)
+    except (NtStatusError, OSError):
+        info = None
+    if info is not None:
+        return info.file_key
+    try:
+        lease_req = _lease_request(ctx, req, any_level=True)
+    except NtStatusError:
+        return ""
+    if lease_req is None:
+        return ""
+    return await ctx.node.bus.lease_file(lease_req.key) or ""
+
+
+async def _handed_over_soon(ctx: RequestContext, file_key: str, key: str) -> bool:
+    """Whether the open ``key`` is still connected elsewhere than on this
+    request's own connection: on another node, or on another connection of
+    this one whose end the node may not have read yet (the client reconnects
+    once it saw it)."""
+    holder = await ctx.node.bus.find_connected(file_key, key)
+    if holder is None:
+        return False
+    mine = ctx.node.opens.get(holder)
+    return mine is None or mine.connection is not ctx.conn
 
 
 def _name_key(name: str) -> str:

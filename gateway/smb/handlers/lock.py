@@ -1,10 +1,16 @@
-"""LOCK: byte-range locks (MS-SMB2 2.2.26-2.2.27, 3.3.5.14; MS-FSA 2.1.5.8)."""
+"""LOCK: byte-range locks (MS-SMB2 2.2.26-2.2.27, 3.3.5.14; MS-FSA 2.1.5.8).
+
+The LockSequence array of a durable or resilient handle is kept on the bus
+too, written in the lock's own transaction (no extra round trip): a handle
+taken over through another node, its own node dead or not, still knows
+which LOCK a reconnected client replays (docs/operations.md).
+"""
 
 from __future__ import annotations
 
 import struct
 
-from oplock_bus.api import LockRange, Operation
+from oplock_bus.api import LockRange, LockSequence, Operation
 
 from ...protocol.constants import Capabilities, Dialect, LockFlags, NtStatusError, Status
 from ...protocol.wire import check_size
@@ -40,7 +46,8 @@ async def handle_lock(ctx: RequestContext) -> Reply:
             # A replay of a request that already succeeded: do nothing again.
             return Reply(Status.SUCCESS, _RESP)
         op.lock_sequences.pop(bucket, None)
-    reply = await _apply(ctx, op, count)
+    kept = (bucket, sequence & 0xF) if bucket is not None and (op.durable or op.resilient) else None
+    reply = await _apply(ctx, op, count, kept)
     if bucket is not None:
         op.lock_sequences[bucket] = sequence & 0xF
     return reply
@@ -63,7 +70,8 @@ def _replay_bucket(ctx: RequestContext, op: Open, sequence: int) -> int | None:
     return bucket if 1 <= bucket <= 64 else None
 
 
-async def _apply(ctx: RequestContext, op: Open, count: int) -> Reply:
+async def _apply(ctx: RequestContext, op: Open, count: int, sequence: LockSequence | None) -> Reply:
+    """Apply the request; ``sequence`` goes to the bus with it (see above)."""
     body = ctx.body
     elements = [_ELEMENT.unpack_from(body, 24 + i * _ELEMENT.size) for i in range(count)]
     bus = ctx.node.bus
@@ -74,7 +82,7 @@ async def _apply(ctx: RequestContext, op: Open, count: int) -> Reply:
             if flags != LockFlags.UNLOCK:
                 raise NtStatusError(Status.INVALID_PARAMETER, "lock in an unlock request")
             status = await bus.unlock(
-                op.file_key, op.bus_open_id, [LockRange(offset, length, False)]
+                op.file_key, op.bus_open_id, [LockRange(offset, length, False)], sequence
             )
             if status != Status.SUCCESS:
                 raise NtStatusError(status)
@@ -90,7 +98,9 @@ async def _apply(ctx: RequestContext, op: Open, count: int) -> Reply:
         ranges.append(LockRange(offset, length, bool(flags & LockFlags.EXCLUSIVE_LOCK)))
     wait = not elements[0][2] & LockFlags.FAIL_IMMEDIATELY
     await run_bus_call(ctx, bus.break_for(op.file_key, op.bus_open_id, Operation.LOCK))
-    status = await run_bus_call(ctx, bus.lock(op.file_key, op.bus_open_id, ranges, wait=wait))
+    status = await run_bus_call(
+        ctx, bus.lock(op.file_key, op.bus_open_id, ranges, wait=wait, sequence=sequence)
+    )
     if status != Status.SUCCESS:
         raise NtStatusError(status)
     return Reply(Status.SUCCESS, _RESP)
