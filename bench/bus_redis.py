@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -62,6 +63,20 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
         except OSError:
             time.sleep(0.02)
     raise RuntimeError("redis-server did not start")
+
+
+@contextmanager
+def private_redis(prefix: str) -> Iterator[str]:
+    """A redis-server of the benchmark's own on a free loopback port (no
+    persistence); its bus URL. Stopped and its folder removed at the end."""
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    proc, port = start_redis(workdir)
+    try:
+        yield f"redis://127.0.0.1:{port}?namespace=bench:"
+    finally:
+        proc.terminate()
+        proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def report(name: str, samples: list[float]) -> None:
@@ -265,21 +280,11 @@ def main() -> int:
     if args.holder:
         _runner()(holder(args.url, args.iterations))
         return 0
-    workdir = Path(tempfile.mkdtemp(prefix="bus-bench-"))
-    proc = None
-    url = args.url
-    if url is None:
-        proc, port = start_redis(workdir)
-        url = f"redis://127.0.0.1:{port}?namespace=bench:"
-    runner = _runner()
-    try:
+    own = private_redis("bus-bench-") if args.url is None else nullcontext(args.url)
+    with own as url:
+        runner = _runner()
         print(f"python {sys.version.split()[0]}, {runner.__module__}, bus {url}")
         runner(bench(url, args.iterations, args.concurrency))
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 

@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
-from bench.bus_redis import req, start_redis
+from bench.bus_redis import private_redis, req
 from oplock_bus import make_bus
 from oplock_bus.api import LockRange
 from oplock_bus.coordinator import Coordinator
@@ -85,14 +82,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--iterations", type=int, default=1000)
     args = ap.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="lockseq-bench-"))
-    proc, port = start_redis(workdir)
-    try:
-        asyncio.run(measure(f"redis://127.0.0.1:{port}?namespace=bench:", args.iterations))
-    finally:
-        proc.terminate()
-        proc.wait()
-        shutil.rmtree(workdir, ignore_errors=True)
+    with private_redis("lockseq-bench-") as url:
+        asyncio.run(measure(url, args.iterations))
     return 0
 
 
