@@ -78,7 +78,7 @@ from oplock_bus.api import LockBus
 
 from ..protocol.constants import Command, Dialect, SessionSetupFlags
 from ..protocol.credits import CreditWindow
-from ..protocol.framing import FramingError, frame_header
+from ..protocol.framing import FrameDecoder, FramingError, frame_header
 from ..protocol.header import Header
 from .state import ConnectionState, Session
 
@@ -95,6 +95,7 @@ CONNECT_TIMEOUT = 2.0  # seconds to reach the owner and hear it accept
 MAX_AGE = 60.0  # seconds a hand-over is good for (clocks of the nodes may differ)
 DRAIN_GRACE = 30.0  # seconds one direction may go on after the other ended
 _CHUNK = 256 * 1024
+_ANY_FRAME = 0xFFFFFF  # the owner's replies: any length Direct TCP can carry
 
 WriterOf = Callable[[ConnectionState], asyncio.StreamWriter | None]
 
@@ -279,12 +280,10 @@ class Relays:
         credits they grant widen this connection's window, which checks the
         client's MessageIds for both nodes."""
         loop = asyncio.get_running_loop()
-        pending = b""
+        decoder = FrameDecoder(_ANY_FRAME)
         try:
             while data := await loop.sock_recv(owner, _CHUNK):
-                pending += data
-                frames, pending = _cut(pending)
-                for frame in frames:
+                for frame in decoder.feed(data):
                     conn.codec.credits.high += _granted(frame)
                     if writer.is_closing():
                         return
@@ -494,19 +493,6 @@ def _shut(sock: socket.socket) -> None:
 
 async def _send(sock: socket.socket, frame: bytes) -> None:
     await asyncio.get_running_loop().sock_sendall(sock, frame_header(len(frame)) + frame)
-
-
-def _cut(data: bytes) -> tuple[list[bytes], bytes]:
-    """The whole frames in ``data`` (Direct TCP, MS-SMB2 2.1), and what is left."""
-    frames = []
-    pos = 0
-    while len(data) - pos >= 4:
-        length = int.from_bytes(data[pos + 1 : pos + 4], "big")
-        if len(data) - pos - 4 < length:
-            break
-        frames.append(data[pos + 4 : pos + 4 + length])
-        pos += 4 + length
-    return frames, data[pos:]
 
 
 def _granted(frame: bytes) -> int:
